@@ -1,0 +1,538 @@
+"""Multiway Transformer: the one backbone behind BEiT-3, VLMo and VL-BEiT.
+
+Papers: "Image as a Foreign Language: BEiT Pretraining for All Vision and Vision-Language Tasks"
+(Wang et al., 2022), "VLMo: Unified Vision-Language Pre-Training with Mixture-of-Modality-Experts"
+(Bao et al., 2021), "VL-BEiT: Generative Vision-Language Pretraining" (Bao et al., 2022).
+
+Two layouts share this implementation:
+
+* ``decoupled`` — the released BEiT-3 checkpoints: every projection and layer norm has a vision and a
+  language copy; a fused sequence (vision tokens first) is split at the vision/text boundary and each
+  part goes through its own copy. Only the attention softmax sees the whole sequence.
+* ``shared`` — the paper's giant model and VLMo: attention (and its input norm) is shared; each layer has
+  vision and language FFN experts, and the top layers add a vision-language expert that fused input uses.
+
+Routing is explicit: every forward receives a :class:`Routing` that says which expert sees which tokens.
+No module stores per-call state; the key/value cache for incremental decoding is passed in and returned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
+
+__all__ = [
+    "Layout", "Modality", "Routing", "MultiwayConfig", "MultiwayOutput", "MultiwayTransformer",
+    "MultiwayBlock", "MultiwayAttention", "FeedForward", "PerModality", "KVCache", "POSITION_OFFSET",
+]
+
+# fairseq convention kept by the released checkpoints: position rows 0 and 1 are never used.
+POSITION_OFFSET = 2
+
+
+class Layout(str, enum.Enum):
+    DECOUPLED = "decoupled"
+    SHARED = "shared"
+
+
+class Modality(str, enum.Enum):
+    VISION = "vision"
+    TEXT = "text"
+    FUSED = "fused"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which expert sees which tokens. ``split`` = number of leading vision tokens in a fused sequence.
+
+    A fused sequence is always vision first. In layers that own a vision-language expert, fused input
+    goes through that expert as a whole (VLMo / BEiT-3 giant); elsewhere it is split at ``split``.
+    Incremental decoding steps of a fused model use ``Routing.fused(0)`` (only new text tokens).
+    """
+
+    modality: Modality
+    split: int = 0
+
+    @staticmethod
+    def vision() -> "Routing":
+        return Routing(Modality.VISION)
+
+    @staticmethod
+    def text() -> "Routing":
+        return Routing(Modality.TEXT)
+
+    @staticmethod
+    def fused(split: int) -> "Routing":
+        if split < 0:
+            raise ValueError(f"split must be >= 0, got {split}")
+        return Routing(Modality.FUSED, split)
+
+
+# (key, value) per layer, each (batch, heads, tokens, head_dim)
+KVCache = List[Tuple[Tensor, Tensor]]
+
+
+@dataclass
+class MultiwayConfig:
+    """Architecture of a Multiway Transformer. Registered variants subclass this with their defaults."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    layout: str = Layout.DECOUPLED.value
+    # shared layout only: layers with index >= this own a vision-language FFN expert (None: no VL expert)
+    vl_expert_start: Optional[int] = None
+    sub_ln: bool = True                 # Magneto sub-LN: LN before out_proj and inside the FFN
+    layer_scale_init: Optional[float] = None   # VLMo-style per-channel residual scaling
+    normalize_output: bool = True       # final per-modality LayerNorm
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    vocab_size: int = 64010
+    max_text_positions: int = 1024
+    layer_norm_eps: float = 1e-5
+    drop_path_rate: float = 0.0
+    checkpoint_activations: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.layout = Layout(self.layout).value
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.layout == Layout.DECOUPLED.value and self.vl_expert_start is not None:
+            raise ValueError("the decoupled layout has no vision-language expert (vl_expert_start must be None)")
+        if self.vl_expert_start is not None and not 0 <= self.vl_expert_start <= self.depth:
+            raise ValueError(f"vl_expert_start {self.vl_expert_start} outside [0, {self.depth}]")
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_vision_positions(self) -> int:
+        return self.grid_size ** 2 + 1 + POSITION_OFFSET
+
+
+@dataclass
+class MultiwayOutput:
+    """Encoder output. ``hidden`` is (B, N, D); for fused input the first ``split`` tokens are vision."""
+
+    hidden: Tensor
+    routing: Routing
+    padding_mask: Optional[Tensor] = None
+    intermediates: List[Tensor] = dataclasses.field(default_factory=list)
+    past_kv: Optional[KVCache] = None
+    patch_grid: Optional[Tuple[int, int]] = None
+
+    @property
+    def vision_tokens(self) -> Tensor:
+        if self.routing.modality == Modality.TEXT:
+            raise ValueError("text-only output has no vision tokens")
+        return self.hidden if self.routing.modality == Modality.VISION else self.hidden[:, : self.routing.split]
+
+    @property
+    def text_tokens(self) -> Tensor:
+        if self.routing.modality == Modality.VISION:
+            raise ValueError("vision-only output has no text tokens")
+        return self.hidden if self.routing.modality == Modality.TEXT else self.hidden[:, self.routing.split:]
+
+    @property
+    def vision_cls(self) -> Tensor:
+        return self.vision_tokens[:, 0]
+
+    @property
+    def text_cls(self) -> Tensor:
+        return self.text_tokens[:, 0]
+
+
+class PerModality(nn.Module):
+    """One copy of a module per modality expert; applies the right copy to the right tokens."""
+
+    def __init__(self, make: "callable", with_vl: bool = False) -> None:
+        super().__init__()
+        self.vision = make()
+        self.text = make()
+        self.vl = make() if with_vl else None
+
+    def forward(self, x: Tensor, routing: Routing) -> Tensor:
+        if routing.modality == Modality.VISION:
+            return self.vision(x)
+        if routing.modality == Modality.TEXT:
+            return self.text(x)
+        if self.vl is not None:
+            return self.vl(x)
+        split = routing.split
+        if split == 0:
+            return self.text(x)
+        if split == x.shape[1]:
+            return self.vision(x)
+        return torch.cat([self.vision(x[:, :split]), self.text(x[:, split:])], dim=1)
+
+
+class Shared(nn.Module):
+    """A single module used by every modality (same call signature as :class:`PerModality`)."""
+
+    def __init__(self, make: "callable") -> None:
+        super().__init__()
+        self.shared = make()
+
+    def forward(self, x: Tensor, routing: Routing) -> Tensor:  # noqa: ARG002 - same signature as PerModality
+        return self.shared(x)
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> (sub-LN) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, sub_ln: bool, eps: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(hidden, eps=eps) if sub_ln else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class MultiwayAttention(nn.Module):
+    """Multi-head self-attention whose projections are per modality (decoupled) or shared.
+
+    q/k/v are one fused projection per expert (one matmul instead of three); the released checkpoints'
+    separate ``q_proj``/``k_proj``/``v_proj`` are concatenated on load (see ``beit3.checkpoint_filter_fn``).
+    """
+
+    def __init__(self, cfg: MultiwayConfig) -> None:
+        super().__init__()
+        dim, eps = cfg.embed_dim, cfg.layer_norm_eps
+        self.num_heads = cfg.num_heads
+        self.head_dim = dim // cfg.num_heads
+        wrap = PerModality if cfg.layout == Layout.DECOUPLED.value else Shared
+        self.qkv = wrap(lambda: nn.Linear(dim, 3 * dim))
+        self.inner_norm = wrap(lambda: nn.LayerNorm(dim, eps=eps)) if cfg.sub_ln else None
+        self.proj = wrap(lambda: nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
+                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x, routing).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)
+            v = torch.cat([past_kv[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        if self.inner_norm is not None:
+            out = self.inner_norm(out, routing)
+        return self.proj(out, routing), (k, v)
+
+
+class MultiwayBlock(nn.Module):
+    """Pre-LN block: x += drop_path(attn(norm1(x))); x += drop_path(ffn(norm2(x)))."""
+
+    def __init__(self, cfg: MultiwayConfig, drop_path: float, with_vl: bool) -> None:
+        super().__init__()
+        dim, eps = cfg.embed_dim, cfg.layer_norm_eps
+        decoupled = cfg.layout == Layout.DECOUPLED.value
+        make_norm = lambda: nn.LayerNorm(dim, eps=eps)  # noqa: E731
+        self.norm1 = PerModality(make_norm) if decoupled else Shared(make_norm)
+        self.attn = MultiwayAttention(cfg)
+        self.norm2 = PerModality(make_norm, with_vl=with_vl)
+        self.ffn = PerModality(lambda: FeedForward(dim, cfg.ffn_dim, cfg.sub_ln, eps), with_vl=with_vl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if cfg.layer_scale_init is not None:
+            self.gamma_attn = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+            self.gamma_ffn = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+        else:
+            self.gamma_attn = self.gamma_ffn = None
+
+    @property
+    def has_vl_expert(self) -> bool:
+        return self.ffn.vl is not None
+
+    def forward(self, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
+                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        attn_out, present = self.attn(self.norm1(x, routing), routing, mask, past_kv)
+        if self.gamma_attn is not None:
+            attn_out = attn_out * self.gamma_attn
+        x = x + self.drop_path(attn_out)
+        ffn_out = self.ffn(self.norm2(x, routing), routing)
+        if self.gamma_ffn is not None:
+            ffn_out = ffn_out * self.gamma_ffn
+        return x + self.drop_path(ffn_out), present
+
+
+def build_attention_mask(padding_mask: Optional[Tensor], blocked: Optional[Tensor], dtype: torch.dtype
+                         ) -> Optional[Tensor]:
+    """Combine a key padding mask (B, Nk; True = pad) and a blocked-pair mask ((Nq, Nk) or (B, Nq, Nk);
+    True / 1 = may not attend) into the boolean ``allowed`` mask SDPA takes, or None when nothing is masked.
+    """
+    if padding_mask is None and blocked is None:
+        return None
+    allowed = None
+    if blocked is not None:
+        if blocked.dtype != torch.bool:
+            blocked = blocked != 0
+        allowed = ~blocked
+        allowed = allowed.unsqueeze(0) if allowed.dim() == 2 else allowed
+        allowed = allowed.unsqueeze(1)  # (B|1, 1, Nq, Nk)
+    if padding_mask is not None:
+        keep = ~padding_mask.bool()[:, None, None, :]
+        allowed = keep if allowed is None else allowed & keep
+    return allowed
+
+
+class MultiwayTransformer(nn.Module):
+    """Multiway Transformer encoder with vision, text, fused and dual-encoder modes.
+
+    ``forward_vision``, ``forward_text`` and ``forward_fused`` are the entry points; ``forward_dual``
+    encodes images and texts separately (retrieval). ``forward_features`` dispatches on which inputs
+    are given, timm-style.
+    """
+
+    def __init__(self, cfg: MultiwayConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        # vision embedding: conv patchify, learnable [CLS] and [MASK] (MIM) tokens
+        self.patch_embed = nn.Conv2d(cfg.in_chans, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.text_embed = nn.Embedding(cfg.vocab_size, dim)
+        self.vision_pos_embed = nn.Parameter(torch.zeros(1, cfg.num_vision_positions, dim))
+        self.text_pos_embed = nn.Parameter(torch.zeros(1, cfg.max_text_positions, dim))
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        vl_start = cfg.depth if cfg.vl_expert_start is None else cfg.vl_expert_start
+        self.layers = nn.ModuleList(
+            MultiwayBlock(cfg, drop_path=rates[i], with_vl=i >= vl_start) for i in range(cfg.depth)
+        )
+        self.norm = (PerModality(lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps),
+                                 with_vl=cfg.vl_expert_start is not None)
+                     if cfg.normalize_output else None)
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for p in (self.cls_token, self.mask_token, self.vision_pos_embed, self.text_pos_embed):
+            trunc_normal_(p, std=std)
+        trunc_normal_(self.text_embed.weight, std=std)
+        trunc_normal_(self.patch_embed.weight, std=std)
+        nn.init.zeros_(self.patch_embed.bias)
+        if self.cfg.sub_ln:
+            # Magneto: scale the value/output projections and FFN weights by sqrt(log(2L))
+            scale = math.sqrt(math.log(2 * self.cfg.depth))
+            dim = self.cfg.embed_dim
+            with torch.no_grad():
+                for name, p in self.named_parameters():
+                    if not name.endswith("weight"):
+                        continue
+                    if ".ffn." in name and (".fc1." in name or ".fc2." in name):
+                        p.mul_(scale)
+                    elif ".attn.proj." in name:
+                        p.mul_(scale)
+                    elif ".attn.qkv." in name:
+                        p[2 * dim:].mul_(scale)
+
+    def no_weight_decay(self) -> set:
+        return {"cls_token", "mask_token", "vision_pos_embed", "text_pos_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.cfg.checkpoint_activations = enable
+
+    # ------------------------------------------------------------------ embeddings
+    def vision_position_embedding(self, grid: Tuple[int, int]) -> Tensor:
+        """Position table for a (rows, cols) patch grid; resampled bicubically when it differs."""
+        base = self.cfg.grid_size
+        prefix = 1 + POSITION_OFFSET
+        if tuple(grid) == (base, base):
+            return self.vision_pos_embed[:, POSITION_OFFSET:]
+        table = resample_abs_pos_embed(self.vision_pos_embed, new_size=list(grid), old_size=[base, base],
+                                       num_prefix_tokens=prefix, antialias=False)
+        return table[:, POSITION_OFFSET:]
+
+    def embed_image(self, image: Tensor, masked_positions: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tuple[int, int]]:
+        """Patch tokens with [CLS] first and positions added: (B, 1 + h*w, D), (h, w).
+
+        ``masked_positions`` (B, h*w; 1/True = masked) replaces those patches with the [MASK] token (MIM).
+        """
+        if image.dim() != 4 or image.shape[1] != self.cfg.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(image.shape)}")
+        p = self.cfg.patch_size
+        if image.shape[-2] % p or image.shape[-1] % p:
+            raise ValueError(f"image size {tuple(image.shape[-2:])} is not a multiple of the patch size {p}")
+        x = self.patch_embed(image)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        if masked_positions is not None:
+            if masked_positions.shape != x.shape[:2]:
+                raise ValueError(f"masked_positions must be {tuple(x.shape[:2])}, got {tuple(masked_positions.shape)}")
+            w = masked_positions.unsqueeze(-1).type_as(x)
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return x + self.vision_position_embedding(grid), grid
+
+    def embed_text(self, token_ids: Tensor, padding_mask: Optional[Tensor] = None, position_start: int = 0
+                   ) -> Tensor:
+        """Token + position embeddings; padded positions are zeroed (as the released model does)."""
+        if token_ids.dim() != 2:
+            raise ValueError(f"expected token ids of shape (B, T), got {tuple(token_ids.shape)}")
+        length = token_ids.shape[1]
+        end = POSITION_OFFSET + position_start + length
+        if end > self.cfg.max_text_positions:
+            raise ValueError(
+                f"text of {position_start + length} tokens exceeds the {self.cfg.max_text_positions - POSITION_OFFSET}"
+                " text positions of this model; truncate it in the tokenizer (max_len)")
+        if token_ids.numel() and (int(token_ids.max()) >= self.cfg.vocab_size or int(token_ids.min()) < 0):
+            raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): tokenizer and model vocabularies differ")
+        x = self.text_embed(token_ids) + self.text_pos_embed[:, POSITION_OFFSET + position_start:end]
+        if padding_mask is not None:
+            x = x * (~padding_mask.bool()).unsqueeze(-1).type_as(x)
+        return x
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, x: Tensor, routing: Routing, padding_mask: Optional[Tensor] = None,
+               attn_mask: Optional[Tensor] = None, past_kv: Optional[KVCache] = None, use_cache: bool = False,
+               return_intermediates: Sequence[int] = (), patch_grid: Optional[Tuple[int, int]] = None,
+               ) -> MultiwayOutput:
+        """Run the layers on already-embedded tokens.
+
+        ``padding_mask`` covers the keys (past + new tokens when a cache is given); ``attn_mask`` is
+        (Nq, Nk) or (B, Nq, Nk) with True/1 = blocked.
+        """
+        if past_kv is not None and len(past_kv) != len(self.layers):
+            raise ValueError(f"past_kv has {len(past_kv)} layers, the model {len(self.layers)}")
+        mask = build_attention_mask(padding_mask, attn_mask, x.dtype)
+        wanted = {i if i >= 0 else len(self.layers) + i for i in return_intermediates}
+        intermediates: List[Tensor] = []
+        presents: KVCache = []
+        use_ckpt = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            layer_past = past_kv[i] if past_kv is not None else None
+            if use_ckpt:
+                x, present = checkpoint(layer, x, routing, mask, layer_past, use_reentrant=False)
+            else:
+                x, present = layer(x, routing, mask, layer_past)
+            if use_cache:
+                presents.append(present)
+            if i in wanted:
+                intermediates.append(x)
+        if self.norm is not None:
+            x = self.norm(x, routing)
+        return MultiwayOutput(hidden=x, routing=routing, padding_mask=padding_mask, intermediates=intermediates,
+                              past_kv=presents if use_cache else None, patch_grid=patch_grid)
+
+    def forward_vision(self, image: Tensor, masked_positions: Optional[Tensor] = None,
+                       return_intermediates: Sequence[int] = ()) -> MultiwayOutput:
+        x, grid = self.embed_image(image, masked_positions)
+        return self.encode(x, Routing.vision(), return_intermediates=return_intermediates, patch_grid=grid)
+
+    def forward_text(self, token_ids: Tensor, padding_mask: Optional[Tensor] = None,
+                     attn_mask: Optional[Tensor] = None, return_intermediates: Sequence[int] = ()
+                     ) -> MultiwayOutput:
+        x = self.embed_text(token_ids, padding_mask)
+        return self.encode(x, Routing.text(), padding_mask=padding_mask, attn_mask=attn_mask,
+                           return_intermediates=return_intermediates)
+
+    def forward_fused(self, image: Tensor, token_ids: Tensor, padding_mask: Optional[Tensor] = None,
+                      attn_mask: Optional[Tensor] = None, masked_positions: Optional[Tensor] = None,
+                      use_cache: bool = False, return_intermediates: Sequence[int] = ()) -> MultiwayOutput:
+        """Image and text in one sequence (vision first); ``padding_mask`` covers the text only."""
+        if image.shape[0] != token_ids.shape[0]:
+            raise ValueError(f"batch sizes differ: {image.shape[0]} images, {token_ids.shape[0]} texts")
+        vision, grid = self.embed_image(image, masked_positions)
+        text = self.embed_text(token_ids, padding_mask)
+        split = vision.shape[1]
+        full_padding = None
+        if padding_mask is not None:
+            full_padding = torch.cat([padding_mask.new_zeros(vision.shape[:2]), padding_mask.bool()], dim=1)
+        return self.encode(torch.cat([vision, text], dim=1), Routing.fused(split), padding_mask=full_padding,
+                           attn_mask=attn_mask, use_cache=use_cache, return_intermediates=return_intermediates,
+                           patch_grid=grid)
+
+    def forward_text_step(self, token_ids: Tensor, past_kv: KVCache, position_start: int,
+                          past_padding_mask: Optional[Tensor] = None, fused: bool = True,
+                          attn_mask: Optional[Tensor] = None) -> MultiwayOutput:
+        """Incremental decoding: encode new text tokens against cached keys/values.
+
+        ``position_start`` is how many text tokens came before; ``past_padding_mask`` (B, N_past) marks
+        padded cached keys. Returns the new tokens' states and the extended cache.
+        """
+        x = self.embed_text(token_ids, position_start=position_start)
+        routing = Routing.fused(0) if fused else Routing.text()
+        padding = None
+        if past_padding_mask is not None:
+            padding = torch.cat([past_padding_mask.bool(), past_padding_mask.new_zeros(token_ids.shape).bool()], 1)
+        return self.encode(x, routing, padding_mask=padding, attn_mask=attn_mask, past_kv=past_kv, use_cache=True)
+
+    def forward_dual(self, image: Tensor, token_ids: Tensor, padding_mask: Optional[Tensor] = None
+                     ) -> Tuple[MultiwayOutput, MultiwayOutput]:
+        """Dual encoder (retrieval): image and text encoded separately."""
+        return self.forward_vision(image), self.forward_text(token_ids, padding_mask)
+
+    def forward_features(self, image: Optional[Tensor] = None, token_ids: Optional[Tensor] = None,
+                         padding_mask: Optional[Tensor] = None, **kwargs) -> MultiwayOutput:
+        if image is not None and token_ids is not None:
+            return self.forward_fused(image, token_ids, padding_mask, **kwargs)
+        if image is not None:
+            return self.forward_vision(image, **kwargs)
+        if token_ids is not None:
+            return self.forward_text(token_ids, padding_mask, **kwargs)
+        raise ValueError("give an image, token ids, or both")
+
+    forward = forward_features
+
+    # ------------------------------------------------------------------ dense prediction
+    def forward_feature_maps(self, image: Tensor, layer_indices: Sequence[int]) -> List[Tensor]:
+        """Vision features after the given layers as (B, D, h, w) maps (ViTDet / ViT-Adapter style)."""
+        out = self.forward_vision(image, return_intermediates=layer_indices)
+        h, w = out.patch_grid
+        return [t[:, 1:].transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in out.intermediates]
+
+    # ------------------------------------------------------------------ parameter groups
+    def layer_id(self, param_name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, rest L + 1."""
+        if param_name.startswith("layers."):
+            return int(param_name.split(".")[1]) + 1
+        if any(k in param_name for k in ("embed", "cls_token", "mask_token")):
+            return 0
+        return len(self.layers) + 1
+
+    def parameter_groups(self) -> Dict[str, int]:
+        """Parameter count per component (vision / text / VL experts, shared attention, embeddings)."""
+        counts: Dict[str, int] = {}
+        for name, p in self.named_parameters():
+            counts[_component_of(name)] = counts.get(_component_of(name), 0) + p.numel()
+        return counts
+
+
+def _component_of(name: str) -> str:
+    parts = name.split(".")
+    if name.startswith("text_embed"):
+        return "word_embedding"
+    if name.startswith(("patch_embed", "cls_token", "mask_token", "vision_pos_embed")):
+        return "vision_embedding"
+    if name.startswith("text_pos_embed"):
+        return "text_embedding"
+    for expert in ("vision", "text", "vl"):
+        if expert in parts:
+            return f"{expert}_expert"
+    if ".attn." in name or ".norm1." in name:
+        return "shared_attention"
+    return "other"

@@ -1,0 +1,1 @@
+"""beit3-plugins core."""

@@ -1,0 +1,85 @@
+"""Checkpoint I/O shared by every plugin: safe loading and a readable report of what was used.
+
+Files are always read with ``torch.load(weights_only=True)``: a checkpoint can never run code on load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CheckpointMismatchError", "LoadReport", "load_state_dict_file", "load_with_report"]
+
+# Containers that checkpoints of the frameworks we meet wrap their weights in.
+_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model: missing keys (strict) or tensors of the wrong shape."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    source: str
+    loaded: List[str]
+    missing: List[str]
+    unexpected: List[str]
+    notes: List[str] = dataclasses.field(default_factory=list)
+    heads: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing[:20])}"
+                         + (" ..." if len(self.missing) > 20 else ""))
+        if self.unexpected:
+            lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected[:20])}"
+                         + (" ..." if len(self.unexpected) > 20 else ""))
+        if self.heads:
+            lines.append(f"  task heads kept aside: {', '.join(sorted(self.heads))}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tensor]:
+    """Read a checkpoint file safely and unwrap the usual containers (``model``, ``state_dict``, ...)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
+        raise CheckpointMismatchError(
+            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). "
+            "Files that pickle code or arbitrary objects are refused; re-save the state dict alone."
+        ) from exc
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bool = True,
+                     source: str = "<state dict>", notes: Optional[List[str]] = None) -> LoadReport:
+    """Load ``state_dict`` into ``model``; shape mismatches always raise, missing keys raise if strict."""
+    own = model.state_dict()
+    wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                   for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    if wrong_shape:
+        raise CheckpointMismatchError(f"{source}: tensors of the wrong shape:\n  " + "\n  ".join(wrong_shape))
+    result = model.load_state_dict(state_dict, strict=False)
+    report = LoadReport(source=source, loaded=sorted(k for k in state_dict if k in own),
+                        missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
+                        notes=list(notes or []))
+    if strict and report.missing:
+        raise CheckpointMismatchError(f"{source}: missing keys for {type(model).__name__}:\n{report.summary()}")
+    logger.info(report.summary())
+    return report

@@ -1,0 +1,285 @@
+"""Typed component registries (fairseq/MMF style) with lazy built-ins and entry-point plugins.
+
+Every kind of component (backbones, task plugins, heads, tokenizers, datasets, metrics) has one
+:class:`Registry`. A component is registered once, optionally with a dataclass config
+(``@BACKBONES.register("beit3_base", config=Beit3BaseConfig)``), and built from a name, a dict, a config
+dataclass instance or an OmegaConf node. Framework adapters (fairseq, detectron2, mmseg) build through
+these registries and only translate.
+
+Discovery is lazy, like mmengine's ``locations``: a registry imports its built-in modules the first time
+it is asked for a name, and loads third-party packages that declare the setuptools entry-point group
+``beit3_plugins`` (each entry point names a module whose import registers components). This module
+imports neither torch nor any framework.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import logging
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "beit3_plugins"
+
+__all__ = [
+    "Registry", "RegistryEntry", "UnknownComponentError", "DuplicateComponentError", "ENTRY_POINT_GROUP",
+    "BACKBONES", "TASKS", "HEADS", "TOKENIZERS", "DATASETS", "METRICS", "load_entry_point_plugins",
+    "config_from_dict",
+]
+
+
+class UnknownComponentError(KeyError):
+    """Raised for a name no registry entry has; the message lists what exists and close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0])
+
+
+class DuplicateComponentError(ValueError):
+    """Raised when a name is registered twice in the same registry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    obj: Any
+    config: Optional[Type] = None
+    source: str = ""
+
+
+_loaded_entry_points: Dict[str, str] = {}
+_entry_point_errors: Dict[str, str] = {}
+
+
+def load_entry_point_plugins(group: str = ENTRY_POINT_GROUP) -> Dict[str, str]:
+    """Import every module declared under ``group`` once; return {entry point name: module}.
+
+    A plugin that fails to import is reported (logged and remembered for error messages) rather than
+    taking the whole registry down.
+    """
+    for ep in importlib.metadata.entry_points(group=group):
+        if ep.name in _loaded_entry_points or ep.name in _entry_point_errors:
+            continue
+        try:
+            loaded = ep.load()
+            if callable(loaded) and not isinstance(loaded, type(importlib)):
+                loaded()
+            _loaded_entry_points[ep.name] = ep.value
+        except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not hide the rest
+            _entry_point_errors[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
+            logger.warning("beit3_plugins entry point %r failed to load: %s", ep.name, exc)
+    return dict(_loaded_entry_points)
+
+
+def _resolve(dotted: str) -> Any:
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def config_from_dict(config_type: Type, values: Mapping[str, Any]) -> Any:
+    """Build a (possibly nested) dataclass from a mapping, refusing unknown keys with a clear error."""
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        if isinstance(values, config_type):
+            return values
+        values = dataclasses.asdict(values)
+    field_map = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(values) - set(field_map))
+    if unknown:
+        raise TypeError(
+            f"{config_type.__name__} has no field(s) {unknown}; fields are {sorted(field_map)}"
+        )
+    try:
+        hints = typing.get_type_hints(config_type)
+    except Exception:  # noqa: BLE001 - unresolvable forward refs: fall back to no nesting
+        hints = {}
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints.get(key)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = config_from_dict(hint, value)
+        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[key] = value
+    return config_type(**kwargs)
+
+
+def _to_plain(spec: Any) -> Any:
+    """OmegaConf nodes become plain containers; other values pass through untouched."""
+    module = type(spec).__module__
+    if module.startswith("omegaconf"):
+        from omegaconf import OmegaConf  # only reached when the caller already uses OmegaConf
+
+        return OmegaConf.to_container(spec, resolve=True)
+    return spec
+
+
+class Registry:
+    """Name -> component map for one kind of component.
+
+    Args:
+        kind: what is registered ("backbone", "task", ...), used in messages.
+        base: class (or dotted path to one, resolved lazily) every built object must be an instance of.
+        locations: modules imported on first lookup so built-ins register without eager imports.
+    """
+
+    def __init__(self, kind: str, base: Any = None, locations: Iterable[str] = ()) -> None:
+        self.kind = kind
+        self._base = base
+        self._locations = list(locations)
+        self._locations_imported = False
+        self._entries: Dict[str, RegistryEntry] = {}
+
+    # ------------------------------------------------------------------ registration
+    @property
+    def base(self) -> Optional[type]:
+        if isinstance(self._base, str):
+            self._base = _resolve(self._base)
+        return self._base
+
+    def register(self, name: str, config: Optional[Type] = None, *, force: bool = False
+                 ) -> Callable[[Any], Any]:
+        """Decorator registering a class or factory function under ``name``.
+
+        With ``config`` (a dataclass type), building calls ``obj(config_instance)``; without it,
+        ``obj(**kwargs)``.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
+        if config is not None and not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+            raise TypeError(f"config for {self.kind} {name!r} must be a dataclass type, got {config!r}")
+
+        def decorator(obj: Any) -> Any:
+            if isinstance(obj, type) and self.base is not None and not issubclass(obj, self.base):
+                raise TypeError(
+                    f"cannot register {obj.__qualname__} as {self.kind} {name!r}: "
+                    f"it must subclass {self.base.__module__}.{self.base.__qualname__}"
+                )
+            if not callable(obj):
+                raise TypeError(f"{self.kind} {name!r} must be a class or callable, got {obj!r}")
+            source = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+            existing = self._entries.get(name)
+            if existing is not None and not force:
+                raise DuplicateComponentError(
+                    f"{self.kind} {name!r} is already registered by {existing.source}; "
+                    f"refusing to replace it with {source} (pass force=True to override)"
+                )
+            self._entries[name] = RegistryEntry(name=name, obj=obj, config=config, source=source)
+            return obj
+
+        return decorator
+
+    # ------------------------------------------------------------------ lookup
+    def _import_locations(self) -> None:
+        if self._locations_imported:
+            return
+        self._locations_imported = True
+        for module in self._locations:
+            importlib.import_module(module)
+
+    def _discover(self) -> None:
+        self._import_locations()
+        load_entry_point_plugins()
+
+    def names(self) -> List[str]:
+        self._discover()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._import_locations()
+        if name not in self._entries:
+            load_entry_point_plugins()
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+    def get(self, name: str) -> RegistryEntry:
+        self._import_locations()
+        if name not in self._entries:
+            load_entry_point_plugins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownComponentError(self._unknown_message(name)) from None
+
+    def _unknown_message(self, name: str) -> str:
+        known = sorted(self._entries)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        msg = f"unknown {self.kind} {name!r}."
+        if close:
+            msg += f" Did you mean {', '.join(repr(c) for c in close)}?"
+        msg += f" Registered {self.kind}s: {', '.join(known) if known else '(none)'}."
+        if _entry_point_errors:
+            msg += " Plugins that failed to load: " + "; ".join(
+                f"{k} ({v})" for k, v in sorted(_entry_point_errors.items()))
+        return msg
+
+    def config_of(self, name: str) -> Optional[Type]:
+        return self.get(name).config
+
+    def default_config(self, name: str, **overrides: Any) -> Any:
+        """The registered config dataclass of ``name`` with its defaults, plus ``overrides``."""
+        entry = self.get(name)
+        if entry.config is None:
+            raise TypeError(f"{self.kind} {name!r} has no config dataclass")
+        return config_from_dict(entry.config, overrides)
+
+    def name_for_config(self, cfg: Any) -> str:
+        self._discover()
+        matches = [e.name for e in self._entries.values() if e.config is type(cfg)]
+        if len(matches) != 1:
+            raise UnknownComponentError(
+                f"cannot tell which {self.kind} a {type(cfg).__name__} builds "
+                f"({'no' if not matches else 'several'} registered: {matches}); pass a name"
+            )
+        return matches[0]
+
+    # ------------------------------------------------------------------ building
+    def split_spec(self, spec: Any) -> Tuple[str, Dict[str, Any]]:
+        """(name, kwargs) from a name, a dict/OmegaConf node with ``name`` (or ``type``), or a config."""
+        spec = _to_plain(spec)
+        if isinstance(spec, str):
+            return spec, {}
+        if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+            return self.name_for_config(spec), {"__config__": spec}
+        if isinstance(spec, Mapping):
+            values = dict(spec)
+            keys = [k for k in ("name", "type") if k in values]
+            if len(keys) != 1:
+                raise TypeError(f"a {self.kind} spec needs exactly one of 'name' or 'type': {spec!r}")
+            return values.pop(keys[0]), values
+        raise TypeError(f"cannot build a {self.kind} from {type(spec).__name__}: {spec!r}")
+
+    def build(self, spec: Any, **overrides: Any) -> Any:
+        name, kwargs = self.split_spec(spec)
+        entry = self.get(name)
+        explicit_cfg = kwargs.pop("__config__", None)
+        kwargs.update(overrides)
+        if entry.config is not None:
+            if explicit_cfg is not None:
+                cfg = dataclasses.replace(explicit_cfg, **kwargs) if kwargs else explicit_cfg
+            else:
+                cfg = config_from_dict(entry.config, kwargs)
+            obj = entry.obj(cfg)
+        else:
+            obj = entry.obj(**kwargs)
+        if self.base is not None and not isinstance(obj, self.base):
+            raise TypeError(
+                f"{self.kind} {name!r} built a {type(obj).__name__}, not a {self.base.__qualname__}"
+            )
+        return obj
+
+
+BACKBONES = Registry("backbone", base="torch.nn.Module", locations=["beit3_plugins.backbones"])
+HEADS = Registry("head", base="torch.nn.Module", locations=["beit3_plugins.vl_tasks"])
+TASKS = Registry("task", locations=["beit3_plugins.vl_tasks"])
+TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer"])
+DATASETS = Registry("dataset", locations=["beit3_plugins.data"])
+METRICS = Registry("metric", locations=["beit3_plugins.vl_tasks.metrics"])

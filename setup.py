@@ -1,0 +1,61 @@
+"""beit3-plugins: the BEiT-3 family (BEiT-3, VLMo, VL-BEiT) as plugins for fairseq, detectron2,
+mmsegmentation and vision-language task training.
+
+The repository keeps the design card's top-level folders; on install they are mapped under one namespace
+so that nothing claims a generic top-level name:
+
+    beit3_plugins/  -> beit3_plugins             (core: registry, configs, checkpoint I/O, tokenizer, data)
+    backbones/      -> beit3_plugins.backbones
+    detection/      -> beit3_plugins.detection   (detectron2 adapter)
+    segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
+    vl_tasks/       -> beit3_plugins.vl_tasks
+"""
+from setuptools import find_packages, setup
+
+MAPPED = {"backbones": "backbones", "detection": "detection", "segmentation": "segmentation",
+          "vl_tasks": "vl_tasks"}
+
+
+def _packages():
+    packages = find_packages(include=["beit3_plugins", "beit3_plugins.*"])
+    package_dir = {"beit3_plugins": "beit3_plugins"}
+    for name, folder in MAPPED.items():
+        package_dir[f"beit3_plugins.{name}"] = folder
+        packages.append(f"beit3_plugins.{name}")
+        packages += [f"beit3_plugins.{name}.{sub}" for sub in find_packages(where=folder)]
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages()
+
+TORCH = ["torch>=2.1", "torchvision"]
+EXTRAS = {
+    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+    "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless"],
+    "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
+              "ftfy", "regex"],
+    "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools"],
+    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="beit3-plugins",
+    version="0.1.0",
+    description="BEiT-3 / VLMo / VL-BEiT Multiway Transformers as plugins for fairseq, detectron2, "
+                "mmsegmentation and vision-language tasks",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    include_package_data=True,
+    package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.yaml", "configs/*.py"],
+                  "beit3_plugins": ["configs/**/*.yaml", "assets/*"]},
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "omegaconf>=2.3",
+                              "matplotlib"],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "beit3-plugins=beit3_plugins.cli:main",
+        ],
+    },
+)
