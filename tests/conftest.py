@@ -1,0 +1,20 @@
+"""Shared fixtures. Session-scoped data is read-only: tests that damage files work on copies."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_world(tmp_path_factory):
+    """(root Path, WorldManifest) of a small synthetic world with every format (default WorldConfig)."""
+    from beit3_plugins.data import WorldConfig, generate_world
+
+    root = tmp_path_factory.mktemp("data_world")
+    return root, generate_world(root, WorldConfig(seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_spm(data_world, tmp_path_factory):
+    """Path of a 128-piece sentencepiece model (XLM-R id layout) trained on the world's text corpus."""
+    from beit3_plugins.tokenizer import train_sentencepiece
+
+    _, manifest = data_world
+    return train_sentencepiece(manifest.path("text_corpus"), tmp_path_factory.mktemp("spm") / "tiny", 128)
