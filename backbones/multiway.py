@@ -309,7 +309,7 @@ class MultiwayTransformer(nn.Module):
         self.text_embed = nn.Embedding(cfg.vocab_size, dim)
         self.vision_pos_embed = nn.Parameter(torch.zeros(1, cfg.num_vision_positions, dim))
         self.text_pos_embed = nn.Parameter(torch.zeros(1, cfg.max_text_positions, dim))
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
         vl_start = cfg.depth if cfg.vl_expert_start is None else cfg.vl_expert_start
         self.layers = nn.ModuleList(
             MultiwayBlock(cfg, drop_path=rates[i], with_vl=i >= vl_start) for i in range(cfg.depth)

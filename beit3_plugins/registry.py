@@ -101,7 +101,7 @@ def config_from_dict(config_type: Type, values: Mapping[str, Any]) -> Any:
         hint = hints.get(key)
         if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
             value = config_from_dict(hint, value)
-        elif isinstance(value, list) and typing.get_origin(hint) is tuple:
+        elif isinstance(value, list) and (hint is tuple or typing.get_origin(hint) is tuple):
             value = tuple(value)
         kwargs[key] = value
     return config_type(**kwargs)
