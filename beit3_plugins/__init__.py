@@ -1,1 +1,43 @@
-"""beit3-plugins core."""
+"""beit3-plugins: the BEiT-3 family (BEiT-3, VLMo, VL-BEiT) for fairseq, detectron2, mmsegmentation and
+vision-language tasks, around one registered Multiway Transformer backbone.
+
+Public API (imported lazily, so ``import beit3_plugins`` pulls in neither torch nor any framework)::
+
+    from beit3_plugins import build_backbone, list_backbones, BACKBONES, TASKS
+    model = build_backbone("beit3_base", checkpoint="beit3_base_patch16_224.pth")
+    out = model.forward_fused(images, token_ids, padding_mask)   # or forward_vision / forward_text
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_backbone": "beit3_plugins.backbones",
+    "MultiwayTransformer": "beit3_plugins.backbones",
+    "MultiwayConfig": "beit3_plugins.backbones",
+    "Routing": "beit3_plugins.backbones",
+    "BACKBONES": "beit3_plugins.registry",
+    "TASKS": "beit3_plugins.registry",
+    "HEADS": "beit3_plugins.registry",
+    "TOKENIZERS": "beit3_plugins.registry",
+    "DATASETS": "beit3_plugins.registry",
+    "METRICS": "beit3_plugins.registry",
+}
+
+__all__ = sorted(_LAZY) + ["list_backbones", "__version__"]
+
+
+def list_backbones() -> List[str]:
+    """Names of every registered backbone (built-in and from installed plugins)."""
+    from beit3_plugins.registry import BACKBONES
+
+    return BACKBONES.names()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'beit3_plugins' has no attribute {name!r}")
