@@ -161,6 +161,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransform
     notes = []
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
+    if any(k.startswith("transformer.blocks.") for k in state_dict):
+        raise NotImplementedError(
+            "this is a VLMo checkpoint (transformer.blocks.*). Loading it needs VLMo's shared relative position "
+            "bias tables and BERT text embeddings, which this backbone does not implement yet; vlmo_* configs "
+            "train from scratch or from our own exports")
     if not _is_released_layout(state_dict):
         out, heads = split_heads({k[len("backbone."):] if k.startswith("backbone.") else k: v
                                   for k, v in state_dict.items()})
