@@ -1,0 +1,79 @@
+"""``beit3-plugins <command> [args]``: one console script, subcommands resolved lazily.
+
+Each command is a ``"module:function"`` string; the function takes the remaining argv and returns an
+exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
+command that needs a framework pulls it in only when used. Other modules add commands with
+:func:`register_command` (or by adding a line to ``COMMANDS``); installed packages can also declare
+them under the entry-point group ``beit3_plugins.commands`` (name -> ``module:function``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import sys
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+__all__ = ["COMMANDS", "register_command", "main", "COMMAND_ENTRY_POINT_GROUP"]
+
+COMMAND_ENTRY_POINT_GROUP = "beit3_plugins.commands"
+
+# name -> (target "module:function", one-line help)
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "make-world": ("beit3_plugins.data.world:cli_main",
+                   "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
+    "train-spm": ("beit3_plugins.tokenizer:cli_main",
+                  "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
+}
+
+
+def register_command(name: str, target: str, help: str = "", *, force: bool = False) -> None:
+    """Add ``beit3-plugins <name>`` running ``target`` ("module:function" taking argv, returning int)."""
+    if ":" not in target:
+        raise ValueError(f"command target must be 'module:function', got {target!r}")
+    if name in COMMANDS and COMMANDS[name][0] != target and not force:
+        raise ValueError(f"command {name!r} already runs {COMMANDS[name][0]}; pass force=True to replace it")
+    COMMANDS[name] = (target, help)
+
+
+def _all_commands() -> Dict[str, Tuple[str, str]]:
+    commands = dict(COMMANDS)
+    for ep in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINT_GROUP):
+        commands.setdefault(ep.name, (ep.value, f"(from {ep.dist.name if ep.dist else 'a plugin'})"))
+    return commands
+
+
+def _resolve(target: str) -> Callable[[Sequence[str]], Optional[int]]:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _all_commands()
+    parser = argparse.ArgumentParser(
+        prog="beit3-plugins", description="BEiT-3 family tools",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<18}{help_}" for name, (_, help_) in sorted(commands.items()))
+               + "\n\nrun `beit3-plugins <command> --help` for a command's options")
+    parser.add_argument("command", metavar="command", help="one of: " + ", ".join(sorted(commands)))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if not argv:
+        parser.print_help()
+        return 2
+    if argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv[:1])
+    if args.command not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(args.command, list(commands), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        parser.error(f"unknown command {args.command!r}.{hint} Commands: {', '.join(sorted(commands))}")
+    result = _resolve(commands[args.command][0])(argv[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
