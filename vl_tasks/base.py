@@ -1,0 +1,154 @@
+"""What a task plugin is: a registered :class:`VlTask` that knows its data, model, loss and metrics.
+
+The trainer (``beit3_plugins.vl_tasks.train``) only talks to this interface, so a task registered from
+another package (entry-point group ``beit3_plugins``) trains exactly like the built-in ones:
+
+    @TASKS.register("my_task", config=MyTaskConfig)
+    class MyTask(VlTask): ...
+
+A task builds a :class:`TaskModel` (backbone + heads; ``forward(batch)`` returns ``{"loss": ...}`` so DDP
+wraps it), datasets per split, a collate function, ``evaluate`` (metrics + predictions) and
+``write_predictions`` (the benchmark's submission format).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from beit3_plugins.data.readers import SkipCounter
+
+__all__ = ["VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images", "encode_texts",
+           "ImageTextMixin"]
+
+
+class EmptySplitError(ValueError):
+    """A split has no usable records (wrong path, wrong split name, or everything skipped)."""
+
+
+@dataclasses.dataclass
+class TaskConfigBase:
+    """Fields every task has. Paths are relative to ``data.root`` unless absolute."""
+
+    image_size: int = 224
+    max_text_len: int = 64
+    augment: bool = True        # random resized crop + flip when training (False: evaluation transform)
+    eval_batch_size: int = 32
+
+
+class TaskModel(nn.Module):
+    """Backbone + task heads. ``forward(batch)`` returns a dict with ``loss`` and float logs.
+
+    ``released_head_map`` maps key prefixes of the released task checkpoints to this model's head keys
+    (identity where the names already agree) for :func:`beit3_plugins.vl_tasks.checkpoints.load_task_checkpoint`.
+    """
+
+    released_head_map: Mapping[str, str] = {}
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.cfg.embed_dim
+
+
+class VlTask:
+    """Base class of task plugins (see the module docstring)."""
+
+    #: metric used to pick the best checkpoint (higher is better)
+    primary_metric: str = "accuracy"
+    #: the backbone's final per-modality LayerNorm (the released VQA / ImageNet recipes turn it off)
+    normalize_output: bool = True
+    #: split names the trainer asks for
+    train_split: str = "train"
+    eval_split: str = "val"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.root: Optional[Path] = None
+        self.tokenizer = None
+        self.skips = SkipCounter()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, root: Any, tokenizer: Any) -> None:
+        """Remember the data root and the tokenizer; subclasses read vocabularies here."""
+        self.root = Path(root) if root is not None else None
+        self.tokenizer = tokenizer
+
+    def path(self, rel: Optional[str]) -> Optional[Path]:
+        if rel is None or rel == "":
+            return None
+        p = Path(rel)
+        if p.is_absolute() or self.root is None:
+            return p
+        return self.root / p
+
+    # ------------------------------------------------------------------ to implement
+    def build_dataset(self, split: str):
+        raise NotImplementedError
+
+    def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def build_model(self, backbone: nn.Module) -> TaskModel:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: TaskModel, dataset, device: torch.device) -> Tuple[Dict[str, float], Any]:
+        """(metrics, predictions) on ``dataset``; runs on one process with the unwrapped model."""
+        raise NotImplementedError
+
+    def write_predictions(self, predictions: Any, path: Path) -> Path:
+        """Write ``predictions`` in the benchmark's format; default JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(predictions, indent=1))
+        return path
+
+    # ------------------------------------------------------------------ extra state in checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """Task state saved next to the weights (e.g. the VQA answer list) so eval-only runs need no train data."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def check_nonempty(self, dataset, split: str, source: Any) -> None:
+        if len(dataset) == 0:
+            raise EmptySplitError(f"{type(self).__name__}: split {split!r} has no usable records (read from "
+                                  f"{source}); check data.root and the split files")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def stack_images(images: Sequence[Any]) -> Tensor:
+    if not images:
+        raise ValueError("empty batch")
+    if not isinstance(images[0], Tensor):
+        raise TypeError("the dataset returned PIL images; give it an image transform (ImageOptions.transform)")
+    return torch.stack(list(images))
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_len: int, skips: Optional[SkipCounter] = None
+                 ) -> Tuple[Tensor, Tensor]:
+    """(ids, padding_mask) padded to the longest text; over-long texts are truncated and counted."""
+    enc = tokenizer.encode_batch(list(texts), max_length=max_len, padding="longest")
+    if skips is not None and enc.num_truncated:
+        for text, cut in zip(texts, enc.truncated):
+            if cut:
+                skips.add("text_truncated", text[:60])
+    return torch.as_tensor(enc.input_ids), torch.as_tensor(enc.padding_mask)
+
+
+class ImageTextMixin:
+    """Image transform options shared by the image-text tasks."""
+
+    def image_options(self, train: bool, kind: str = "vl"):
+        from beit3_plugins.data import ImageOptions
+
+        return ImageOptions(transform=kind, image_size=self.cfg.image_size, train=train and self.cfg.augment)

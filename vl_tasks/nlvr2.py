@@ -1,0 +1,85 @@
+"""NLVR2 as the BEiT-3 recipe: each (image, sentence) pair through the fused encoder; the vision and text
+[CLS] of both pairs are concatenated (4D) and classified True/False by a two-layer MLP."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beit3_plugins.data import Nlvr2Config, Nlvr2Dataset
+from beit3_plugins.registry import TASKS
+
+from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
+from .heads import TwoLayerMLP
+from .metrics import accuracy
+
+__all__ = ["Nlvr2TaskConfig", "Nlvr2Model", "Nlvr2Task"]
+
+
+@dataclasses.dataclass
+class Nlvr2TaskConfig(TaskConfigBase):
+    image_size: int = 224
+    max_text_len: int = 64
+    train_jsonl: str = "nlvr2/data/train.json"
+    train_images: str = "nlvr2/images/train"
+    val_jsonl: str = "nlvr2/data/dev.json"
+    val_images: str = "nlvr2/dev"
+    test_jsonl: str = "nlvr2/data/test1.json"
+    test_images: str = "nlvr2/test1"
+
+
+class Nlvr2Model(TaskModel):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__(backbone)
+        self.head = TwoLayerMLP(4 * self.dim, 2 * self.dim, 2)
+
+    def logits(self, left, right, ids, padding_mask):
+        bsz = ids.shape[0]
+        out = self.backbone.forward_fused(torch.cat([left, right]), torch.cat([ids, ids]),
+                                          torch.cat([padding_mask, padding_mask]))
+        pooled = torch.cat([out.vision_cls, out.text_cls], dim=-1)  # (2B, 2D)
+        a, b = pooled.split(bsz)
+        return self.head(torch.cat([a, b], dim=-1))
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        logits = self.logits(batch["left"], batch["right"], batch["ids"], batch["padding_mask"])
+        return {"loss": F.cross_entropy(logits.float(), batch["label"])}
+
+
+@TASKS.register("nlvr2", config=Nlvr2TaskConfig)
+class Nlvr2Task(ImageTextMixin, VlTask):
+    primary_metric = "accuracy"
+
+    def build_dataset(self, split: str):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"NLVR2 splits are train / val (dev) / test (test1), got {split!r}")
+        jsonl = self.path(getattr(self.cfg, f"{split}_jsonl"))
+        ds = Nlvr2Dataset(Nlvr2Config(jsonl=str(jsonl), image_dir=str(self.path(getattr(self.cfg, f"{split}_images"))),
+                                      image=self.image_options(split == "train")))
+        self.check_nonempty(ds, split, jsonl)
+        return ds
+
+    def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:
+        ids, pad = encode_texts(self.tokenizer, [it["sentence"] for it in items], self.cfg.max_text_len, self.skips)
+        return {"left": stack_images([it["left_image"] for it in items]),
+                "right": stack_images([it["right_image"] for it in items]), "ids": ids, "padding_mask": pad,
+                "label": torch.tensor([it["label"] for it in items]),
+                "identifier": [it["identifier"] for it in items]}
+
+    def build_model(self, backbone: nn.Module) -> Nlvr2Model:
+        return Nlvr2Model(backbone)
+
+    @torch.no_grad()
+    def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:
+        from .loop import iterate_eval
+
+        preds, labels, out = [], [], []
+        for batch in iterate_eval(self, dataset, device):
+            p = model.logits(batch["left"], batch["right"], batch["ids"], batch["padding_mask"]).argmax(-1)
+            preds += p.tolist()
+            labels += batch["label"].tolist()
+            out += [{"identifier": i, "prediction": bool(v)} for i, v in zip(batch["identifier"], p.tolist())]
+        return accuracy(preds, labels), out

@@ -1,0 +1,143 @@
+"""VQA v2 as the BEiT-3 recipe: fused encoder, pooled vision [CLS], 3129-way soft-score classifier.
+
+Training drops questions none of whose answers is in the vocabulary (counted as
+``vqa_answers_out_of_vocab``); evaluation keeps them (they score 0, as on the official server).
+Predictions are the official submission format ``[{"question_id": int, "answer": str}, ...]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from beit3_plugins.data import AnswerVocab, VqaV2Config, VqaV2Dataset
+from beit3_plugins.registry import TASKS
+
+from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
+from .heads import Pooler, VqaClassifier
+from .losses import soft_bce
+from .metrics import vqa_accuracy
+
+__all__ = ["VqaTaskConfig", "VqaModel", "VqaTask"]
+
+
+@dataclasses.dataclass
+class VqaTaskConfig(TaskConfigBase):
+    image_size: int = 480
+    max_text_len: int = 64
+    train_questions: str = "coco/vqa/v2_OpenEnded_mscoco_train2014_questions.json"
+    train_annotations: str = "coco/vqa/v2_mscoco_train2014_annotations.json"
+    train_images: str = "coco/train2014"
+    val_questions: str = "coco/vqa/v2_OpenEnded_mscoco_val2014_questions.json"
+    val_annotations: Optional[str] = "coco/vqa/v2_mscoco_val2014_annotations.json"
+    val_images: str = "coco/val2014"
+    answer_vocab: Optional[str] = None   # answer2label.txt (3129 answers for the released heads)
+    min_answer_count: int = 1            # when the vocabulary is built from the training annotations
+    num_answers: Optional[int] = None    # cap (most frequent first); None = all
+
+
+class VqaModel(TaskModel):
+    def __init__(self, backbone: nn.Module, num_answers: int) -> None:
+        super().__init__(backbone)
+        self.pooler = Pooler(self.dim)
+        self.head = VqaClassifier(self.dim, num_answers)
+
+    def logits(self, image, ids, padding_mask):
+        out = self.backbone.forward_fused(image, ids, padding_mask)
+        return self.head(self.pooler(out.hidden))  # pooled vision [CLS] (token 0)
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        logits = self.logits(batch["image"], batch["ids"], batch["padding_mask"])
+        return {"loss": soft_bce(logits.float(), batch["targets"])}
+
+
+@TASKS.register("vqa", config=VqaTaskConfig)
+class VqaTask(ImageTextMixin, VlTask):
+    primary_metric = "vqa_accuracy"
+    normalize_output = False
+
+    def __init__(self, cfg: VqaTaskConfig) -> None:
+        super().__init__(cfg)
+        self.vocab: Optional[AnswerVocab] = None
+
+    def setup(self, root, tokenizer) -> None:
+        super().setup(root, tokenizer)
+        if self.vocab is not None:
+            return
+        if self.cfg.answer_vocab:
+            self.vocab = AnswerVocab.load(self.path(self.cfg.answer_vocab))
+        elif self.path(self.cfg.train_annotations) is not None and self.path(self.cfg.train_annotations).is_file():
+            self.vocab = AnswerVocab.from_annotations(self.path(self.cfg.train_annotations),
+                                                      min_count=self.cfg.min_answer_count, top_k=self.cfg.num_answers)
+        if self.vocab is not None and len(self.vocab) == 0:
+            raise ValueError("the VQA answer vocabulary is empty; check answer_vocab / train_annotations")
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"answers": list(self.vocab.answers)} if self.vocab is not None else {}
+
+    def load_state_dict(self, state) -> None:
+        if state.get("answers"):
+            self.vocab = AnswerVocab(state["answers"])
+
+    def _require_vocab(self) -> AnswerVocab:
+        if self.vocab is None:
+            raise ValueError("VQA needs an answer vocabulary: set task.answer_vocab (answer2label.txt), "
+                             "task.train_annotations, or load a checkpoint that stores it")
+        return self.vocab
+
+    def build_dataset(self, split: str):
+        vocab = self._require_vocab()
+        prefix = "train" if split == "train" else "val"
+        questions = self.path(getattr(self.cfg, f"{prefix}_questions"))
+        annotations = self.path(getattr(self.cfg, f"{prefix}_annotations"))
+        cfg = VqaV2Config(questions=str(questions), annotations=str(annotations) if annotations else None,
+                          image_dir=str(self.path(getattr(self.cfg, f"{prefix}_images"))),
+                          drop_out_of_vocab=split == "train", image=self.image_options(split == "train"))
+        ds = VqaV2Dataset(cfg)
+        ds.vocab = vocab  # targets must use the task's vocabulary, not one rebuilt from this split
+        if annotations:
+            from beit3_plugins.data import read_vqa
+            from beit3_plugins.data.readers import SkipCounter
+
+            skips = SkipCounter()
+            ds.records = read_vqa(questions, annotations, cfg.image_dir, vocab,
+                                  drop_out_of_vocab=split == "train", skips=skips)
+            ds.skips = skips
+        self.check_nonempty(ds, split, questions)
+        return ds
+
+    def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:
+        ids, pad = encode_texts(self.tokenizer, [it["question"] for it in items], self.cfg.max_text_len, self.skips)
+        targets = torch.zeros(len(items), len(self._require_vocab()))
+        for row, it in enumerate(items):
+            if it["labels"]:
+                targets[row, it["labels"]] = torch.tensor(it["scores"], dtype=torch.float32)
+        return {"image": stack_images([it["image"] for it in items]), "ids": ids, "padding_mask": pad,
+                "targets": targets, "question_id": [it["question_id"] for it in items]}
+
+    def build_model(self, backbone: nn.Module) -> VqaModel:
+        return VqaModel(backbone, len(self._require_vocab()))
+
+    @torch.no_grad()
+    def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:
+        from .loop import iterate_eval
+
+        vocab = self._require_vocab()
+        predictions: List[Dict[str, Any]] = []
+        for batch in iterate_eval(self, dataset, device):
+            logits = model.logits(batch["image"], batch["ids"], batch["padding_mask"])
+            for qid, label in zip(batch["question_id"], logits.argmax(-1).tolist()):
+                predictions.append({"question_id": int(qid), "answer": vocab.answers[label]})
+        metrics: Dict[str, float] = {}
+        answers = {r.question_id: r.answers for r in dataset.records if r.answers}
+        if answers:
+            scored = {p["question_id"]: p["answer"] for p in predictions if p["question_id"] in answers}
+            metrics.update(vqa_accuracy(scored, answers))
+        return metrics, predictions
+
+    def write_predictions(self, predictions, path: Path) -> Path:
+        return super().write_predictions(predictions, Path(path).with_suffix(".json"))
