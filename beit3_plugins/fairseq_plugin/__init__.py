@@ -1,0 +1,7 @@
+"""fairseq adapter: registers task ``beit3_mdm`` / ``vlmo_pretrain``, model ``beit3_pretrain`` with
+architectures ``beit3_tiny|base|large|giant`` and ``vlmo_tiny|base|large``, and criterion ``beit3_mdm``.
+
+Importing this package is the only place fairseq is imported. fairseq loads it through
+``--user-dir tools/fairseq_user_dir/beit3_mdm`` (a shim folder that imports this package).
+"""
+from . import criterions, models, tasks  # noqa: F401

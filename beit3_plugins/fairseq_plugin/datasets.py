@@ -1,0 +1,92 @@
+"""fairseq dataset that gives every batch all three data kinds in fixed proportions.
+
+One dataset index is a *unit*: ``per_unit[kind]`` examples of each kind (paper: 1 image, 1 text, 1 pair,
+so ``--batch-size 2048`` = 2048 + 2048 + 2048). Each kind walks its own per-epoch permutation and wraps
+around, so the smaller corpora repeat within an epoch. Randomness (permutations, crops, masks) is a pure
+function of (seed, epoch, index): a resumed run sees exactly the batches an uninterrupted one sees.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset
+
+from beit3_plugins.pretraining.data import collate_images, collate_pairs, collate_text
+
+__all__ = ["MixedModalityDataset", "KINDS"]
+
+KINDS = ("text", "image", "pair")
+_COLLATE = {"text": collate_text, "image": collate_images, "pair": collate_pairs}
+
+
+class MixedModalityDataset(FairseqDataset):
+    def __init__(self, sources: Dict[str, Tuple[object, int]], seed: int, pad_id: int = 1, shuffle: bool = True):
+        unknown = sorted(set(sources) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown data kind(s) {unknown}; kinds are {list(KINDS)}")
+        self.sources = {k: v for k, v in sources.items() if v[1] > 0}
+        if not self.sources:
+            raise ValueError("no data kind has a positive per-unit count")
+        self.seed, self.pad_id, self.shuffle = seed, pad_id, shuffle
+        self.epoch = 1
+        self.round_to = 1
+        self.natural_units = max(-(-len(src) // n) for src, n in self.sources.values())
+
+    # ------------------------------------------------------------------ fairseq protocol
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return False  # permutations depend on the epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_round_to(self, multiple: int) -> None:
+        """Round the epoch up to whole batches on every rank (VLMo gathers need equal batch sizes)."""
+        self.round_to = max(1, int(multiple))
+
+    def __len__(self) -> int:
+        return -(-self.natural_units // self.round_to) * self.round_to
+
+    def num_tokens(self, index: int) -> int:
+        return 1
+
+    def num_tokens_vec(self, indices):
+        return np.ones(len(indices), dtype=np.int64)
+
+    def size(self, index: int) -> int:
+        return 1
+
+    def ordered_indices(self):
+        return np.arange(len(self), dtype=np.int64)
+
+    @property
+    def supports_prefetch(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ items
+    def _permutation(self, kind: str, n: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, self.epoch, KINDS.index(kind)]).permutation(n)
+
+    def __getitem__(self, index: int) -> Dict[str, List[dict]]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), 7])
+        out: Dict[str, List[dict]] = {"id": int(index)}
+        for kind, (source, per_unit) in self.sources.items():
+            perm = self._permutation(kind, len(source))
+            out[kind] = [source.get(int(perm[(index * per_unit + j) % len(source)]), rng) for j in range(per_unit)]
+        return out
+
+    def collater(self, samples: List[Dict]) -> Dict:
+        if not samples:
+            return {}
+        net_input = {}
+        count = 0
+        for kind in self.sources:
+            items = [it for s in samples for it in s[kind]]
+            net_input[kind] = _COLLATE[kind](items, self.pad_id) if kind != "image" else _COLLATE[kind](items)
+            count += len(items)
+        return {"id": torch.tensor([s["id"] for s in samples]), "net_input": net_input, "nsentences": count,
+                "ntokens": count}

@@ -1,0 +1,209 @@
+"""fairseq tasks ``beit3_mdm`` (BEiT-3 / VL-BEiT masked data modeling) and ``vlmo_pretrain`` (VLMo).
+
+Data (paths relative to the data directory given to ``fairseq-train``): text lines, image folders and a
+caption file (COCO captions or Karpathy json); held-out parts for validation. One config dataclass per
+task, as fairseq's registry expects.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from beit3_plugins.data.readers import SkipCounter, read_text_lines
+from beit3_plugins.pretraining.data import ImageSource, PairSource, TextSource, list_images, read_pairs
+from beit3_plugins.pretraining.masking import BlockMaskingConfig, TokenMaskingConfig
+
+from .datasets import MixedModalityDataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Beit3MdmTaskConfig", "Beit3MdmTask", "VlmoPretrainTaskConfig", "VlmoPretrainTask"]
+
+
+@dataclass
+class Beit3MdmTaskConfig(FairseqDataclass):
+    data: str = field(default="", metadata={"help": "data directory; the paths below are relative to it"})
+    spm_model: str = field(default="", metadata={"help": "sentencepiece model (beit3.spm or train-spm output)"})
+    text_data: str = field(default="text/corpus.txt", metadata={"help": "text files, one sentence per line (comma-separated)"})
+    image_data: str = field(default="imagenet/train", metadata={"help": "image folders (comma-separated, recursive)"})
+    pair_data: str = field(default="coco/dataset_coco.json", metadata={"help": "COCO captions or Karpathy json"})
+    pair_image_root: str = field(default="coco", metadata={"help": "image root of the caption file"})
+    pair_splits: str = field(default="train,restval", metadata={"help": "Karpathy splits used for training"})
+    valid_text_data: str = field(default="", metadata={"help": "held-out text; empty: hold out the last valid_text_lines lines"})
+    valid_text_lines: int = 40
+    valid_image_data: str = "imagenet/val"
+    valid_pair_splits: str = "val"
+    texts_per_unit: int = field(default=1, metadata={"help": "texts per batch unit (--batch-size units per batch)"})
+    images_per_unit: int = 1
+    pairs_per_unit: int = 1
+    max_text_len: int = field(default=64, metadata={"help": "tokens incl. <s> and </s>; longer text is truncated and counted"})
+    image_size: int = 224
+    patch_size: int = field(default=16, metadata={"help": "must equal the backbone's patch size"})
+    text_mask_prob: float = 0.15
+    pair_text_mask_prob: float = 0.5
+    image_mask_ratio: float = 0.4
+    min_mask_block: int = 16
+    mvlm_masking: str = field(default="separate", metadata={"help": "separate (one modality per pair) or joint"})
+    train_crop_scale: float = field(default=0.5, metadata={"help": "random resized crop minimum area"})
+    objective: str = field(default="mdm", metadata={"help": "mdm (BEiT-3 MLM+MIM+MVLM) or vlmo (ITC+ITM+MLM)"})
+    stage: str = field(default="all", metadata={"help": "stagewise pretraining: all | vision | language"})
+    seed: int = II("common.seed")
+
+
+@register_task("beit3_mdm", dataclass=Beit3MdmTaskConfig)
+class Beit3MdmTask(FairseqTask):
+    """Masked data modeling over text, images and image-text pairs mixed in every batch."""
+
+    def __init__(self, cfg: Beit3MdmTaskConfig, tokenizer) -> None:
+        super().__init__(cfg)
+        self.tokenizer = tokenizer
+        self.skips = SkipCounter()
+        if cfg.objective not in ("mdm", "vlmo"):
+            raise ValueError(f"unknown objective {cfg.objective!r}; choose mdm or vlmo")
+        if cfg.mvlm_masking not in ("separate", "joint"):
+            raise ValueError(f"mvlm_masking must be separate or joint, got {cfg.mvlm_masking!r}")
+
+    @classmethod
+    def setup_task(cls, cfg: Beit3MdmTaskConfig, **kwargs):
+        from beit3_plugins.tokenizer import Beit3Tokenizer
+
+        if not cfg.data or not os.path.isdir(cfg.data):
+            raise FileNotFoundError(f"data directory {cfg.data!r} not found (first positional argument)")
+        if not cfg.spm_model:
+            raise ValueError("--spm-model is required (a sentencepiece model with the XLM-R id layout)")
+        tokenizer = Beit3Tokenizer(cls._path(cfg, cfg.spm_model))
+        logger.info(f"text tokenizer: {tokenizer}")
+        return cls(cfg, tokenizer)
+
+    @staticmethod
+    def _path(cfg, rel: str) -> str:
+        return rel if os.path.isabs(rel) else os.path.join(cfg.data, rel)
+
+    def _paths(self, spec: str) -> List[str]:
+        return [self._path(self.cfg, p.strip()) for p in spec.split(",") if p.strip()]
+
+    @property
+    def grid(self):
+        g = self.cfg.image_size // self.cfg.patch_size
+        return (g, g)
+
+    def model_vocab_size(self) -> int:
+        return getattr(self, "_model_vocab_size", self.tokenizer.vocab_size)
+
+    def transform(self, train: bool):
+        from beit3_plugins.transforms import build_image_transform
+
+        return build_image_transform("vl", train=train, image_size=self.cfg.image_size,
+                                     scale=(self.cfg.train_crop_scale, 1.0))
+
+    def build_sources(self, split: str):
+        cfg, train = self.cfg, split == "train"
+        if self.cfg.image_size % self.cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        block = BlockMaskingConfig(mask_ratio=cfg.image_mask_ratio, min_block=cfg.min_mask_block)
+        vocab = self.model_vocab_size()
+        transform = self.transform(train)
+        text_lines: List[str] = []
+        for path in self._paths(cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data):
+            text_lines.extend(read_text_lines(path))
+        if not cfg.valid_text_data:
+            held = cfg.valid_text_lines
+            if len(text_lines) <= held:
+                raise ValueError(f"text corpus {cfg.text_data} has {len(text_lines)} lines: too few to hold out "
+                                 f"{held} for validation (set --valid-text-data or --valid-text-lines)")
+            text_lines = text_lines[:-held] if train else text_lines[-held:]
+        text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob)
+        pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm" else cfg.text_mask_prob)
+        text_source = lambda: TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask,  # noqa: E731
+                                         self.skips, name=cfg.text_data)
+        folders = self._paths(cfg.image_data if train else cfg.valid_image_data)
+        image_source = lambda: ImageSource(list_images(folders), transform, self.grid, block, self.skips,  # noqa: E731
+                                           name=",".join(folders))
+        if cfg.stage == "language":      # VLMo stage 2: text only
+            return {"text": (text_source(), cfg.texts_per_unit)}
+        if cfg.stage == "vision":        # VLMo stage 1: images only
+            return {"image": (image_source(), cfg.images_per_unit)}
+        if cfg.stage != "all":
+            raise ValueError(f"unknown stage {cfg.stage!r}; stages are all, vision, language")
+        splits = cfg.pair_splits if train else cfg.valid_pair_splits
+        pairs = read_pairs(self._path(cfg, cfg.pair_data), self._path(cfg, cfg.pair_image_root),
+                           splits=[s.strip() for s in splits.split(",") if s.strip()])
+        pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid, pair_mask,
+                                 block, mode="joint" if cfg.objective == "vlmo" else cfg.mvlm_masking,
+                                 skips=self.skips, name=f"{cfg.pair_data} ({splits})")
+        sources = {"pair": (pair_source, cfg.pairs_per_unit)}
+        if cfg.objective == "mdm":
+            sources["text"] = (text_source(), cfg.texts_per_unit)
+            sources["image"] = (image_source(), cfg.images_per_unit)
+        return sources
+
+    def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs):
+        if split not in ("train", "valid"):
+            raise ValueError(f"unknown split {split!r}: this task has 'train' and 'valid'")
+        sources = self.build_sources(split)
+        sizes = {k: len(s) for k, (s, _) in sources.items()}
+        logger.info(f"{split}: {sizes} examples; per unit {{k: n}} = { {k: n for k, (_, n) in sources.items()} }")
+        self.datasets[split] = MixedModalityDataset(sources, seed=self.cfg.seed + (0 if split == "train" else 1000),
+                                                    pad_id=self.tokenizer.pad_id, shuffle=split == "train")
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, num_shards=1, **kwargs):
+        if isinstance(dataset, MixedModalityDataset) and max_sentences:
+            dataset.set_round_to(max_sentences * num_shards)
+        return super().get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                                          num_shards=num_shards, **kwargs)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self._model_vocab_size = model.core.backbone.cfg.vocab_size
+        if self.tokenizer.vocab_size > self._model_vocab_size:
+            raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} ids but the model's text embedding only "
+                             f"{self._model_vocab_size} rows (set --vocab-size >= {self.tokenizer.vocab_size})")
+        tok = model.core.tokenizer
+        if tok is not None and not tok.initialized:
+            self._init_codebook(tok)
+        return model
+
+    def _init_codebook(self, tok) -> None:
+        """A tokenizer without weights: k-means codebook on the first training images (deterministic, so
+        every rank computes the same one; a checkpoint restores it on resume)."""
+        import torch
+
+        folders = self._paths(self.cfg.image_data)
+        paths = list_images(folders)
+        if not paths:
+            raise ValueError(f"no images in {folders} to initialise the VQ-KD codebook")
+        source = ImageSource(paths[:64], self.transform(False), self.grid, skips=self.skips)
+        rng = np.random.default_rng(self.cfg.seed)
+        images = torch.stack([source.load(i, rng)[0] for i in range(len(source))])
+        bins = tok.init_codebook(images, seed=self.cfg.seed)
+        logger.info(f"VQ-KD codebook initialised by k-means on {len(images)} images: "
+                    f"{int((bins > 0).sum())}/{len(bins)} codes used")
+
+    def max_positions(self):
+        return None
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return None
+
+
+@dataclass
+class VlmoPretrainTaskConfig(Beit3MdmTaskConfig):
+    objective: str = "vlmo"
+    max_text_len: int = 40
+
+
+@register_task("vlmo_pretrain", dataclass=VlmoPretrainTaskConfig)
+class VlmoPretrainTask(Beit3MdmTask):
+    """VLMo: ITC + ITM (global hard negatives) + MLM on pairs; ``--stage language`` = text-only MLM with
+    attention and vision expert frozen (stagewise pretraining)."""

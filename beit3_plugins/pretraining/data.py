@@ -1,0 +1,199 @@
+"""Sample builders for masked data modeling: text lines, image folders and image-caption pairs.
+
+Each source turns (index, numpy Generator) into one corrupted training example, so a framework adapter
+can seed the generator per (seed, epoch, index) and a resumed run sees the same masks and crops.
+Inputs are the formats the shape world writes and real corpora of the same shape: a text file with one
+sentence per line, image folders (ImageNet style, searched recursively), and caption files (COCO
+``captions_*.json`` or Karpathy ``dataset_*.json``). Bad input: an empty corpus or a wrong vocabulary is
+an error at construction; an unreadable image is a counted skip (the next readable one is used); an
+over-long text is truncated and counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_image, read_coco_captions,
+                                        read_json, read_karpathy, read_text_lines)
+
+from .masking import IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens
+
+__all__ = ["EmptyCorpusError", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
+           "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES"]
+
+MAX_IMAGE_RETRIES = 16
+
+
+class EmptyCorpusError(ValueError):
+    """A configured data source has no usable item."""
+
+
+def list_images(folders: Sequence[str]) -> List[str]:
+    """All image files under ``folders`` (recursive, sorted)."""
+    paths: List[str] = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: image folder not found")
+        paths.extend(sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+    return paths
+
+
+def read_pairs(caption_file: str, image_root: str, splits: Sequence[str] = ("train", "restval")
+               ) -> List[Tuple[str, str]]:
+    """(image path, caption) pairs from a COCO captions json or a Karpathy split json (format sniffed)."""
+    data = read_json(caption_file, "caption file (COCO captions_*.json or Karpathy dataset_*.json)")
+    if isinstance(data, dict) and "annotations" in data:
+        records = read_coco_captions(caption_file, image_root)
+    elif isinstance(data, dict) and "images" in data:
+        records = read_karpathy(caption_file, image_root, splits=tuple(splits))
+    else:
+        raise ValueError(f"{caption_file}: neither a COCO captions file nor a Karpathy split file")
+    return [(r.image_path, c) for r in records for c in r.captions]
+
+
+class _TextEncoder:
+    """Tokenizer + vocabulary checks shared by the text and pair sources."""
+
+    def __init__(self, tokenizer, max_len: int, model_vocab_size: int, skips: SkipCounter) -> None:
+        if tokenizer.vocab_size > model_vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's text embedding only "
+                             f"{model_vocab_size} rows: use a model with vocab_size >= {tokenizer.vocab_size}")
+        self.tokenizer, self.max_len, self.skips = tokenizer, max_len, skips
+
+    def __call__(self, text: str) -> np.ndarray:
+        enc = self.tokenizer.encode(text, max_length=self.max_len, pad=False)
+        if enc.truncated:
+            self.skips.add("truncated_text", text[:60])
+        return np.asarray(enc.input_ids, dtype=np.int64)
+
+
+class TextSource:
+    """MLM examples from text lines: 15% of tokens chosen, 80% <mask> / 10% random / 10% kept."""
+
+    def __init__(self, lines: Sequence[str], tokenizer, max_len: int, model_vocab_size: int,
+                 masking: TokenMaskingConfig = TokenMaskingConfig(), skips: Optional[SkipCounter] = None,
+                 name: str = "text corpus") -> None:
+        self.lines = [line for line in lines if line.strip()]
+        if not self.lines:
+            raise EmptyCorpusError(f"{name}: no non-empty lines")
+        self.skips = skips if skips is not None else SkipCounter()
+        self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
+        self.tokenizer, self.masking = tokenizer, masking
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def get(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        ids = self.encode(self.lines[index % len(self.lines)])
+        inputs, targets = mask_tokens(ids, rng, self.masking, self.tokenizer.mask_id, num_special=4,
+                                      vocab_size=self.tokenizer.vocab_size)
+        return {"ids": inputs, "targets": targets}
+
+
+def _seeded_transform(transform: Callable, image, seed: int) -> Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
+class ImageSource:
+    """MIM examples: an augmented image and a block-wise mask of its patch grid."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, grid: Tuple[int, int],
+                 masking: BlockMaskingConfig = BlockMaskingConfig(), skips: Optional[SkipCounter] = None,
+                 name: str = "image folder") -> None:
+        self.paths = list(paths)
+        if not self.paths:
+            raise EmptyCorpusError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        self.transform = transform
+        self.masker = BlockMaskingGenerator(grid, masking)
+        self.skips = skips if skips is not None else SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int, rng: np.random.Generator) -> Tuple[Tensor, int]:
+        """Transformed image at ``index`` or, if unreadable (counted), the next readable one."""
+        for step in range(MAX_IMAGE_RETRIES):
+            i = (index + step) % len(self.paths)
+            image = load_image(self.paths[i], skips=self.skips)
+            if image is not None:
+                return _seeded_transform(self.transform, image, int(rng.integers(2 ** 31))), i
+        raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive unreadable images from {self.paths[index % len(self.paths)]}"
+                           f": {self.skips.report()}")
+
+    def get(self, index: int, rng: np.random.Generator) -> Dict[str, object]:
+        image, _ = self.load(index, rng)
+        return {"image": image, "mask": self.masker(rng).reshape(-1)}
+
+
+class PairSource:
+    """MVLM examples from (image, caption) pairs.
+
+    ``separate`` masking (BEiT-3 default) corrupts one modality per pair, chosen with probability 1/2:
+    either 50% of the text tokens or a block-wise image mask. ``joint`` masking corrupts both.
+    """
+
+    def __init__(self, pairs: Sequence[Tuple[str, str]], tokenizer, max_len: int, model_vocab_size: int,
+                 transform: Callable, grid: Tuple[int, int], text_masking: TokenMaskingConfig = TokenMaskingConfig(0.5),
+                 image_masking: BlockMaskingConfig = BlockMaskingConfig(), mode: str = "separate",
+                 skips: Optional[SkipCounter] = None, name: str = "caption file") -> None:
+        if mode not in ("separate", "joint"):
+            raise ValueError(f"MVLM masking must be 'separate' or 'joint', got {mode!r}")
+        self.pairs = list(pairs)
+        if not self.pairs:
+            raise EmptyCorpusError(f"{name}: no image-caption pairs")
+        self.skips = skips if skips is not None else SkipCounter()
+        self.images = ImageSource([p for p, _ in self.pairs], transform, grid, image_masking, self.skips, name)
+        self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
+        self.tokenizer, self.text_masking, self.mode = tokenizer, text_masking, mode
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def get(self, index: int, rng: np.random.Generator) -> Dict[str, object]:
+        image, used = self.images.load(index % len(self.pairs), rng)
+        ids = self.encode(self.pairs[used][1])
+        image_mask = self.images.masker(rng).reshape(-1)
+        inputs, targets = mask_tokens(ids, rng, self.text_masking, self.tokenizer.mask_id, num_special=4,
+                                      vocab_size=self.tokenizer.vocab_size)
+        if self.mode == "separate":
+            if rng.random() < 0.5:
+                image_mask[:] = False                                     # text is masked
+            else:
+                inputs, targets = ids.copy(), np.full_like(ids, IGNORE_INDEX)  # image is masked
+        return {"image": image, "mask": image_mask, "ids": inputs, "targets": targets, "clean_ids": ids}
+
+
+def _pad(seqs: Sequence[np.ndarray], value: int) -> Tensor:
+    length = max(len(s) for s in seqs)
+    out = np.full((len(seqs), length), value, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = s
+    return torch.from_numpy(out)
+
+
+def collate_text(items: Sequence[Dict], pad_id: int = 1) -> Dict[str, Tensor]:
+    ids = _pad([it["ids"] for it in items], pad_id)
+    lengths = torch.tensor([len(it["ids"]) for it in items])
+    padding_mask = torch.arange(ids.shape[1])[None, :] >= lengths[:, None]  # True = pad
+    return {"ids": ids, "padding_mask": padding_mask, "targets": _pad([it["targets"] for it in items], IGNORE_INDEX)}
+
+
+def collate_images(items: Sequence[Dict]) -> Dict[str, Tensor]:
+    return {"image": torch.stack([it["image"] for it in items]),
+            "mask": torch.from_numpy(np.stack([it["mask"] for it in items]))}
+
+
+def collate_pairs(items: Sequence[Dict], pad_id: int = 1) -> Dict[str, Tensor]:
+    out = collate_images(items)
+    out.update(collate_text(items, pad_id))
+    out["clean_ids"] = _pad([it["clean_ids"] for it in items], pad_id)
+    return out
