@@ -1,0 +1,53 @@
+"""yacs keys detectron2 lacks for BEiT-3 ViTDet: backbone, pyramid, soft-NMS, AdamW + layer decay, LSJ,
+datasets given as COCO json + image root, and deterministic resumable training."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_beit3_config"]
+
+
+def add_beit3_config(cfg: CN) -> CN:
+    """Add the ``MODEL.BEIT3``, ``MODEL.SFP``, ``MODEL.ROI_HEADS.SOFT_NMS``, ``SOLVER.*``, ``INPUT.LSJ`` and
+    ``DATASETS.COCO_INSTANCES`` keys (defaults = BEiT-3 base ViTDet at 1024 px) to a detectron2 config."""
+    cfg.MODEL.BEIT3 = CN()
+    cfg.MODEL.BEIT3.NAME = "beit3_base"            # any name in beit3_plugins BACKBONES
+    cfg.MODEL.BEIT3.IMG_SIZE = 1024                # position table resized to this input size
+    cfg.MODEL.BEIT3.PATCH_SIZE = 0                 # 0: the variant's own (giant: set 16, weights resampled)
+    cfg.MODEL.BEIT3.DROP_PATH_RATE = 0.1
+    cfg.MODEL.BEIT3.WINDOW_SIZE = 14               # in patches
+    cfg.MODEL.BEIT3.GLOBAL_ATTN_INDEXES = []       # empty: last layer of each quarter (ViTDet)
+    cfg.MODEL.BEIT3.CHECKPOINT_ACTIVATIONS = False
+    cfg.MODEL.BEIT3.FINAL_NORM = True
+    cfg.MODEL.BEIT3.WEIGHTS = ""                   # released BEiT-3 .pth or our pretraining export
+    cfg.MODEL.BEIT3.STRICT_INIT = True             # missing backbone keys in WEIGHTS are an error
+
+    cfg.MODEL.SFP = CN()
+    cfg.MODEL.SFP.OUT_CHANNELS = 256
+    cfg.MODEL.SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+    cfg.MODEL.SFP.NORM = "LN"
+    cfg.MODEL.SFP.SQUARE_PAD = 1024
+
+    cfg.MODEL.ROI_HEADS.SOFT_NMS = CN()
+    cfg.MODEL.ROI_HEADS.SOFT_NMS.ENABLED = True
+    cfg.MODEL.ROI_HEADS.SOFT_NMS.METHOD = "linear"     # linear | gaussian | hard
+    cfg.MODEL.ROI_HEADS.SOFT_NMS.IOU_THRESHOLD = 0.3   # linear / hard
+    cfg.MODEL.ROI_HEADS.SOFT_NMS.SIGMA = 0.5           # gaussian
+    cfg.MODEL.ROI_HEADS.SOFT_NMS.MIN_SCORE = 0.001
+
+    cfg.SOLVER.OPTIMIZER = "AdamW"                 # AdamW | SGD
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    cfg.SOLVER.LAYER_DECAY = 0.9                   # lr scale decay^(L + 1 - layer_id) inside the backbone
+    cfg.SOLVER.SEED_PER_ITER = True                # reseed RNGs from (SEED, iteration): exact --resume
+
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.ENABLED = False                  # large-scale jitter: resize x[MIN,MAX] + fixed crop
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+
+    # [name, json_file, image_root] triples registered with detectron2's register_coco_instances;
+    # relative paths are resolved against DATASETS.ROOT (default: $DETECTRON2_DATASETS or ./datasets).
+    cfg.DATASETS.COCO_INSTANCES = []
+    cfg.DATASETS.ROOT = ""
+    return cfg

@@ -1,0 +1,96 @@
+"""detectron2 trainer for BEiT-3 ViTDet: AdamW + layer decay, resumable data stream, per-iteration seeding,
+weights-only checkpoints, COCO box/mask evaluation (pycocotools; detectron2's fast C++ eval needs _C)."""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from beit3_plugins.checkpoint import CheckpointMismatchError
+
+from .data import build_resumable_train_loader, build_train_mapper, mix_seed
+from .optimizer import build_beit3_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SafeDetectionCheckpointer", "SeedPerIteration", "Beit3DetectionTrainer"]
+
+
+class SafeDetectionCheckpointer(DetectionCheckpointer):
+    """Loads checkpoints with ``torch.load(weights_only=True)``: a checkpoint file can never run code.
+
+    Pickled model-zoo files (``.pkl``, ``.pyth``) are refused; re-save their tensors as a ``.pth`` state dict.
+    """
+
+    def _load_file(self, filename):
+        if filename.endswith((".pkl", ".pyth")):
+            raise CheckpointMismatchError(
+                f"{filename}: pickled checkpoints are not loaded (they can run code). Convert the tensors to a "
+                "state dict and save it with torch.save({'model': state_dict}, 'file.pth').")
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
+            raise CheckpointMismatchError(
+                f"cannot read {f} as a weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+class SeedPerIteration(HookBase):
+    """Seeds torch from (seed, iteration, rank) before every step: drop path and the RPN / ROI sampling
+    draw the same numbers whether a run went straight through or was resumed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def before_step(self) -> None:
+        torch.manual_seed(mix_seed(self.seed, 2, self.trainer.iter, comm.get_rank()))
+
+
+class Beit3DetectionTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with the BEiT-3 optimizer, the resumable stream and safe checkpoints."""
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_beit3_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        return build_resumable_train_loader(dicts, build_train_mapper(cfg), cfg.SOLVER.IMS_PER_BATCH, cfg.SEED,
+                                            num_workers=cfg.DATALOADER.NUM_WORKERS, start_iter=start_iter)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
+                             use_fast_impl=False)
+
+    def build_hooks(self):
+        self.checkpointer = SafeDetectionCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR,
+                                                      trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        if self.cfg.SOLVER.SEED_PER_ITER:
+            if self.cfg.SEED < 0:
+                logger.warning("SEED < 0: per-iteration seeding is off and --resume will not be exact")
+            else:
+                hooks.insert(0, SeedPerIteration(self.cfg.SEED))
+        return hooks
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:  # continue the data stream where the checkpointed run was
+            self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer._data_loader_iter_obj = None
+            logger.info("resumed at iteration %d; data stream restarted at batch %d", self.start_iter,
+                        self.start_iter)
