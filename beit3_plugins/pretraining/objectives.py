@@ -85,6 +85,19 @@ def gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat(parts, 0)
 
 
+def _pad_to_common_length(ids: Tensor, padding_mask: Tensor, pad_id: int = 1) -> Tuple[Tensor, Tensor]:
+    """Pad text to the longest length on any rank so it can be gathered (batches pad to their own longest)."""
+    if not _distributed():
+        return ids, padding_mask
+    length = torch.tensor([ids.shape[1]], device=ids.device)
+    torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
+    extra = int(length) - ids.shape[1]
+    if extra:
+        ids = F.pad(ids, (0, extra), value=pad_id)
+        padding_mask = F.pad(padding_mask, (0, extra), value=True)
+    return ids, padding_mask
+
+
 def _rank() -> int:
     return torch.distributed.get_rank() if _distributed() else 0
 
@@ -238,19 +251,20 @@ class MaskedDataModel(nn.Module):
         logits_i2t = scale * img @ all_txt.t()
         logits_t2i = scale * txt @ all_img.t()
         itc = (F.cross_entropy(logits_i2t.float(), labels) + F.cross_entropy(logits_t2i.float(), labels)) / 2
-        logs["itc_loss"] = float(itc.detach()) * batch
+        logs["itc_loss"] = float(itc.detach()) * 2 * batch
         logs["itc_correct"] = int((logits_i2t.argmax(-1) == labels).sum() + (logits_t2i.argmax(-1) == labels).sum())
         logs["itc_count"] = 2 * batch
 
         # ITM with global hard negatives: candidates are the images/texts of every rank
         with torch.no_grad():
-            cand_images, cand_ids = gather_no_grad(image), gather_no_grad(ids)
-            cand_pad = gather_no_grad(padding_mask)
+            pos_ids, pos_pad = _pad_to_common_length(ids, padding_mask)
+            cand_images, cand_ids = gather_no_grad(image), gather_no_grad(pos_ids)
+            cand_pad = gather_no_grad(pos_pad)
             neg_txt = sample_hard_negatives(logits_i2t.detach(), labels, generator)
             neg_img = sample_hard_negatives(logits_t2i.detach(), labels, generator)
         itm_image = torch.cat([image, image, cand_images[neg_img]], 0)
-        itm_ids = torch.cat([ids, cand_ids[neg_txt], ids], 0)
-        itm_pad = torch.cat([padding_mask, cand_pad[neg_txt], padding_mask], 0)
+        itm_ids = torch.cat([pos_ids, cand_ids[neg_txt], pos_ids], 0)
+        itm_pad = torch.cat([pos_pad, cand_pad[neg_txt], pos_pad], 0)
         itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(image.device)
         fused = self.backbone.forward_fused(itm_image, itm_ids, padding_mask=itm_pad)
         itm_logits = self.itm_head(fused.text_cls)
