@@ -267,6 +267,8 @@ def run(cfg) -> Dict[str, Any]:
     t0 = time.perf_counter()
     tc = cfg.train
     dist = _Dist()
+    if tc.get("num_threads"):
+        torch.set_num_threads(int(tc.num_threads))  # small CPU models run faster single-threaded on busy hosts
     device = _device(str(tc.device), dist)
     dist.init(device)
     out = Path(str(tc.output_dir))
@@ -385,7 +387,7 @@ def run(cfg) -> Dict[str, Any]:
             global_step += 1
             step_in_epoch += 1
             if global_step % int(tc.log_every) == 0 or global_step == total_steps:
-                logs = {k: float(v) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+                logs = {k: float(v.detach()) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
                 logs["lr"] = lr
                 log.log(global_step, epoch, "train", logs)
             if progress is not None:

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from beit3_plugins.data import AnswerVocab, VqaV2Config, VqaV2Dataset
+from beit3_plugins.data import AnswerVocab, VqaV2Dataset
+from beit3_plugins.data.datasets import RecordDataset
 from beit3_plugins.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
@@ -55,6 +56,19 @@ class VqaModel(TaskModel):
         return {"loss": soft_bce(logits.float(), batch["targets"])}
 
 
+class _VqaItems(VqaV2Dataset):
+    """The library's VQA v2 items over records read with the task's answer vocabulary."""
+
+    def __init__(self, records, transform) -> None:  # noqa: D107 - records come from read_vqa
+        RecordDataset.__init__(self, records, transform)
+
+
+def _transform(options):
+    from beit3_plugins.transforms import build_image_transform
+
+    return build_image_transform(options.transform, train=options.train, image_size=options.image_size)
+
+
 @TASKS.register("vqa", config=VqaTaskConfig)
 class VqaTask(ImageTextMixin, VlTask):
     primary_metric = "vqa_accuracy"
@@ -90,23 +104,18 @@ class VqaTask(ImageTextMixin, VlTask):
         return self.vocab
 
     def build_dataset(self, split: str):
+        from beit3_plugins.data import read_vqa
+        from beit3_plugins.data.readers import SkipCounter
+
         vocab = self._require_vocab()
         prefix = "train" if split == "train" else "val"
         questions = self.path(getattr(self.cfg, f"{prefix}_questions"))
         annotations = self.path(getattr(self.cfg, f"{prefix}_annotations"))
-        cfg = VqaV2Config(questions=str(questions), annotations=str(annotations) if annotations else None,
-                          image_dir=str(self.path(getattr(self.cfg, f"{prefix}_images"))),
-                          drop_out_of_vocab=split == "train", image=self.image_options(split == "train"))
-        ds = VqaV2Dataset(cfg)
-        ds.vocab = vocab  # targets must use the task's vocabulary, not one rebuilt from this split
-        if annotations:
-            from beit3_plugins.data import read_vqa
-            from beit3_plugins.data.readers import SkipCounter
-
-            skips = SkipCounter()
-            ds.records = read_vqa(questions, annotations, cfg.image_dir, vocab,
-                                  drop_out_of_vocab=split == "train", skips=skips)
-            ds.skips = skips
+        skips = SkipCounter()
+        records = read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
+                           vocab if annotations else None, drop_out_of_vocab=split == "train", skips=skips)
+        ds = _VqaItems(records, _transform(self.image_options(split == "train")))
+        ds.skips.merge(skips)
         self.check_nonempty(ds, split, questions)
         return ds
 
