@@ -165,3 +165,20 @@ def test_init_strict_missing_key_and_pickled_objects_fail(tmp_path):
     spec.weights = str(evil)
     with pytest.raises(CheckpointMismatchError, match="weights-only"):
         det.build_beit3_net(spec)
+
+
+@pytest.mark.parametrize("config, backbone_params_m", [("cascade_beit3.yaml", 309.9), ("cascade_beit3_giant.yaml", 1020.7)])
+def test_paper_scale_configs_build_on_the_meta_device(config, backbone_params_m):
+    """The shipped paper-scale configs build (no memory: meta tensors) with a 1280 px pyramid p2..p6."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = det.add_beit3_config(get_cfg())
+    cfg.merge_from_file(str(Path(det.__file__).parent / config))
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert isinstance(model.roi_heads, det.SoftNMSCascadeROIHeads) and model.roi_heads.num_cascade_stages == 3
+    assert sum(p.numel() for p in model.backbone.net.parameters()) / 1e6 == pytest.approx(backbone_params_m, abs=0.1)
+    feats = model.backbone(torch.zeros(1, 3, 1280, 1280, device="meta"))
+    assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 320, "p3": 160, "p4": 80, "p5": 40, "p6": 20}

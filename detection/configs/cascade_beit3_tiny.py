@@ -23,12 +23,12 @@ model.proposal_generator.update(
 model.proposal_generator.head.update(in_channels=CH, num_anchors=3)
 model.roi_heads.update(num_classes=3, batch_size_per_image=32, box_in_features=["p2", "p3", "p4", "p5"],
                        mask_in_features=["p2", "p3", "p4", "p5"])
-for pooler, size in ((model.roi_heads.box_pooler, 7), (model.roi_heads.mask_pooler, 14)):
-    pooler.update(output_size=size, scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32))
-for head in model.roi_heads.box_heads:
-    head.update(input_shape=ShapeSpec(channels=CH, height=7, width=7), conv_dims=[], fc_dims=[128])
-for predictor in model.roi_heads.box_predictors:
-    predictor.update(input_shape=ShapeSpec(channels=128), test_topk_per_image=20)
+for _pooler, _size in ((model.roi_heads.box_pooler, 7), (model.roi_heads.mask_pooler, 14)):
+    _pooler.update(output_size=_size, scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32))
+for _head in model.roi_heads.box_heads:
+    _head.update(input_shape=ShapeSpec(channels=CH, height=7, width=7), conv_dims=[], fc_dims=[128])
+for _predictor in model.roi_heads.box_predictors:
+    _predictor.update(input_shape=ShapeSpec(channels=128), test_topk_per_image=20)
 model.roi_heads.mask_head.update(input_shape=ShapeSpec(channels=CH, width=14, height=14), conv_dims=[64, 64, 64])  # 2 convs + deconv
 
 datasets.coco_instances = [
