@@ -7,7 +7,7 @@
 # Usage: detection.sh --world WORLD_DIR --out OUT_DIR [--init BACKBONE_CKPT] [--spm IGNORED] [--iters N]
 set -euo pipefail
 
-WORLD="" OUT="" INIT="" ITERS="${DETECTION_DEMO_ITERS:-300}"
+WORLD="" OUT="" INIT="" ITERS="${DETECTION_DEMO_ITERS:-200}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --world) WORLD="$2"; shift 2 ;;
@@ -22,6 +22,8 @@ if [[ -z "$WORLD" || -z "$OUT" ]]; then
   echo "usage: detection.sh --world WORLD_DIR --out OUT_DIR [--init BACKBONE_CKPT] [--iters N]" >&2; exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# one intra-op thread: on a busy 2-core machine two OpenMP threads spin against each other (several x slower)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 WORLD="$(cd "$WORLD" && pwd)"
 mkdir -p "$OUT"
