@@ -296,7 +296,7 @@ def run(cfg) -> Dict[str, Any]:
         (out / "load_report.txt").write_text(report.summary() + "\n")
         logger.info(report.summary())
     eval_split = str(tc.eval_split) if tc.get("eval_split") else task.eval_split
-    results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name)}
+    results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name), "world_size": dist.world}
 
     if bool(tc.eval_only):
         if dist.main:
@@ -358,8 +358,12 @@ def run(cfg) -> Dict[str, Any]:
     while not done and epoch < epochs:
         model.train()
         batches = _batches(len(train_ds), bs, world, dist.rank, int(tc.seed), epoch)[step_in_epoch:]
+        # the loader's own seed comes from a generator tied to (seed, epoch, position), not from the global
+        # RNG, so creating it on resume does not shift the random stream of augmentations / drop path
+        loader_gen = torch.Generator().manual_seed(int(tc.seed) * 1_000_003 + epoch * 1009 + step_in_epoch)
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batches, num_workers=int(cfg.data.num_workers),
-                                             collate_fn=lambda items: task.collate(items, train=True))
+                                             collate_fn=lambda items: task.collate(items, train=True),
+                                             generator=loader_gen)
         for batch in loader:
             lr = lr_at_step(global_step, total_steps, warmup, float(tc.lr), float(tc.min_lr))
             for g in optimizer.param_groups:
