@@ -16,7 +16,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from beit3_plugins.data.readers import SkipCounter, read_text_lines
-from beit3_plugins.pretraining.data import ImageSource, PairSource, TextSource, list_images, read_pairs
+from beit3_plugins.pretraining.data import EmptyCorpusError, ImageSource, PairSource, TextSource, list_images, read_pairs
 from beit3_plugins.pretraining.masking import BlockMaskingConfig, TokenMaskingConfig
 
 from .datasets import MixedModalityDataset
@@ -112,6 +112,8 @@ class Beit3MdmTask(FairseqTask):
         text_lines: List[str] = []
         for path in self._paths(cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data):
             text_lines.extend(read_text_lines(path))
+        if not text_lines:
+            raise EmptyCorpusError(f"text corpus {cfg.text_data} in {cfg.data} has no non-empty lines")
         if not cfg.valid_text_data:
             held = cfg.valid_text_lines
             if len(text_lines) <= held:

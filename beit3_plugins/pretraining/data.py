@@ -10,8 +10,7 @@ over-long text is truncated and counted.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
+import random
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -98,9 +97,16 @@ class TextSource:
 
 
 def _seeded_transform(transform: Callable, image, seed: int) -> Tensor:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(image)
+    """Apply a random transform with its randomness fixed by ``seed`` (torchvision draws from torch, timm's
+    RandomResizedCrop from python's ``random``); the global generators are left as they were."""
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return transform(image)
+    finally:
+        random.setstate(state)
 
 
 class ImageSource:
