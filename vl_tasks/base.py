@@ -90,7 +90,9 @@ class VlTask:
         return self.root / p
 
     # ------------------------------------------------------------------ to implement
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        """Dataset of ``split``; ``train`` (default: split == train_split) selects training behaviour
+        (augmentation, one item per caption, dropping unanswerable questions)."""
         raise NotImplementedError
 
     def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:

@@ -61,7 +61,8 @@ class CaptioningTask(ImageTextMixin, VlTask):
     primary_metric = "cider"
     eval_split = "val"
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
         if self.cfg.dataset not in KARPATHY:
             raise ValueError(f"captioning dataset must be one of {sorted(KARPATHY)}, got {self.cfg.dataset!r}")
         json_path, root, train_splits = KARPATHY[self.cfg.dataset]
@@ -69,7 +70,7 @@ class CaptioningTask(ImageTextMixin, VlTask):
         splits = tuple(self.cfg.train_splits or train_splits) if split == "train" else (split,)
         ds = KarpathyCaptionDataset(KarpathyCaptionsConfig(
             json=str(json_path), image_root=str(self.path(self.cfg.image_root or root)), splits=splits,
-            per_caption=split == "train", image=self.image_options(split == "train")))
+            per_caption=train, image=self.image_options(train)))
         self.check_nonempty(ds, split, f"{json_path} splits {splits}")
         return ds
 

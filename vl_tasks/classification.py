@@ -53,10 +53,11 @@ class _ImageFolderTask(VlTask):
             return tuple(names)
         return None
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
         root = self.path(self.cfg.train_dir if split == "train" else self.cfg.val_dir)
         ds = ImageFolderDataset(ImageFolderConfig(root=str(root), classes=self.classes(), image=ImageOptions(
-            transform=self.cfg.transform, image_size=self.cfg.image_size, train=split == "train" and self.cfg.augment)))
+            transform=self.cfg.transform, image_size=self.cfg.image_size, train=train and self.cfg.augment)))
         self.class_names = list(ds.classes)
         self.check_nonempty(ds, split, root)
         return ds
@@ -223,7 +224,7 @@ class TextClassificationTask(VlTask):
         rows = read_glue_tsv(self.path(self.cfg.train_tsv), self.cfg.text_columns, self.cfg.label_column)
         return sorted({r[self.cfg.label_column] for r in rows})
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
         path = self.path(self.cfg.train_tsv if split == "train" else self.cfg.val_tsv)
         ds = _TextDataset(read_glue_tsv(path, self.cfg.text_columns, self.cfg.label_column), self.cfg.text_columns,
                           self.cfg.label_column, self.label_names())

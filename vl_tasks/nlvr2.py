@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +53,13 @@ class Nlvr2Model(TaskModel):
 class Nlvr2Task(ImageTextMixin, VlTask):
     primary_metric = "accuracy"
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
         if split not in ("train", "val", "test"):
             raise ValueError(f"NLVR2 splits are train / val (dev) / test (test1), got {split!r}")
         jsonl = self.path(getattr(self.cfg, f"{split}_jsonl"))
         ds = Nlvr2Dataset(Nlvr2Config(jsonl=str(jsonl), image_dir=str(self.path(getattr(self.cfg, f"{split}_images"))),
-                                      image=self.image_options(split == "train")))
+                                      image=self.image_options(train)))
         self.check_nonempty(ds, split, jsonl)
         return ds
 

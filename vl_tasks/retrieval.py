@@ -109,12 +109,13 @@ class RetrievalTask(ImageTextMixin, VlTask):
         return (self.path(self.cfg.karpathy_json or json_path), self.path(self.cfg.image_root or root),
                 tuple(self.cfg.train_splits or train_splits))
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
         json_path, root, train_splits = self._files()
         splits = train_splits if split == "train" else (split,)
         ds = KarpathyCaptionDataset(KarpathyCaptionsConfig(
-            json=str(json_path), image_root=str(root), splits=splits, per_caption=split == "train",
-            image=self.image_options(split == "train")))
+            json=str(json_path), image_root=str(root), splits=splits, per_caption=train,
+            image=self.image_options(train)))
         self.check_nonempty(ds, split, f"{json_path} splits {splits}")
         return ds
 

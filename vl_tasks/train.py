@@ -437,7 +437,7 @@ def run(cfg) -> Dict[str, Any]:
 
 
 def _evaluate(task, model, split: str, device, out: Path, task_name: str, predict: bool) -> Dict[str, float]:
-    dataset = task.build_dataset(split)
+    dataset = task.build_dataset(split, train=False)
     was_training = model.training
     model.eval()
     try:

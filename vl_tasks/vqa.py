@@ -103,7 +103,8 @@ class VqaTask(ImageTextMixin, VlTask):
                              "task.train_annotations, or load a checkpoint that stores it")
         return self.vocab
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
         from beit3_plugins.data import read_vqa
         from beit3_plugins.data.readers import SkipCounter
 
@@ -113,8 +114,8 @@ class VqaTask(ImageTextMixin, VlTask):
         annotations = self.path(getattr(self.cfg, f"{prefix}_annotations"))
         skips = SkipCounter()
         records = read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
-                           vocab if annotations else None, drop_out_of_vocab=split == "train", skips=skips)
-        ds = _VqaItems(records, _transform(self.image_options(split == "train")))
+                           vocab if annotations else None, drop_out_of_vocab=train, skips=skips)
+        ds = _VqaItems(records, _transform(self.image_options(train)))
         ds.skips.merge(skips)
         self.check_nonempty(ds, split, questions)
         return ds

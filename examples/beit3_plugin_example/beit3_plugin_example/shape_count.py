@@ -70,7 +70,7 @@ class ShapeCountModel(TaskModel):
 class ShapeCountTask(VlTask):
     primary_metric = "accuracy"
 
-    def build_dataset(self, split: str):
+    def build_dataset(self, split: str, train=None):
         prefix = "train" if split == "train" else "val"
         from beit3_plugins.data import AnswerVocab
 

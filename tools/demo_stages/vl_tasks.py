@@ -1,0 +1,85 @@
+"""Demo stage: fine-tune + evaluate every vision-language task plugin at tiny size on a data world.
+
+    python tools/demo_stages/vl_tasks.py --world /tmp/world --spm /tmp/spm.model --out /tmp/demo/vl \
+        [--backbone /tmp/pretrain/checkpoint_released.pt] [--budget-seconds 240]
+
+Each task runs through the same Hydra trainer (``beit3_plugins.vl_tasks.train``) with ``model=beit3_tiny``
+and ``preset=cpu_tiny``; the optional backbone checkpoint (released layout, e.g. the pretraining stage's
+export) initialises every task. Writes ``<out>/metrics.json`` (per task: final metrics, chance level,
+steps, seconds) and ``<out>/<task>/curves.png``. The step counts are sized for a 2-core CPU; the budget
+is split across tasks and a task that runs out of it stops early (its metrics are still reported).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+# (task, extra overrides, metric, chance level of that metric on the shape world, share of the budget)
+STAGES = [
+    ("image_text_classification", ["train.epochs=6"], "accuracy", 100 / 3, 0.12),
+    ("vqa", ["train.epochs=4", "train.head_lr_mult=10", "train.lr=5e-4"], "vqa_accuracy", 27.9, 0.2),
+    ("retrieval", ["train.epochs=4"], "t2i_r1", None, 0.15),
+    ("nlvr2", ["train.epochs=4"], "accuracy", 50.0, 0.12),
+    ("captioning", ["train.epochs=3", "task.beam_size=2", "task.max_gen_len=16"], "bleu4", 0.0, 0.25),
+    ("image_classification", ["train.epochs=6"], "accuracy", 100 / 3, 0.1),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", required=True, help="data world directory (beit3-plugins make-world)")
+    parser.add_argument("--spm", required=True, help="sentencepiece model trained on the world's corpus")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--backbone", "--init", dest="backbone", default=None,
+                        help="backbone checkpoint (released layout, e.g. the pretraining export) to start from")
+    parser.add_argument("--budget-seconds", type=float, default=240.0)
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of " + ",".join(s[0] for s in STAGES))
+    args = parser.parse_args(argv)
+
+    from beit3_plugins.vl_tasks.train import compose_config, run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.tasks.split(",")) if args.tasks else None
+    summary = {"budget_seconds": args.budget_seconds, "backbone": args.backbone, "tasks": {}}
+    start = time.perf_counter()
+    for task, extra, metric, chance, share in STAGES:
+        if wanted and task not in wanted:
+            continue
+        overrides = [f"task={task}", "model=beit3_tiny", "preset=cpu_tiny", f"data.root={args.world}",
+                     f"data.tokenizer={args.spm}", f"train.output_dir={out / task}", "train.resume=false", *extra]
+        if args.backbone:
+            overrides += [f"model.checkpoint={args.backbone}", "model.strict=false"]
+        # steps that fit this task's share of the budget: measured on the first epoch is too late, so the
+        # cap is a conservative steps-per-second estimate of the tiny model on 2 busy cores
+        overrides.append(f"train.max_steps={max(10, int(args.budget_seconds * share * 2))}")
+        t0 = time.perf_counter()
+        try:
+            result = run(compose_config(overrides))
+            entry = {"metric": metric, "value": result["eval"].get(metric), "chance": chance,
+                     "eval": result["eval"], "steps": result["steps"], "seconds": round(time.perf_counter() - t0, 1)}
+            entry["first_loss"], entry["last_loss"] = _loss_ends(out / task / "metrics.csv")
+        except Exception as exc:  # noqa: BLE001 - one failing task must not hide the others' numbers
+            entry = {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 1)}
+        summary["tasks"][task] = entry
+        print(f"[vl_tasks] {task}: {json.dumps(entry)[:300]}", flush=True)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    print(f"[vl_tasks] wrote {out / 'metrics.json'} ({summary['seconds']} s)")
+    return 0 if all("error" not in t for t in summary["tasks"].values()) else 1
+
+
+def _loss_ends(path: Path):
+    if not path.is_file():
+        return None, None
+    with path.open() as handle:
+        losses = [float(r["value"]) for r in csv.DictReader(handle) if r["split"] == "train" and r["name"] == "loss"]
+    return (losses[0], losses[-1]) if losses else (None, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
