@@ -24,6 +24,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                    "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
     "train-spm": ("beit3_plugins.tokenizer:cli_main",
                   "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
+    "export-pretrained": ("beit3_plugins.fairseq_plugin.export:cli_main",
+                          "fairseq pretraining checkpoint -> backbone checkpoint (released BEiT-3 layout)"),
 }
 
 
