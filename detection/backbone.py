@@ -79,6 +79,8 @@ class Beit3ViTDet(Backbone):
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1 patch, got {window_size}")
         self.removed_parameters = strip_to_vision(beit3)
+        # [CLS] is dropped before the first layer, so it never gets a gradient; frozen, DDP does not flag it
+        beit3.cls_token.requires_grad_(False)
         self.beit3 = beit3
         self.window_size = int(window_size)
         self.global_attn_indexes = tuple(sorted(set(int(i) for i in global_attn_indexes)))

@@ -17,7 +17,6 @@ import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
@@ -133,7 +132,11 @@ class SeededMapper:
         sample_seed = mix_seed(self.seed, 1, position)
         random.seed(sample_seed)
         np.random.seed(sample_seed)
-        mapped = self.mapper(record)
+        try:
+            mapped = self.mapper(record)
+        except Exception as exc:  # noqa: BLE001 - name the sample: detectron2's errors often do not
+            raise RuntimeError(f"cannot load training sample {record.get('file_name')!r} (stream position "
+                               f"{position}): {type(exc).__name__}: {exc}") from exc
         if mapped is None:  # the detectron2 contract allows skipping; a stream must keep its positions
             raise RuntimeError(f"the mapper dropped {record.get('file_name')!r}; fix or filter the record")
         return mapped

@@ -7,7 +7,7 @@ the rest (final norm, pyramid, RPN, ROI heads) L + 1, i.e. scale decay^(L + 1 - 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import nn

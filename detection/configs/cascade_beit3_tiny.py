@@ -6,7 +6,6 @@ config at toy size for the synthetic shape world on CPU.
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-from detectron2.modeling.poolers import ROIPooler
 
 from .cascade_beit3_vitdet import dataloader, datasets, lr_multiplier, model, optimizer, train
 
