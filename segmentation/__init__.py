@@ -1,1 +1,23 @@
+"""mmsegmentation adapter (installed as ``beit3_plugins.segmentation``).
 
+Importing this package registers into mmseg's registries (it is what ``custom_imports`` in the configs
+names): the ``BEiT3ViTAdapter`` and ``BEiT3FeaturePyramid`` backbones (MODELS), the
+``SlideMask2FormerHead`` (mmseg's Mask2Former head with a sliding-window fix) (MODELS), the
+``Beit3LayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) and the ``ADE20KFormatDataset``
+(DATASETS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
+loading so that ``--resume`` and ``mim test`` work. Nothing else in the library imports mmseg.
+"""
+from beit3_plugins.optional import require
+
+for _module in ("mmengine", "mmcv.ops", "mmdet", "mmseg"):
+    require(_module, "mmseg", "beit3_plugins.segmentation")
+
+from .checkpoint_compat import allow_mmengine_checkpoint_globals
+from .datasets import ADE20KFormatDataset, MissingAnnotationError, SegLabelRangeError  # noqa: F401
+from .feature_pyramid import BEiT3FeaturePyramid  # noqa: F401
+from .heads import SlideMask2FormerHead  # noqa: F401
+from .optimizer import Beit3LayerDecayOptimizerConstructor  # noqa: F401
+from .vision_backbone import Beit3VisionTrunk, drop_language_branch  # noqa: F401
+from .vit_adapter import BEiT3ViTAdapter, default_interaction_indexes  # noqa: F401
+
+allow_mmengine_checkpoint_globals()

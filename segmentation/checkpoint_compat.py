@@ -1,0 +1,79 @@
+"""Let mmengine resume its own checkpoints under torch's ``weights_only`` loading, without unpickling code.
+
+torch >= 2.6 loads with ``weights_only=True`` by default; mmengine 0.10.7 checkpoints carry the message
+hub's ``HistoryBuffer`` objects and numpy arrays / scalars, so ``--resume`` and ``mim test`` fail with
+"Unsupported global". Setting ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would allow *any* pickle; instead
+the few plain-data classes mmengine actually writes are allow-listed here (called once when the plugin
+is imported, like a registry registration).
+
+One more global is needed: ``HistoryBuffer.__getstate__`` stores its statistics methods, which pickle as
+``getattr(HistoryBuffer, "min")``. Allowing the real ``builtins.getattr`` would let a crafted file reach
+any attribute of any allowed object (e.g. ``ndarray.tofile``), so the pickled name ``builtins.getattr``
+is mapped to :func:`_history_buffer_getattr`, which only returns HistoryBuffer's statistics methods.
+"""
+from __future__ import annotations
+
+import importlib
+import pickle
+from typing import Any, List
+
+import torch
+
+__all__ = ["allow_mmengine_checkpoint_globals", "MMENGINE_SAFE_GLOBALS"]
+
+# (module, attribute): plain-data types found in mmengine 0.10 runner checkpoints
+MMENGINE_SAFE_GLOBALS = [
+    ("mmengine.logging.history_buffer", "HistoryBuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+]
+_NUMPY_DTYPES = ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "Float16DType", "BoolDType",
+                 "UInt8DType")
+
+
+_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` as weights-only unpickling may call it: HistoryBuffer's statistics methods only."""
+    from mmengine.logging import HistoryBuffer
+
+    if obj is HistoryBuffer and name in _STATISTICS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f"weights-only load refused getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r}): only "
+        f"mmengine HistoryBuffer statistics methods {_STATISTICS} are allowed")
+
+
+def allow_mmengine_checkpoint_globals() -> List[str]:
+    """Allow-list the types above for ``torch.load(weights_only=True)``; returns what was added."""
+    found, added = [], []
+    for module_name, attr in MMENGINE_SAFE_GLOBALS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        obj = getattr(module, attr, None)
+        if obj is not None:
+            found.append((obj, f"{module_name}.{attr}"))
+    try:
+        import numpy.dtypes as np_dtypes
+
+        found += [(getattr(np_dtypes, n), f"numpy.dtypes.{n}") for n in _NUMPY_DTYPES if hasattr(np_dtypes, n)]
+    except ImportError:
+        pass
+    for obj, name in found:
+        # numpy 2 exposes numpy.core as an alias of numpy._core: register under the pickled path too
+        if name.startswith("numpy.core.") or name.startswith("numpy._core."):
+            torch.serialization.add_safe_globals([(obj, name)])
+        else:
+            torch.serialization.add_safe_globals([obj])
+        added.append(name)
+    if "mmengine.logging.history_buffer.HistoryBuffer" in added:
+        torch.serialization.add_safe_globals([(_history_buffer_getattr, "builtins.getattr")])
+        added.append("builtins.getattr (HistoryBuffer statistics methods only)")
+    return added
