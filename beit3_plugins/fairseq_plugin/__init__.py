@@ -4,4 +4,8 @@ architectures ``beit3_tiny|base|large|giant`` and ``vlmo_tiny|base|large``, and 
 Importing this package is the only place fairseq is imported. fairseq loads it through
 ``--user-dir tools/fairseq_user_dir/beit3_mdm`` (a shim folder that imports this package).
 """
-from . import criterions, models, tasks  # noqa: F401
+from beit3_plugins.optional import require
+
+require("fairseq", "fairseq", "beit3_plugins.fairseq_plugin")
+
+from . import criterions, models, tasks  # noqa: E402,F401
