@@ -31,7 +31,7 @@ PACKAGES, PACKAGE_DIR = _packages()
 TORCH = ["torch>=2.1", "torchvision"]
 EXTRAS = {
     "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
-    "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless"],
+    "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless", "shapely"],
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools"],
