@@ -26,7 +26,7 @@ rm -rf "$OUT/checkpoints"
 echo "[stage] pretrain: fairseq-hydra-train --config-dir configs/pretrain --config-name beit3_tiny_cpu"
 "$BIN/fairseq-hydra-train" --config-dir configs/pretrain --config-name beit3_tiny_cpu \
   task.data="$WORLD" task.spm_model="$SPM" checkpoint.save_dir="$OUT/checkpoints" \
-  optimization.max_update="$MAX_UPDATE" dataset.validate_interval_updates=0 checkpoint.save_interval_updates=0 \
+  optimization.max_update="$MAX_UPDATE" dataset.disable_validation=true checkpoint.save_interval_updates=0 \
   2>&1 | tee "$OUT/train.log" | grep --line-buffered -E "train_inner|valid|Error|error" || true
 test -f "$OUT/checkpoints/checkpoint_last.pt" || { echo "pretraining produced no checkpoint" >&2; exit 1; }
 "$PY" tools/export_pretrained.py "$OUT/checkpoints/checkpoint_last.pt" "$OUT/backbone.pth" \
