@@ -73,7 +73,8 @@ def test_tiny_recipe_learns_and_exports(data_world, tiny_spm, tmp_path):
 
 def test_killed_run_resumes_to_the_same_weights(data_world, tiny_spm, tmp_path):
     world, _ = data_world
-    common = ["--batch-size", "4", "--max-update", "9", "--disable-validation", "--save-interval-updates", "3"]
+    common = ["--batch-size", "4", "--update-freq", "2", "--max-update", "9", "--disable-validation",
+              "--save-interval-updates", "3"]  # gradient accumulation over 2 batches per update
     run([BIN / "fairseq-train", *tiny_args(world, tiny_spm, tmp_path / "straight", *common)])
     # same run, SIGKILLed after its first mid-epoch checkpoint, then started again with the same command
     cmd = [str(BIN / "fairseq-train"), *tiny_args(world, tiny_spm, tmp_path / "killed", *common)]
@@ -158,3 +159,31 @@ def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
                                                              "--max-update", "1", "--vocab-size", "50")],
                           env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "vocab-size >=" in proc.stderr
+
+
+def test_every_batch_mixes_the_three_kinds_in_proportion(data_world, tiny_spm):
+    from beit3_plugins.fairseq_plugin.tasks import Beit3MdmTask, Beit3MdmTaskConfig
+    from beit3_plugins.pretraining.masking import IGNORE_INDEX
+
+    world, _ = data_world
+    task = Beit3MdmTask.setup_task(Beit3MdmTaskConfig(
+        data=str(world), spm_model=str(tiny_spm), image_size=64, patch_size=8, max_text_len=32, min_mask_block=4,
+        texts_per_unit=3, images_per_unit=2, pairs_per_unit=1, seed=5))
+    task.load_dataset("train")
+    ds = task.datasets["train"]
+    ds.set_round_to(4 * 2)
+    assert len(ds) % 8 == 0 and len(ds) >= ds.natural_units
+    batch = ds.collater([ds[i] for i in range(4)])["net_input"]
+    assert batch["text"]["ids"].shape[0] == 12 and batch["image"]["image"].shape == (8, 3, 64, 64)
+    assert batch["pair"]["image"].shape[0] == 4
+    assert batch["image"]["mask"].sum(1).tolist() == [round(0.4 * 64)] * 8
+    # separate masking: each pair has masked text or masked patches, never both
+    text_masked = (batch["pair"]["targets"] != IGNORE_INDEX).any(1)
+    image_masked = batch["pair"]["mask"].any(1)
+    assert not (text_masked & image_masked).any() and (text_masked | image_masked).all()
+    # the same index gives the same example (resume), another epoch a different one
+    again = ds.collater([ds[i] for i in range(4)])["net_input"]
+    assert torch.equal(again["image"]["image"], batch["image"]["image"])
+    ds.set_epoch(2)
+    assert not torch.equal(ds.collater([ds[i] for i in range(4)])["net_input"]["image"]["image"],
+                           batch["image"]["image"])
