@@ -62,7 +62,7 @@ train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 300
+max_iters = 200
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=1.0, norm_type=2),
