@@ -1,6 +1,6 @@
 """One command for the whole benchmark suite: ``python -m bench.run_all`` (from the repository root).
 
-Writes ``bench/REPORT.md`` (and ``bench/report.json``): ours against the official implementation
+Writes ``bench/REPORT.md`` (and ``bench/REPORT.json``): ours against the official implementation
 (torchscale ``BEiT3``) and timm's ``beit3_*`` vision port on the same converted weights, with every
 output checked equal before anything is timed. ``--smoke`` runs tiny sizes with a couple of iterations
 (CI: it only proves that the suite runs and the outputs match; its numbers mean nothing).
@@ -503,12 +503,84 @@ def _child(argv: List[str]) -> dict:
     return child_retrieval(int(rest[0]), rest[1])
 
 
+def targets_section(data: dict) -> str:
+    """The issue's targets, each marked met / not met from the numbers of this run (report.json layout)."""
+    rows, lines = data["rows"], ["## Targets (ratios from this run)", "", "| target | measured | status |",
+                                  "|---|---|---|"]
+
+    def ratio(row, ref, ours="ours"):
+        sec = row["seconds"]
+        return sec[ref] / sec[ours] if ref in sec and ours in sec else None
+
+    def add(target, values, ok):
+        status = "not measured in this run" if ok is None else ("met" if ok else "**not met**")
+        lines.append(f"| {target} | {values} | {status} |")
+
+    train = [r for r in rows if r["case"] == "fused forward+backward" and r["dtype"] == "fp32"]
+    vals = [(r["batch"], ratio(r, "official")) for r in train]
+    add(">= 1.5x official, fused forward+backward (fp32)", ", ".join(f"b{b}: {v:.2f}x" for b, v in vals),
+        all(v >= 1.5 for _, v in vals) if vals else None)
+    train16 = [r for r in rows if r["case"] == "fused forward+backward" and r["dtype"] == "bf16"]
+    if train16:
+        lines.append("| (same, bf16 autocast on both) | " + ", ".join(
+            f"b{r['batch']}: {ratio(r, 'official'):.2f}x" for r in train16) + " | for information |")
+    vis = [r for r in rows if r["case"] == "vision-only inference" and "timm" in r["seconds"]]
+    vals = [(r["batch"], r["dtype"], ratio(r, "timm")) for r in vis]
+    fp32 = [v for _, d, v in vals if d == "fp32"]
+    add(">= 1.1x timm, vision-only inference", ", ".join(f"b{b} {d}: {v:.2f}x" for b, d, v in vals),
+        all(v >= 1.1 for v in fp32) if fp32 else None)
+    fwd8 = [r for r in rows if r["batch"] == 8 and "inference" in r["case"] and r["dtype"] == "fp32" and r["flops"]]
+    ceil = data["ceiling"]["fp32"]
+    vals = [(r["case"], r["flops"] / r["seconds"]["ours"] / ceil) for r in fwd8]
+    add(">= 60% of the matmul ceiling, forward at batch 8 (fp32)",
+        ", ".join(f"{c}: {100 * v:.0f}%" for c, v in vals), all(v >= 0.6 for _, v in vals) if vals else None)
+    gen = data["generation"]["seconds"]
+    speed = gen["ours recompute"] / gen["ours+kv-cache"]
+    add(">= 3x KV-cache generation vs recomputation", f"{speed:.2f}x", speed >= 3)
+    mem = {m["checkpointing"]: m["peak_above_model"] for m in data["memory"] if m["impl"] == "ours"}
+    cut = 1 - mem[True] / mem[False]
+    add(">= 50% training peak memory cut by activation checkpointing", f"{100 * cut:.0f}%", cut >= 0.5)
+    chunked = sorted((m["n"], m["peak_above_start"]) for m in data["retrieval"]
+                     if m["method"] == "chunked" and "peak_above_start" in m)
+    full = sorted((m["n"], m["peak_above_start"]) for m in data["retrieval"]
+                  if m["method"] == "full" and "peak_above_start" in m)
+    n_max, peak_max = chunked[-1]
+    add("retrieval evaluation memory bounded as N grows (chunked)",
+        "chunked: " + ", ".join(f"N={n}: {p / 2**20:.0f} MiB" for n, p in chunked) + "; all-pairs: " +
+        ", ".join(f"N={n}: {p / 2**20:.0f} MiB" for n, p in full) + f"; an N x N fp32 matrix at N={n_max}: "
+        f"{n_max * n_max * 4 / 2**20:.0f} MiB", peak_max < n_max * n_max * 4)
+    return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def publish(report: str, targets=(HERE.parent / "README.md", HERE.parent / "docs" / "benchmarks.md")) -> List[Path]:
+    """Copy the report's ratio table between the bench markers of README.md / docs/benchmarks.md."""
+    table = report.split("## Ratios", 1)[1].split("## Caption generation", 1)[0]
+    body = "\n".join(line for line in report.splitlines() if line.startswith("Machine:")) + "\n\n## Ratios" + table
+    done = []
+    for path in targets:
+        if not path.exists():
+            continue
+        text = path.read_text()
+        if START in text and END in text:
+            head, rest = text.split(START, 1)
+            path.write_text(head + START + "\n" + body.strip() + "\n\nFull report: `bench/REPORT.md`.\n" + END
+                            + rest.split(END, 1)[1])
+            done.append(path)
+    return done
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes, few iterations (CI)")
     p.add_argument("--out", default=str(HERE / "REPORT.md"))
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (vision b8, training b8)")
     p.add_argument("--repeats", type=int)
+    p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 8)")
+    p.add_argument("--memory-batch", type=int)
+    p.add_argument("--no-profile", action="store_true")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -518,6 +590,12 @@ def main(argv=None) -> int:
     s.compile = args.compile
     if args.repeats:
         s.repeats = args.repeats
+    if args.batches:
+        s.batches = tuple(args.batches)
+    if args.memory_batch:
+        s.memory_batch = args.memory_batch
+    if args.no_profile:
+        s.profile = False
     if s.threads:
         torch.set_num_threads(s.threads)
     info = machine_info()
@@ -539,10 +617,15 @@ def main(argv=None) -> int:
     retr = retrieval_cases(s)
     out = Path(args.out)
     text = write_report(out, info, s, rows, gen, mem, retr, ceiling, log, profiles, args.smoke)
-    (out.with_suffix(".json")).write_text(json.dumps({
-        "machine": info, "rows": [r.__dict__ for r in rows], "generation": gen.__dict__, "memory": mem,
-        "retrieval": retr, "ceiling": ceiling, "compile": log}, indent=1, default=str))
+    data = {"machine": info, "rows": [r.__dict__ for r in rows], "generation": gen.__dict__, "memory": mem,
+            "retrieval": retr, "ceiling": ceiling, "compile": log}
+    (out.with_suffix(".json")).write_text(json.dumps(data, indent=1, default=str))
+    text += "\n" + targets_section(json.loads(json.dumps(data, default=str)))
+    out.write_text(text)
     print(text)
+    if not args.smoke:
+        for path in publish(text):
+            print(f"[bench] updated the table in {path}")
     print(f"[bench] wrote {out} in {time.perf_counter() - t0:.0f} s")
     return 0
 
