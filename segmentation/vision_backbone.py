@@ -62,6 +62,9 @@ class Beit3VisionTrunk(BaseModule):
         self.dropped_language_keys = drop_language_branch(self.beit3)
         # the final per-modality norm is unused too: the adapter / pyramid normalise their own outputs
         self.beit3.norm = None
+        # [MASK] only serves masked image modelling: kept for checkpoint compatibility, frozen so that DDP
+        # sees no parameter without a gradient
+        self.beit3.mask_token.requires_grad_(False)
         self.load_report: Optional[LoadReport] = None
 
     # ------------------------------------------------------------------ properties
