@@ -97,10 +97,14 @@ class Beit3MdmTask(FairseqTask):
         return getattr(self, "_model_vocab_size", self.tokenizer.vocab_size)
 
     def transform(self, train: bool):
+        """Training: random resized crop + flip drawn from the per-sample generator (thread-safe, exact
+        resume); evaluation: the deterministic VL resize + normalisation."""
+        from beit3_plugins.pretraining.data import CropFlipAugment
         from beit3_plugins.transforms import build_image_transform
 
-        return build_image_transform("vl", train=train, image_size=self.cfg.image_size,
-                                     scale=(self.cfg.train_crop_scale, 1.0))
+        if train:
+            return CropFlipAugment(self.cfg.image_size, scale=(self.cfg.train_crop_scale, 1.0))
+        return build_image_transform("vl", train=False, image_size=self.cfg.image_size)
 
     def build_sources(self, split: str):
         cfg, train = self.cfg, split == "train"

@@ -10,7 +10,7 @@ over-long text is truncated and counted.
 """
 from __future__ import annotations
 
-import random
+import dataclasses
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -23,7 +23,7 @@ from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_imag
 
 from .masking import IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens
 
-__all__ = ["EmptyCorpusError", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
+__all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
            "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES"]
 
 MAX_IMAGE_RETRIES = 16
@@ -96,17 +96,46 @@ class TextSource:
         return {"ids": inputs, "targets": targets}
 
 
-def _seeded_transform(transform: Callable, image, seed: int) -> Tensor:
-    """Apply a random transform with its randomness fixed by ``seed`` (torchvision draws from torch, timm's
-    RandomResizedCrop from python's ``random``); the global generators are left as they were."""
-    state = random.getstate()
-    try:
-        random.seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return transform(image)
-    finally:
-        random.setstate(state)
+@dataclasses.dataclass
+class CropFlipAugment:
+    """BEiT-style training augmentation (random resized crop, horizontal flip, then the VL normalisation)
+    drawing every random number from the caller's numpy Generator.
+
+    fairseq prefetches batches in a background thread, so augmentations that use the process-global torch
+    or python RNGs would race with the trainer's per-update reseeding and make resumed runs differ.
+    """
+
+    image_size: int
+    scale: Tuple[float, float] = (0.5, 1.0)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+
+    def __call__(self, image, rng: np.random.Generator) -> Tensor:
+        import math
+
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        width, height = image.size
+        area = width * height
+        top, left, h, w = 0, 0, height, width
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= width and 0 < ch <= height:
+                top, left, h, w = int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1)), ch, cw
+                break
+        image = TF.resized_crop(image, top, left, h, w, [self.image_size, self.image_size],
+                                interpolation=InterpolationMode.BICUBIC)
+        if rng.random() < self.hflip:
+            image = TF.hflip(image)
+        return TF.normalize(TF.to_tensor(image), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+
+
+def _apply_transform(transform: Callable, image, rng: np.random.Generator) -> Tensor:
+    """A :class:`CropFlipAugment` takes the generator; any other transform must be deterministic."""
+    return transform(image, rng) if isinstance(transform, CropFlipAugment) else transform(image)
 
 
 class ImageSource:
@@ -131,7 +160,7 @@ class ImageSource:
             i = (index + step) % len(self.paths)
             image = load_image(self.paths[i], skips=self.skips)
             if image is not None:
-                return _seeded_transform(self.transform, image, int(rng.integers(2 ** 31))), i
+                return _apply_transform(self.transform, image, rng), i
         raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive unreadable images from {self.paths[index % len(self.paths)]}"
                            f": {self.skips.report()}")
 
