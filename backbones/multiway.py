@@ -189,6 +189,13 @@ class Shared(nn.Module):
         return self.shared(x)
 
 
+def _per_part(wrapper: nn.Module, xv: Tensor, xt: Tensor) -> Tuple[Tensor, Tensor]:
+    """A PerModality / Shared module applied to the vision and text parts of a fused sequence kept apart."""
+    if isinstance(wrapper, PerModality):
+        return wrapper.vision(xv), wrapper.text(xt)
+    return wrapper.shared(xv), wrapper.shared(xt)
+
+
 class FeedForward(nn.Module):
     """fc1 -> GELU -> (sub-LN) -> fc2."""
 
@@ -234,6 +241,31 @@ class MultiwayAttention(nn.Module):
             out = self.inner_norm(out, routing)
         return self.proj(out, routing), (k, v)
 
+    def forward_parts(self, xv: Tensor, xt: Tensor, mask: Optional[Tensor] = None,
+                      past_kv: Optional[Tuple[Tensor, Tensor]] = None
+                      ) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
+        """Fused input kept as (vision part, text part): only keys and values are concatenated, each part's
+        queries attend to all of them. Same result as ``forward`` on the concatenation, without splitting
+        and re-concatenating around every per-modality projection (fewer copies, forward and backward)."""
+        batch, n_v, dim = xv.shape
+        n_t = xt.shape[1]
+        qkv_v, qkv_t = _per_part(self.qkv, xv, xt)
+        q_v, k_v, v_v = qkv_v.view(batch, n_v, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q_t, k_t, v_t = qkv_t.view(batch, n_t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k = torch.cat([k_v, k_t], dim=2)
+        v = torch.cat([v_v, v_t], dim=2)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)
+            v = torch.cat([past_kv[1], v], dim=2)
+        mask_v = mask_t = mask
+        if mask is not None and mask.shape[-2] != 1:  # per-query rows (attention mask): split them too
+            mask_v, mask_t = mask[..., :n_v, :], mask[..., n_v:, :]
+        out_v = F.scaled_dot_product_attention(q_v, k, v, attn_mask=mask_v).transpose(1, 2).reshape(batch, n_v, dim)
+        out_t = F.scaled_dot_product_attention(q_t, k, v, attn_mask=mask_t).transpose(1, 2).reshape(batch, n_t, dim)
+        if self.inner_norm is not None:
+            out_v, out_t = _per_part(self.inner_norm, out_v, out_t)
+        return _per_part(self.proj, out_v, out_t), (k, v)
+
 
 class MultiwayBlock(nn.Module):
     """Pre-LN block: x += drop_path(attn(norm1(x))); x += drop_path(ffn(norm2(x)))."""
@@ -268,6 +300,30 @@ class MultiwayBlock(nn.Module):
         if self.gamma_ffn is not None:
             ffn_out = ffn_out * self.gamma_ffn
         return x + self.drop_path(ffn_out), present
+
+    def forward_parts(self, xv: Tensor, xt: Tensor, mask: Optional[Tensor] = None,
+                      past_kv: Optional[Tuple[Tensor, Tensor]] = None
+                      ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]:
+        """``forward`` for a fused sequence kept as (vision part, text part); layers without a VL expert."""
+        (av, at), present = self.attn.forward_parts(*_per_part(self.norm1, xv, xt), mask, past_kv)
+        if self.gamma_attn is not None:
+            av, at = av * self.gamma_attn, at * self.gamma_attn
+        xv, xt = self._add_residual(xv, xt, av, at)
+        fv, ft = _per_part(self.ffn, *_per_part(self.norm2, xv, xt))
+        if self.gamma_ffn is not None:
+            fv, ft = fv * self.gamma_ffn, ft * self.gamma_ffn
+        xv, xt = self._add_residual(xv, xt, fv, ft)
+        return xv, xt, present
+
+    def _add_residual(self, xv: Tensor, xt: Tensor, dv: Tensor, dt: Tensor) -> Tuple[Tensor, Tensor]:
+        if isinstance(self.drop_path, DropPath) and self.training and self.drop_path.drop_prob > 0:
+            # one keep/drop decision per sample for both parts, drawn as DropPath draws it for the whole
+            keep = 1 - self.drop_path.drop_prob
+            scale = xv.new_empty((xv.shape[0], 1, 1)).bernoulli_(keep)
+            if self.drop_path.scale_by_keep:
+                scale.div_(keep)
+            dv, dt = dv * scale, dt * scale
+        return xv + dv, xt + dt
 
 
 def build_attention_mask(padding_mask: Optional[Tensor], blocked: Optional[Tensor], dtype: torch.dtype
@@ -423,17 +479,36 @@ class MultiwayTransformer(nn.Module):
         intermediates: List[Tensor] = []
         presents: KVCache = []
         use_ckpt = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
+        # fused input is kept as (vision part, text part) through the layers without a VL expert, so the
+        # per-modality modules need no split/concatenate around each of them (profiled: fewer copies)
+        parts = (x[:, :routing.split], x[:, routing.split:]) if (
+            routing.modality == Modality.FUSED and 0 < routing.split < x.shape[1]) else None
         for i, layer in enumerate(self.layers):
             layer_past = past_kv[i] if past_kv is not None else None
-            if use_ckpt:
+            if parts is not None and layer.has_vl_expert:
+                x, parts = torch.cat(parts, dim=1), None
+            if parts is not None:
+                call = layer.forward_parts
+                if use_ckpt:
+                    xv, xt, present = checkpoint(call, *parts, mask, layer_past, use_reentrant=False)
+                else:
+                    xv, xt, present = call(*parts, mask, layer_past)
+                parts = (xv, xt)
+            elif use_ckpt:
                 x, present = checkpoint(layer, x, routing, mask, layer_past, use_reentrant=False)
             else:
                 x, present = layer(x, routing, mask, layer_past)
             if use_cache:
                 presents.append(present)
             if i in wanted:
-                intermediates.append(x)
-        if self.norm is not None:
+                intermediates.append(torch.cat(parts, dim=1) if parts is not None else x)
+        if parts is not None:
+            if self.norm is not None and self.norm.vl is None:
+                parts = _per_part(self.norm, *parts)
+            x = torch.cat(parts, dim=1)
+            if self.norm is not None and self.norm.vl is not None:
+                x = self.norm(x, routing)
+        elif self.norm is not None:
             x = self.norm(x, routing)
         return MultiwayOutput(hidden=x, routing=routing, padding_mask=padding_mask, intermediates=intermediates,
                               past_kv=presents if use_cache else None, patch_grid=patch_grid)
