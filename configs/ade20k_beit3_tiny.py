@@ -64,7 +64,7 @@ test_dataloader = val_dataloader
 
 max_iters = 200
 optim_wrapper = dict(
-    optimizer=dict(lr=1e-3, weight_decay=0.05),
+    optimizer=dict(lr=2e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=1.0, norm_type=2),
     paramwise_cfg=dict(layer_decay_rate=0.9))
 param_scheduler = [
@@ -76,3 +76,4 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=100, max_keep_ckpts=2, save_best=None),
     visualization=dict(interval=1))  # `mim test --show-dir` draws every test image (few here)
+randomness = dict(seed=0)  # reproducible demo / test numbers (val mIoU varies ~45-64 across seeds at 200 iterations)
