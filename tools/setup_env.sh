@@ -13,7 +13,7 @@ VENV=${BEIT3_VENV:-$ROOT/.venv}
 CACHE=${BEIT3_WHEEL_CACHE:-$HOME/.cache/beit3-plugins/wheels}
 PY_BOOT=${PYTHON:-python3}
 STAMP=$VENV/.beit3-setup-stamp
-HASH=$(cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" | sha256sum | cut -c1-16)
+HASH=$(cat "$ROOT/tools/setup_env.sh" "$ROOT/tools/pip-constraints.txt" "$ROOT/setup.py" | sha256sum | cut -c1-16)
 
 say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -29,7 +29,14 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 PY=$VENV/bin/python
 # This machine's pip config names local wheel folders that may not exist; hide only those warnings.
-pip_q() { "$PY" -m pip --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }
+# Every install also honours tools/pip-constraints.txt (torch pins, setuptools<81 for pkg_resources).
+pip_q() {
+  local cmd=$1; shift
+  local extra=()
+  [[ $cmd == install || $cmd == wheel || $cmd == download ]] && extra=(-c "$ROOT/tools/pip-constraints.txt")
+  "$PY" -m pip --disable-pip-version-check "$cmd" "${extra[@]}" "$@" \
+    2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+}
 PIP=(pip_q)
 
 say "base build tools"
@@ -82,13 +89,14 @@ else
   say "mmcv wheel from cache: $(basename "$MMCV_WHL")"
 fi
 "${PIP[@]}" install -q --no-deps "$MMCV_WHL"
-"$PY" -c "import mmcv.ops; from mmcv.ops import MultiScaleDeformableAttention" \
-  || { echo "mmcv was installed without its compiled ops; delete $MMCV_WHL and rerun" >&2; exit 1; }
 
 # ---------------------------------------------------------------- the rest of the stack
 say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, hydra, pycocotools, test tools"
 "${PIP[@]}" install -q 'mmengine==0.10.7' 'mmdet==3.3.0' 'mmsegmentation==1.2.2' ftfy regex \
   addict yapf termcolor rich opencv-python-headless matplotlib scipy shapely terminaltables
+# mmcv imports mmengine, so its compiled ops can only be checked now
+"$PY" -c "from mmcv.ops import MultiScaleDeformableAttention; import mmcv._ext" \
+  || { echo "mmcv was installed without its compiled ops; delete $MMCV_WHL and rerun" >&2; exit 1; }
 # openmim's declared tree pins an old setuptools that breaks torch: install it bare, then its real needs.
 "${PIP[@]}" install -q --no-deps 'openmim==0.3.9'
 "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate opendatalab || \
