@@ -113,7 +113,7 @@ for _name, _cfg in {
 
 # ---------------------------------------------------------------------------------------------- conversion
 # Keys of the released files that are task heads, not backbone (kept aside for the task plugins).
-HEAD_KEYS = ("mlm_head.", "mim_head.", "vision_head.", "language_head.", "logit_scale", "head.", "pooler.",
+HEAD_KEYS = ("mlm_head.", "mim_head.", "vision_head.", "language_head.", "itm_head.", "logit_scale", "head.", "pooler.",
              "fc_norm.")
 
 _EXPERT = {"A": "vision", "B": "text", "C": "vl"}
