@@ -68,15 +68,9 @@ class Beit3GiantConfig(MultiwayConfig):
 
 
 @dataclass
-class VlmoTinyConfig(MultiwayConfig):
-    embed_dim: int = 64
-    depth: int = 4
-    num_heads: int = 4
-    ffn_dim: int = 256
-    img_size: int = 64
-    patch_size: int = 8
-    vocab_size: int = 1024
-    max_text_positions: int = 66
+class VlmoTinyConfig(Beit3TinyConfig):
+    """VLMo's shared layout at the same toy size as ``beit3_tiny``."""
+
     layout: str = Layout.SHARED.value
     vl_expert_start: Optional[int] = 3
     sub_ln: bool = False
