@@ -55,7 +55,7 @@ def compose_config(overrides: List[str], config_dir: Optional[Path] = None):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="vl_train", overrides=list(overrides))
 
 
 def _plain(node) -> Any:
@@ -458,7 +458,7 @@ def _evaluate(task, model, split: str, device, out: Path, task_name: str, predic
 def _hydra_main():
     import hydra
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="vl_train", version_base="1.3")
     def main(cfg) -> None:
         run(cfg)
 
