@@ -26,6 +26,8 @@ NUMPY2_FIXES = {
     ],
     "detectron2/layers/mask_ops.py": [("np.array(mask, copy=False)", "np.asarray(mask)")],
 }
+# Bumped whenever the repacking changes, so that a wheel cached by an older recipe is not reused.
+BUILD_NUMBER = "2"
 EXTRA_REQUIRES = ["fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10", "timm", "shapely"]
 
 
@@ -64,14 +66,16 @@ def main(src: str, out_dir: str) -> None:
         meta = re.sub(r"^Name:.*$", "Name: detectron2", meta, count=1, flags=re.M)
         meta = re.sub(r"^Requires-Dist: numpy.*\n", "Requires-Dist: numpy\n", meta, flags=re.M)
         meta = re.sub(r"^Requires-Python:.*\n", "", meta, flags=re.M)
-        head, sep, body = meta.partition("\n\n")
+        # the new requirements must go among the headers, before the blank line that opens the description
+        head, sep, body = meta.rstrip("\n").partition("\n\n")
         head += "".join(f"\nRequires-Dist: {req}" for req in EXTRA_REQUIRES)
-        (new_info / "METADATA").write_text(head + sep + body)
+        (new_info / "METADATA").write_text(head + "\n" + (sep + body + "\n" if body else ""))
         (new_info / "RECORD").unlink()
         final_dir = tmp_path / "detectron2-0.7.2"
         unpacked.rename(final_dir)
         pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", out_dir, str(final_dir)], check=True)
+        subprocess.run([sys.executable, "-m", "wheel", "pack", "--build-number", BUILD_NUMBER, "-d", out_dir,
+                        str(final_dir)], check=True)
 
 
 if __name__ == "__main__":

@@ -60,14 +60,14 @@ fi
 "${PIP[@]}" install -q "$FAIRSEQ_WHL"
 
 # ---------------------------------------------------------------- detectron2 (repacked upstream snapshot)
-D2_WHL=$(cached_wheel 'detectron2-0.7.2-py3-none-any.whl')
+D2_WHL=$(cached_wheel 'detectron2-0.7.2-2-py3-none-any.whl')
 if [[ -z $D2_WHL ]]; then
   say "repacking detectron2 from sal-detectron2==0.7.2 (pure python, no _C)"
   work=$(mktemp -d)
   "${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$work" sal-detectron2==0.7.2
   "$PY" "$ROOT/tools/repack_detectron2.py" "$work"/sal_detectron2-0.7.2-*.whl "$CACHE"
   rm -rf "$work"
-  D2_WHL=$(cached_wheel 'detectron2-0.7.2-py3-none-any.whl')
+  D2_WHL=$(cached_wheel 'detectron2-0.7.2-2-py3-none-any.whl')
 else
   say "detectron2 wheel from cache: $(basename "$D2_WHL")"
 fi
