@@ -111,25 +111,49 @@ HEAD_KEYS = ("mlm_head.", "mim_head.", "vision_head.", "language_head.", "itm_he
              "fc_norm.")
 
 _EXPERT = {"A": "vision", "B": "text", "C": "vl"}
-_RELEASED_RULES = [  # (regex on the key without "beit3.", replacement)
-    (r"^text_embed\.weight$", "text_embed.weight"),
-    (r"^vision_embed\.mask_token$", "mask_token"),
-    (r"^vision_embed\.cls_token$", "cls_token"),
-    (r"^vision_embed\.proj\.(weight|bias)$", r"patch_embed.\1"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.([ABC])\.(weight|bias)$", r"layers.\1.attn.proj.\2.\3"),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.inner_attn_ln\.([ABC])\.(weight|bias)$",
-     r"layers.\1.attn.inner_norm.\2.\3"),
-    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.([ABC])\.(weight|bias)$", r"layers.\1.norm1.\2.\3"),
-    (r"^encoder\.layers\.(\d+)\.ffn\.([ABC])\.(fc1|fc2)\.(weight|bias)$", r"layers.\1.ffn.\2.\3.\4"),
-    (r"^encoder\.layers\.(\d+)\.ffn\.([ABC])\.ffn_layernorm\.(weight|bias)$", r"layers.\1.ffn.\2.norm.\3"),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.([ABC])\.(weight|bias)$", r"layers.\1.norm2.\2.\3"),
-    (r"^encoder\.layer_norm\.([ABC])\.(weight|bias)$", r"norm.\1.\2"),
+_EXPERT_BACK = {ours: released for released, ours in _EXPERT.items()}
+
+# One table for both directions: (our key, released key without "beit3."). Placeholders: {i} layer index,
+# {e} expert (ours: vision/text/vl, released: A/B/C), {fc} fc1/fc2, {p} weight/bias. q/k/v and the two
+# position tables are not 1:1 renames and are handled beside the table.
+_KEY_TABLE = [
+    ("text_embed.weight", "text_embed.weight"),
+    ("mask_token", "vision_embed.mask_token"),
+    ("cls_token", "vision_embed.cls_token"),
+    ("patch_embed.{p}", "vision_embed.proj.{p}"),
+    ("layers.{i}.attn.proj.{e}.{p}", "encoder.layers.{i}.self_attn.out_proj.{e}.{p}"),
+    ("layers.{i}.attn.inner_norm.{e}.{p}", "encoder.layers.{i}.self_attn.inner_attn_ln.{e}.{p}"),
+    ("layers.{i}.norm1.{e}.{p}", "encoder.layers.{i}.self_attn_layer_norm.{e}.{p}"),
+    ("layers.{i}.ffn.{e}.{fc}.{p}", "encoder.layers.{i}.ffn.{e}.{fc}.{p}"),
+    ("layers.{i}.ffn.{e}.norm.{p}", "encoder.layers.{i}.ffn.{e}.ffn_layernorm.{p}"),
+    ("layers.{i}.norm2.{e}.{p}", "encoder.layers.{i}.final_layer_norm.{e}.{p}"),
+    ("norm.{e}.{p}", "encoder.layer_norm.{e}.{p}"),
 ]
+_PLACEHOLDER = {"i": r"\d+", "fc": "fc1|fc2", "p": "weight|bias"}
 _QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.([ABC])\.(weight|bias)$")
 
 
-def _rename_expert(key: str) -> str:
-    return re.sub(r"\.([ABC])\.", lambda m: f".{_EXPERT[m.group(1)]}.", key)
+def _template_regex(template: str, experts: str) -> "re.Pattern":
+    pattern = re.escape(template)
+    for name, alternatives in {**_PLACEHOLDER, "e": experts}.items():
+        pattern = pattern.replace(re.escape("{%s}" % name), f"(?P<{name}>{alternatives})")
+    return re.compile(f"^{pattern}$")
+
+
+_TO_OURS = [(_template_regex(released, "A|B|C"), ours) for ours, released in _KEY_TABLE]
+_TO_RELEASED = [(_template_regex(ours, "vision|text|vl"), released) for ours, released in _KEY_TABLE]
+
+
+def _translate(key: str, rules, experts: Dict[str, str]) -> Optional[str]:
+    """Rename ``key`` with the first matching rule (experts renamed through ``experts``), or None."""
+    for pattern, target in rules:
+        match = pattern.match(key)
+        if match:
+            groups = match.groupdict()
+            if "e" in groups:
+                groups["e"] = experts[groups["e"]]
+            return target.format(**groups)
+    return None
 
 
 def split_heads(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
@@ -187,12 +211,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransform
         if key == "encoder.embed_positions.B.weight":
             out["text_pos_embed"] = value.unsqueeze(0)
             continue
-        for pattern, repl in _RELEASED_RULES:
-            if re.match(pattern, key):
-                out[_rename_expert(re.sub(pattern, repl, key))] = value
-                break
-        else:
+        renamed = _translate(key, _TO_OURS, _EXPERT)
+        if renamed is None:
             unconverted.append("beit3." + key)
+        else:
+            out[renamed] = value
     for (layer, expert, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise ValueError(f"layer {layer} expert {expert}: incomplete q/k/v projections {sorted(parts)}")
@@ -229,22 +252,8 @@ def to_released_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str,
     """This backbone's weights in the released BEiT-3 key layout (inverse of ``checkpoint_filter_fn``)."""
     if model.cfg.layout != Layout.DECOUPLED.value:
         raise ValueError("only the decoupled layout has a released BEiT-3 key layout")
-    back = {v: k for k, v in _EXPERT.items()}
     dim = model.cfg.embed_dim
     out: Dict[str, Tensor] = {}
-    inverse = [
-        (r"^text_embed\.weight$", "text_embed.weight"),
-        (r"^mask_token$", "vision_embed.mask_token"),
-        (r"^cls_token$", "vision_embed.cls_token"),
-        (r"^patch_embed\.(weight|bias)$", r"vision_embed.proj.\1"),
-        (r"^layers\.(\d+)\.attn\.proj\.(\w+)\.(weight|bias)$", r"encoder.layers.\1.self_attn.out_proj.\2.\3"),
-        (r"^layers\.(\d+)\.attn\.inner_norm\.(\w+)\.(weight|bias)$", r"encoder.layers.\1.self_attn.inner_attn_ln.\2.\3"),
-        (r"^layers\.(\d+)\.norm1\.(\w+)\.(weight|bias)$", r"encoder.layers.\1.self_attn_layer_norm.\2.\3"),
-        (r"^layers\.(\d+)\.ffn\.(\w+)\.(fc1|fc2)\.(weight|bias)$", r"encoder.layers.\1.ffn.\2.\3.\4"),
-        (r"^layers\.(\d+)\.ffn\.(\w+)\.norm\.(weight|bias)$", r"encoder.layers.\1.ffn.\2.ffn_layernorm.\3"),
-        (r"^layers\.(\d+)\.norm2\.(\w+)\.(weight|bias)$", r"encoder.layers.\1.final_layer_norm.\2.\3"),
-        (r"^norm\.(\w+)\.(weight|bias)$", r"encoder.layer_norm.\1.\2"),
-    ]
     for key, value in model.state_dict().items():
         value = value.detach().clone()
         if key == "vision_pos_embed":
@@ -257,16 +266,12 @@ def to_released_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str,
         if match:
             layer, expert, kind = match.groups()
             for name, part in zip("qkv", value.split(dim, 0)):
-                out[f"beit3.encoder.layers.{layer}.self_attn.{name}_proj.{back[expert]}.{kind}"] = part.clone()
+                out[f"beit3.encoder.layers.{layer}.self_attn.{name}_proj.{_EXPERT_BACK[expert]}.{kind}"] = part.clone()
             continue
-        for pattern, repl in inverse:
-            if re.match(pattern, key):
-                new = re.sub(pattern, repl, key)
-                new = re.sub(r"\.(vision|text|vl)\.", lambda m: f".{back[m.group(1)]}.", new)
-                out["beit3." + new] = value
-                break
-        else:
+        renamed = _translate(key, _TO_RELEASED, _EXPERT_BACK)
+        if renamed is None:
             raise KeyError(f"no released name for {key}")
+        out["beit3." + renamed] = value
     for key, value in (heads or {}).items():
         out[key] = value
     return out
