@@ -102,10 +102,21 @@ def run_stage(stage: Stage, ctx: Context) -> Dict:
     result = {"stage": stage.name, "what": stage.what, "seconds": round(seconds, 1), "ok": proc.returncode == 0,
               "command": " ".join(cmd)}
     if metrics_file.exists():
-        result.update(json.loads(metrics_file.read_text()))
+        result.update(_normalise(json.loads(metrics_file.read_text())))
     status = "ok" if result["ok"] else f"FAILED (exit {proc.returncode}; see {out / 'log.txt'})"
     print(f"=== {stage.name}: {status} in {seconds:.0f}s", flush=True)
     return result
+
+
+def _normalise(data: Dict) -> Dict:
+    """Stages that run several tasks write ``{"tasks": {name: {"metric", "value", "chance"}}}``; flatten
+    them into the common ``metrics`` / ``chance`` form of the report."""
+    for name, task in data.get("tasks", {}).items():
+        key = f"{name}.{task['metric']}"
+        data.setdefault("metrics", {})[key] = task["value"]
+        if task.get("chance") is not None:
+            data.setdefault("chance", {})[key] = task["chance"]
+    return data
 
 
 def write_report(results: List[Dict], out: Path) -> None:
