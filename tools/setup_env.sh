@@ -48,46 +48,51 @@ say "torch 2.14.1 + torchvision 0.29.1 (from the files on this machine's disk)"
 
 cached_wheel() { ls "$CACHE"/$1 2>/dev/null | head -n1 || true; }
 
-# ---------------------------------------------------------------- fairseq (built from the sdist)
-FAIRSEQ_WHL=$(cached_wheel 'fairseq_fixed-0.12.3.1-*.whl')
-if [[ -z $FAIRSEQ_WHL ]]; then
-  say "building fairseq-fixed 0.12.3.1 against the installed torch (~6 min on 2 cores)"
-  MAX_JOBS=2 "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$CACHE" fairseq-fixed==0.12.3.1
-  FAIRSEQ_WHL=$(cached_wheel 'fairseq_fixed-0.12.3.1-*.whl')
-else
-  say "fairseq-fixed wheel from cache: $(basename "$FAIRSEQ_WHL")"
-fi
-"${PIP[@]}" install -q "$FAIRSEQ_WHL"
+# ensure_wheel GLOB WHAT BUILDER: sets WHEEL to the cached wheel matching GLOB, running BUILDER (which
+# writes into $CACHE) first when there is none.
+ensure_wheel() {
+  WHEEL=$(cached_wheel "$1")
+  if [[ -n $WHEEL ]]; then
+    say "$2: wheel from cache ($(basename "$WHEEL"))"
+    return
+  fi
+  say "$2: building"
+  "$3"
+  WHEEL=$(cached_wheel "$1")
+  [[ -n $WHEEL ]] || { echo "building $2 left no wheel matching $1 in $CACHE" >&2; exit 1; }
+}
 
-# ---------------------------------------------------------------- detectron2 (repacked upstream snapshot)
-D2_WHL=$(cached_wheel 'detectron2-0.7.2-2-py3-none-any.whl')
-if [[ -z $D2_WHL ]]; then
-  say "repacking detectron2 from sal-detectron2==0.7.2 (pure python, no _C)"
-  work=$(mktemp -d)
+build_fairseq() {  # the sdist of upstream main, compiled against the installed torch (~6 min on 2 cores)
+  MAX_JOBS=2 "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$CACHE" fairseq-fixed==0.12.3.1
+}
+
+build_detectron2() {  # upstream snapshot repacked as pure python, without its _C (see the script)
+  local work; work=$(mktemp -d)
   "${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$work" sal-detectron2==0.7.2
   "$PY" "$ROOT/tools/repack_detectron2.py" "$work"/sal_detectron2-0.7.2-*.whl "$CACHE"
   rm -rf "$work"
-  D2_WHL=$(cached_wheel 'detectron2-0.7.2-2-py3-none-any.whl')
-else
-  say "detectron2 wheel from cache: $(basename "$D2_WHL")"
-fi
-"${PIP[@]}" install -q "$D2_WHL"
+}
 
-# ---------------------------------------------------------------- mmcv 2.1.0 with compiled ops
-MMCV_WHL=$(cached_wheel 'mmcv-2.1.0-*.whl')
-if [[ -z $MMCV_WHL ]]; then
-  say "building mmcv 2.1.0 with ops (CPU only, C++20 patch; ~20 min on 2 cores)"
-  work=$(mktemp -d)
+build_mmcv() {  # with compiled ops, CPU only; torch 2.14's headers need C++20 (~20 min on 2 cores)
+  local work; work=$(mktemp -d)
   "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: -d "$work" mmcv==2.1.0
   tar -xzf "$work"/mmcv-2.1.0.tar.gz -C "$work"
   sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-2.1.0/setup.py"
   (cd "$work/mmcv-2.1.0" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 \
      && "${PIP[@]}" wheel -q --no-cache-dir --no-build-isolation --no-deps -w "$CACHE" .)
   rm -rf "$work"
-  MMCV_WHL=$(cached_wheel 'mmcv-2.1.0-*.whl')
-else
-  say "mmcv wheel from cache: $(basename "$MMCV_WHL")"
-fi
+}
+
+build_fairscale() {  # torchscale's dependency
+  "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$CACHE" fairscale==0.4.0
+}
+
+ensure_wheel 'fairseq_fixed-0.12.3.1-*.whl' "fairseq-fixed 0.12.3.1" build_fairseq
+"${PIP[@]}" install -q "$WHEEL"
+ensure_wheel 'detectron2-0.7.2-2-py3-none-any.whl' "detectron2 0.7.2 (repacked)" build_detectron2
+"${PIP[@]}" install -q "$WHEEL"
+ensure_wheel 'mmcv-2.1.0-*.whl' "mmcv 2.1.0 with ops" build_mmcv
+MMCV_WHL=$WHEEL
 "${PIP[@]}" install -q --no-deps "$MMCV_WHL"
 
 # ---------------------------------------------------------------- the rest of the stack
@@ -106,13 +111,8 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
 
 # The official BEiT-3 implementation (torchscale) is the reference in tests and benchmarks. Its metadata
 # pins timm==0.6.13 but it runs with timm 1.x, so it goes in without its declared dependencies.
-FAIRSCALE_WHL=$(cached_wheel 'fairscale-0.4.0-*.whl')
-if [[ -z $FAIRSCALE_WHL ]]; then
-  say "building fairscale 0.4.0 (torchscale's dependency)"
-  "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$CACHE" fairscale==0.4.0
-  FAIRSCALE_WHL=$(cached_wheel 'fairscale-0.4.0-*.whl')
-fi
-"${PIP[@]}" install -q --no-deps "$FAIRSCALE_WHL" torchscale==0.3.0
+ensure_wheel 'fairscale-0.4.0-*.whl' "fairscale 0.4.0" build_fairscale
+"${PIP[@]}" install -q --no-deps "$WHEEL" torchscale==0.3.0
 
 say "this project (editable, with every extra)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
