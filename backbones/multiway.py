@@ -326,8 +326,7 @@ class MultiwayBlock(nn.Module):
         return xv + dv, xt + dt
 
 
-def build_attention_mask(padding_mask: Optional[Tensor], blocked: Optional[Tensor], dtype: torch.dtype
-                         ) -> Optional[Tensor]:
+def build_attention_mask(padding_mask: Optional[Tensor], blocked: Optional[Tensor]) -> Optional[Tensor]:
     """Combine a key padding mask (B, Nk; True = pad) and a blocked-pair mask ((Nq, Nk) or (B, Nq, Nk);
     True / 1 = may not attend) into the boolean ``allowed`` mask SDPA takes, or None when nothing is masked.
     """
@@ -474,7 +473,7 @@ class MultiwayTransformer(nn.Module):
         """
         if past_kv is not None and len(past_kv) != len(self.layers):
             raise ValueError(f"past_kv has {len(past_kv)} layers, the model {len(self.layers)}")
-        mask = build_attention_mask(padding_mask, attn_mask, x.dtype)
+        mask = build_attention_mask(padding_mask, attn_mask)
         wanted = {i if i >= 0 else len(self.layers) + i for i in return_intermediates}
         intermediates: List[Tensor] = []
         presents: KVCache = []
