@@ -270,9 +270,7 @@ def test_upernet_config_builds_and_trains_a_step_at_toy_size():
     """configs/ade20k_beit3_upernet.py (VL-BEiT setting) with its sizes shrunk: loss is finite, every
     trainable parameter gets a gradient (no unused parameters under DDP)."""
     from mmengine.config import Config
-    from mmengine.structures import PixelData
     from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules
 
     register_all_modules()
@@ -288,27 +286,15 @@ def test_upernet_config_builds_and_trains_a_step_at_toy_size():
         "model.auxiliary_head.norm_cfg": bn, "model.auxiliary_head.num_classes": 4,
         "model.data_preprocessor.size": (64, 64)})
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 64, 64)))
-        samples.append(sample)
-    losses = model.loss(torch.randn(2, 3, 64, 64), samples)
-    total = sum(v for k, v in losses.items() if "loss" in k)
-    assert torch.isfinite(total)
-    total.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert no_grad == []
+    _assert_one_step_trains_every_parameter(MODELS.build(cfg.model))
 
 
-def test_mask2former_segmentor_trains_a_step_with_no_unused_parameter():
-    """Every trainable parameter of the tiny ViT-Adapter + Mask2Former gets a gradient (DDP without
-    find_unused_parameters), and the loss is finite."""
+def _assert_one_step_trains_every_parameter(model):
+    """One loss step on two random 64x64 samples: finite loss, and every trainable parameter gets a
+    gradient (DDP without find_unused_parameters)."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
 
-    _, model = _segmentor()
     samples = []
     for _ in range(2):
         sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), ori_shape=(64, 64)))
@@ -319,6 +305,13 @@ def test_mask2former_segmentor_trains_a_step_with_no_unused_parameter():
     assert torch.isfinite(total)
     total.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_mask2former_segmentor_trains_a_step_with_no_unused_parameter():
+    """Every trainable parameter of the tiny ViT-Adapter + Mask2Former gets a gradient (DDP without
+    find_unused_parameters), and the loss is finite."""
+    _, model = _segmentor()
+    _assert_one_step_trains_every_parameter(model)
 
 
 def test_paper_scale_config_reads_as_documented(monkeypatch):
