@@ -2,7 +2,7 @@
 
 Source of the layout: the released BEiT-3 code (microsoft/unilm ``beit3/`` on torchscale), whose keys
 carry a ``beit3.`` prefix and ``A`` (vision) / ``B`` (language) branches; see
-``checkpoint_filter_fn``. Each registered name has its own config dataclass (fairseq style), so
+``checkpoint_filter_fn``, which also hands VLMo checkpoints to ``vlmo.py``. Each registered name has its own config dataclass (fairseq style), so
 ``BACKBONES.build("beit3_base", drop_path_rate=0.1)`` or ``build_backbone("beit3_base", checkpoint=...)``.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from beit3_plugins.checkpoint import LoadReport, load_state_dict_file, load_with
 from beit3_plugins.registry import BACKBONES
 
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
+from .relative_position import fit_table_to_model
 
 __all__ = [
-    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "VlmoTinyConfig",
-    "VlmoBaseConfig", "VlmoLargeConfig", "checkpoint_filter_fn", "to_released_state_dict", "build_backbone",
+    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "checkpoint_filter_fn", "to_released_state_dict", "build_backbone",
     "HEAD_KEYS", "split_heads",
 ]
 
@@ -67,40 +67,9 @@ class Beit3GiantConfig(MultiwayConfig):
     vl_expert_start: Optional[int] = 37
 
 
-@dataclass
-class VlmoTinyConfig(Beit3TinyConfig):
-    """VLMo's shared layout at the same toy size as ``beit3_tiny``."""
-
-    layout: str = Layout.SHARED.value
-    vl_expert_start: Optional[int] = 3
-    sub_ln: bool = False
-    layer_scale_init: Optional[float] = 0.1
-
-
-@dataclass
-class VlmoBaseConfig(MultiwayConfig):
-    layout: str = Layout.SHARED.value
-    vl_expert_start: Optional[int] = 10
-    sub_ln: bool = False
-    layer_scale_init: Optional[float] = 0.1
-    vocab_size: int = 30522
-    max_text_positions: int = 40 + POSITION_OFFSET
-    layer_norm_eps: float = 1e-6
-
-
-@dataclass
-class VlmoLargeConfig(VlmoBaseConfig):
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    ffn_dim: int = 4096
-    vl_expert_start: Optional[int] = 21
-
-
 for _name, _cfg in {
     "beit3_tiny": Beit3TinyConfig, "beit3_base": Beit3BaseConfig, "beit3_large": Beit3LargeConfig,
-    "beit3_giant": Beit3GiantConfig, "vlmo_tiny": VlmoTinyConfig, "vlmo_base": VlmoBaseConfig,
-    "vlmo_large": VlmoLargeConfig,
+    "beit3_giant": Beit3GiantConfig,
 }.items():
     BACKBONES.register(_name, config=_cfg)(MultiwayTransformer)
 
@@ -169,7 +138,7 @@ def _is_released_layout(state_dict: Dict[str, Tensor]) -> bool:
 
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransformer
                          ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], list]:
-    """Released BEiT-3 keys (or our own) -> this model's keys.
+    """Released BEiT-3 or VLMo keys (or our own) -> this model's keys.
 
     Returns (backbone state dict, head weights, notes). q/k/v projections are fused; the vision position
     table is resampled to the model's grid (first 3 rows kept) and the text table truncated when the
@@ -179,11 +148,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransform
     notes = []
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
-    if any(k.startswith("transformer.blocks.") for k in state_dict):
-        raise NotImplementedError(
-            "this is a VLMo checkpoint (transformer.blocks.*). Loading it needs VLMo's shared relative position "
-            "bias tables and BERT text embeddings, which this backbone does not implement yet; vlmo_* configs "
-            "train from scratch or from our own exports")
+    from .vlmo import is_vlmo_state_dict, vlmo_checkpoint_filter_fn  # vlmo.py imports this module
+
+    if is_vlmo_state_dict(state_dict):
+        return vlmo_checkpoint_filter_fn(state_dict, model)
     if not _is_released_layout(state_dict):
         out, heads = split_heads({k[len("backbone."):] if k.startswith("backbone.") else k: v
                                   for k, v in state_dict.items()})
@@ -240,6 +208,8 @@ def _fit_positions(sd: Dict[str, Tensor], model: MultiwayTransformer, notes: lis
             antialias=False).to(table.dtype)
         notes.append(f"vision positions resampled from a {old_grid}x{old_grid} to a "
                      f"{cfg.grid_size}x{cfg.grid_size} patch grid")
+    if "rel_pos.table" in sd and cfg.relative_position_bias:
+        sd["rel_pos.table"] = fit_table_to_model(sd["rel_pos.table"], cfg.grid_size, cfg.relative_text_span, notes)
     text = sd.get("text_pos_embed")
     if text is not None and text.shape[1] > cfg.max_text_positions:
         sd["text_pos_embed"] = text[:, : cfg.max_text_positions]

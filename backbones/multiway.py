@@ -12,6 +12,10 @@ Two layouts share this implementation:
 * ``shared`` — the paper's giant model and VLMo: attention (and its input norm) is shared; each layer has
   vision and language FFN experts, and the top layers add a vision-language expert that fused input uses.
 
+VLMo's released models also differ outside the layers, each a config switch here: a relative position bias
+shared by all layers instead of absolute positions (``relative_position_bias``, see
+``relative_position.py``), a BERT-style LayerNorm on the text embeddings, and one final LayerNorm.
+
 Routing is explicit: every forward receives a :class:`Routing` that says which expert sees which tokens.
 No module stores per-call state; the key/value cache for incremental decoding is passed in and returned.
 """
@@ -28,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
+
+from .relative_position import RelativePositionBias, TokenSpan
 
 __all__ = [
     "Layout", "Modality", "Routing", "MultiwayConfig", "MultiwayOutput", "MultiwayTransformer",
@@ -93,7 +99,13 @@ class MultiwayConfig:
     vl_expert_start: Optional[int] = None
     sub_ln: bool = True                 # Magneto sub-LN: LN before out_proj and inside the FFN
     layer_scale_init: Optional[float] = None   # VLMo-style per-channel residual scaling
-    normalize_output: bool = True       # final per-modality LayerNorm
+    normalize_output: bool = True       # final LayerNorm (per modality unless shared_final_norm)
+    shared_final_norm: bool = False     # VLMo: one final LayerNorm for every modality
+    absolute_positions: bool = True     # learned absolute position tables (BEiT-3); VLMo has none
+    relative_position_bias: bool = False   # VLMo: one relative position table shared by all layers
+    relative_text_span: int = 196       # longest text the relative table covers (VLMo: 196)
+    text_embed_norm: bool = False       # VLMo (BERT embeddings): LayerNorm after the word embeddings
+    text_embed_norm_eps: float = 1e-12
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -112,6 +124,18 @@ class MultiwayConfig:
             raise ValueError("the decoupled layout has no vision-language expert (vl_expert_start must be None)")
         if self.vl_expert_start is not None and not 0 <= self.vl_expert_start <= self.depth:
             raise ValueError(f"vl_expert_start {self.vl_expert_start} outside [0, {self.depth}]")
+        if not self.absolute_positions and not self.relative_position_bias:
+            raise ValueError("a model needs absolute positions, a relative position bias, or both")
+
+    @property
+    def max_text_len(self) -> int:
+        """Longest text (in tokens) the position tables cover."""
+        limits = []
+        if self.absolute_positions:
+            limits.append(self.max_text_positions - POSITION_OFFSET)
+        if self.relative_position_bias:
+            limits.append(self.relative_text_span)
+        return min(limits)
 
     @property
     def grid_size(self) -> int:
@@ -362,16 +386,26 @@ class MultiwayTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.text_embed = nn.Embedding(cfg.vocab_size, dim)
-        self.vision_pos_embed = nn.Parameter(torch.zeros(1, cfg.num_vision_positions, dim))
-        self.text_pos_embed = nn.Parameter(torch.zeros(1, cfg.max_text_positions, dim))
+        self.text_embed_norm = nn.LayerNorm(dim, eps=cfg.text_embed_norm_eps) if cfg.text_embed_norm else None
+        if cfg.absolute_positions:
+            self.vision_pos_embed = nn.Parameter(torch.zeros(1, cfg.num_vision_positions, dim))
+            self.text_pos_embed = nn.Parameter(torch.zeros(1, cfg.max_text_positions, dim))
+        else:
+            self.vision_pos_embed = self.text_pos_embed = None
+        self.rel_pos = (RelativePositionBias(cfg.grid_size, cfg.num_heads, cfg.depth, cfg.relative_text_span)
+                        if cfg.relative_position_bias else None)
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth rule
         vl_start = cfg.depth if cfg.vl_expert_start is None else cfg.vl_expert_start
         self.layers = nn.ModuleList(
             MultiwayBlock(cfg, drop_path=rates[i], with_vl=i >= vl_start) for i in range(cfg.depth)
         )
-        self.norm = (PerModality(lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps),
-                                 with_vl=cfg.vl_expert_start is not None)
-                     if cfg.normalize_output else None)
+        make_norm = lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps)  # noqa: E731
+        if not cfg.normalize_output:
+            self.norm = None
+        elif cfg.shared_final_norm:
+            self.norm = Shared(make_norm)
+        else:
+            self.norm = PerModality(make_norm, with_vl=cfg.vl_expert_start is not None)
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -385,7 +419,10 @@ class MultiwayTransformer(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for p in (self.cls_token, self.mask_token, self.vision_pos_embed, self.text_pos_embed):
-            trunc_normal_(p, std=std)
+            if p is not None:
+                trunc_normal_(p, std=std)
+        if self.rel_pos is not None:
+            nn.init.zeros_(self.rel_pos.table)
         trunc_normal_(self.text_embed.weight, std=std)
         trunc_normal_(self.patch_embed.weight, std=std)
         nn.init.zeros_(self.patch_embed.bias)
@@ -405,16 +442,20 @@ class MultiwayTransformer(nn.Module):
                         p[2 * dim:].mul_(scale)
 
     def no_weight_decay(self) -> set:
-        return {"cls_token", "mask_token", "vision_pos_embed", "text_pos_embed"}
+        names = {"cls_token", "mask_token", "vision_pos_embed", "text_pos_embed", "rel_pos.table"}
+        return {n for n, _ in self.named_parameters() if n in names}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.cfg.checkpoint_activations = enable
 
     # ------------------------------------------------------------------ embeddings
-    def vision_position_embedding(self, grid: Tuple[int, int]) -> Tensor:
-        """Position table for a (rows, cols) patch grid; resampled bicubically when it differs."""
+    def vision_position_embedding(self, grid: Tuple[int, int]) -> Optional[Tensor]:
+        """Position table for a (rows, cols) patch grid, resampled bicubically when it differs (None
+        without absolute positions)."""
         base = self.cfg.grid_size
         prefix = 1 + POSITION_OFFSET
+        if self.vision_pos_embed is None:
+            return None
         if tuple(grid) == (base, base):
             return self.vision_pos_embed[:, POSITION_OFFSET:]
         table = resample_abs_pos_embed(self.vision_pos_embed, new_size=list(grid), old_size=[base, base],
@@ -441,22 +482,28 @@ class MultiwayTransformer(nn.Module):
             w = masked_positions.unsqueeze(-1).type_as(x)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        return x + self.vision_position_embedding(grid), grid
+        positions = self.vision_position_embedding(grid)
+        return (x if positions is None else x + positions), grid
 
     def embed_text(self, token_ids: Tensor, padding_mask: Optional[Tensor] = None, position_start: int = 0
                    ) -> Tensor:
-        """Token + position embeddings; padded positions are zeroed (as the released model does)."""
+        """Token (+ absolute position) embeddings, then the embedding norm if the config has one; padded
+        positions are zeroed (as the released BEiT-3 does)."""
         if token_ids.dim() != 2:
             raise ValueError(f"expected token ids of shape (B, T), got {tuple(token_ids.shape)}")
         length = token_ids.shape[1]
-        end = POSITION_OFFSET + position_start + length
-        if end > self.cfg.max_text_positions:
+        if position_start + length > self.cfg.max_text_len:
             raise ValueError(
-                f"text of {position_start + length} tokens exceeds the {self.cfg.max_text_positions - POSITION_OFFSET}"
+                f"text of {position_start + length} tokens exceeds the {self.cfg.max_text_len}"
                 " text positions of this model; truncate it in the tokenizer (max_len)")
         if token_ids.numel() and (int(token_ids.max()) >= self.cfg.vocab_size or int(token_ids.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): tokenizer and model vocabularies differ")
-        x = self.text_embed(token_ids) + self.text_pos_embed[:, POSITION_OFFSET + position_start:end]
+        x = self.text_embed(token_ids)
+        if self.text_pos_embed is not None:
+            start = POSITION_OFFSET + position_start
+            x = x + self.text_pos_embed[:, start:start + length]
+        if self.text_embed_norm is not None:
+            x = self.text_embed_norm(x)
         if padding_mask is not None:
             x = x * (~padding_mask.bool()).unsqueeze(-1).type_as(x)
         return x
@@ -465,15 +512,17 @@ class MultiwayTransformer(nn.Module):
     def encode(self, x: Tensor, routing: Routing, padding_mask: Optional[Tensor] = None,
                attn_mask: Optional[Tensor] = None, past_kv: Optional[KVCache] = None, use_cache: bool = False,
                return_intermediates: Sequence[int] = (), patch_grid: Optional[Tuple[int, int]] = None,
-               ) -> MultiwayOutput:
+               text_start: int = 0) -> MultiwayOutput:
         """Run the layers on already-embedded tokens.
 
         ``padding_mask`` covers the keys (past + new tokens when a cache is given); ``attn_mask`` is
-        (Nq, Nk) or (B, Nq, Nk) with True/1 = blocked.
+        (Nq, Nk) or (B, Nq, Nk) with True/1 = blocked. ``patch_grid`` and ``text_start`` (position of the
+        first new text token) place the tokens for a relative position bias.
         """
         if past_kv is not None and len(past_kv) != len(self.layers):
             raise ValueError(f"past_kv has {len(past_kv)} layers, the model {len(self.layers)}")
         mask = build_attention_mask(padding_mask, attn_mask)
+        layer_masks = self._layer_masks(mask, x, routing, past_kv, patch_grid, text_start)
         wanted = {i if i >= 0 else len(self.layers) + i for i in return_intermediates}
         intermediates: List[Tensor] = []
         presents: KVCache = []
@@ -484,6 +533,7 @@ class MultiwayTransformer(nn.Module):
             routing.modality == Modality.FUSED and 0 < routing.split < x.shape[1]) else None
         for i, layer in enumerate(self.layers):
             layer_past = past_kv[i] if past_kv is not None else None
+            mask = layer_masks[i] if layer_masks is not None else mask
             if parts is not None and layer.has_vl_expert:
                 x, parts = torch.cat(parts, dim=1), None
             if parts is not None:
@@ -502,15 +552,43 @@ class MultiwayTransformer(nn.Module):
             if i in wanted:
                 intermediates.append(torch.cat(parts, dim=1) if parts is not None else x)
         if parts is not None:
-            if self.norm is not None and self.norm.vl is None:
+            norm_whole = isinstance(self.norm, PerModality) and self.norm.vl is not None
+            if self.norm is not None and not norm_whole:
                 parts = _per_part(self.norm, *parts)
             x = torch.cat(parts, dim=1)
-            if self.norm is not None and self.norm.vl is not None:
+            if norm_whole:
                 x = self.norm(x, routing)
         elif self.norm is not None:
             x = self.norm(x, routing)
         return MultiwayOutput(hidden=x, routing=routing, padding_mask=padding_mask, intermediates=intermediates,
                               past_kv=presents if use_cache else None, patch_grid=patch_grid)
+
+    def _layer_masks(self, allowed: Optional[Tensor], x: Tensor, routing: Routing, past_kv: Optional[KVCache],
+                     grid: Optional[Tuple[int, int]], text_start: int) -> Optional[List[Tensor]]:
+        """Per-layer float masks (relative position bias, -inf where not allowed), or None without a bias."""
+        if self.rel_pos is None:
+            return None
+        n = x.shape[1]
+        past = past_kv[0][0].shape[2] if past_kv is not None else 0
+        if routing.modality == Modality.TEXT:
+            query = TokenSpan(text_start=text_start, text_len=n)
+            key = TokenSpan(text_start=text_start - past, text_len=past + n)
+        else:
+            num_vision = n if routing.modality == Modality.VISION else routing.split
+            if num_vision and past:
+                raise ValueError("image tokens cannot be appended to a key/value cache")
+            if num_vision and grid is None:
+                side = int(round((num_vision - 1) ** 0.5))
+                if side * side != num_vision - 1:
+                    raise ValueError(f"{num_vision} image tokens are not [CLS] + a square grid; pass patch_grid")
+                grid = (side, side)
+            query = TokenSpan(num_vision, grid, text_start, n - num_vision)
+            key = query if not past else TokenSpan(past - text_start, None, 0, text_start + n)
+        bias = self.rel_pos(query, key).to(x.dtype)
+        if allowed is None:
+            return list(bias.unsqueeze(1))
+        blocked = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+        return [layer_bias.unsqueeze(0) + blocked for layer_bias in bias]
 
     def forward_vision(self, image: Tensor, masked_positions: Optional[Tensor] = None,
                        return_intermediates: Sequence[int] = ()) -> MultiwayOutput:
@@ -553,7 +631,8 @@ class MultiwayTransformer(nn.Module):
         padding = None
         if past_padding_mask is not None:
             padding = torch.cat([past_padding_mask.bool(), past_padding_mask.new_zeros(token_ids.shape).bool()], 1)
-        return self.encode(x, routing, padding_mask=padding, attn_mask=attn_mask, past_kv=past_kv, use_cache=True)
+        return self.encode(x, routing, padding_mask=padding, attn_mask=attn_mask, past_kv=past_kv, use_cache=True,
+                           text_start=position_start)
 
     def forward_dual(self, image: Tensor, token_ids: Tensor, padding_mask: Optional[Tensor] = None
                      ) -> Tuple[MultiwayOutput, MultiwayOutput]:
@@ -573,6 +652,13 @@ class MultiwayTransformer(nn.Module):
     forward = forward_features
 
     # ------------------------------------------------------------------ dense prediction
+    def require_absolute_positions(self, user: str) -> None:
+        """Adapters that run the layers themselves (ViTDet windows, ViT-Adapter) add no relative bias."""
+        if self.rel_pos is not None:
+            raise NotImplementedError(
+                f"{user} runs the backbone's layers itself and adds no relative position bias, so VLMo-style "
+                "backbones (relative_position_bias=True) are not supported there; use a beit3_* backbone")
+
     def forward_feature_maps(self, image: Tensor, layer_indices: Sequence[int]) -> List[Tensor]:
         """Vision features after the given layers as (B, D, h, w) maps (ViTDet / ViT-Adapter style)."""
         out = self.forward_vision(image, return_intermediates=layer_indices)
@@ -584,7 +670,7 @@ class MultiwayTransformer(nn.Module):
         """Depth of a parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, rest L + 1."""
         if param_name.startswith("layers."):
             return int(param_name.split(".")[1]) + 1
-        if any(k in param_name for k in ("embed", "cls_token", "mask_token")):
+        if any(k in param_name for k in ("embed", "cls_token", "mask_token")):  # incl. text_embed_norm
             return 0
         return len(self.layers) + 1
 

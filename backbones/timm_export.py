@@ -45,6 +45,9 @@ def to_timm_state_dict(model: MultiwayTransformer, final_norm: bool = True) -> D
     with :func:`timm_model_kwargs` have the token-wise norm, and their ``forward_features`` equals our
     ``forward_vision(image).hidden``.
     """
+    if model.cfg.relative_position_bias or not model.cfg.absolute_positions:
+        raise ValueError(f"{type(model.cfg).__name__} uses a relative position bias (VLMo); timm's VisionTransformer "
+                         "has absolute positions only, so this vision path has no timm equivalent to export to")
     expert = "vision" if model.cfg.layout == "decoupled" else "shared"
     rules = [(re.compile(p.replace(r"\.X\.", rf"\.{expert}\.")), r) for p, r in _RULES]
     out: Dict[str, Tensor] = {}

@@ -72,6 +72,7 @@ class Beit3ViTDet(Backbone):
                  global_attn_indexes: Sequence[int] = (2, 5, 8, 11), out_feature: str = "last_feat",
                  final_norm: bool = True, checkpoint_activations: bool = False) -> None:
         super().__init__()
+        beit3.require_absolute_positions("the ViTDet backbone")
         depth = len(beit3.layers)
         bad = [i for i in global_attn_indexes if not 0 <= i < depth]
         if bad:

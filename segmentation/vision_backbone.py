@@ -59,6 +59,7 @@ class Beit3VisionTrunk(BaseModule):
         self.backbone_name = backbone
         self.pretrained = pretrained
         self.beit3: MultiwayTransformer = BACKBONES.build(backbone, **dict(backbone_cfg or {}))
+        self.beit3.require_absolute_positions("the segmentation backbone")
         self.dropped_language_keys = drop_language_branch(self.beit3)
         # the final per-modality norm is unused too: the adapter / pyramid normalise their own outputs
         self.beit3.norm = None

@@ -4,18 +4,25 @@ import pytest
 import torch
 
 from beit3_plugins.backbones import Routing
+from beit3_plugins.backbones.relative_position import TokenSpan
 from beit3_plugins.registry import BACKBONES
 
 
-def reference_encode(model, x, routing, mask=None):
+def reference_encode(model, x, routing, allowed):
     """The layers' plain forward on the whole sequence (split and concatenated around every expert)."""
-    for layer in model.layers:
+    masks = [allowed] * len(model.layers)
+    if model.rel_pos is not None:  # VLMo: each layer adds its slice of the shared relative position bias
+        span = TokenSpan(routing.split, (8, 8), 0, x.shape[1] - routing.split)
+        blocked = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+        masks = [bias[None] + blocked for bias in model.rel_pos(span, span)]
+    for layer, mask in zip(model.layers, masks):
         x, _ = layer(x, routing, mask)
     return model.norm(x, routing) if model.norm is not None else x
 
 
 @pytest.mark.parametrize("name,overrides", [("beit3_tiny", {}), ("vlmo_tiny", {}),
-                                            ("vlmo_tiny", {"vl_expert_start": 4})])
+                                            ("vlmo_tiny", {"vl_expert_start": 4}),
+                                            ("beit3_tiny", {"layout": "shared", "vl_expert_start": 3})])
 def test_parts_path_equals_the_concatenated_path(name, overrides):
     torch.manual_seed(0)
     model = BACKBONES.build(name, drop_path_rate=0.5, **overrides)
@@ -30,7 +37,7 @@ def test_parts_path_equals_the_concatenated_path(name, overrides):
     for training in (False, True):
         model.train(training)
         torch.manual_seed(1)
-        expected = reference_encode(model, x, routing, mask=~blocked[None, None])
+        expected = reference_encode(model, x, routing, ~blocked[None, None])
         torch.manual_seed(1)
         got = model.encode(x, routing, attn_mask=blocked).hidden
         assert (got - expected).abs().max() < 1e-5, training

@@ -27,7 +27,15 @@ def test_every_registered_backbone_builds_with_its_config(name):
     cfg = model.cfg
     assert isinstance(model, MultiwayTransformer) and type(cfg) is BACKBONES.config_of(name)
     assert len(model.layers) == cfg.depth
-    assert model.vision_pos_embed.shape == (1, (cfg.img_size // cfg.patch_size) ** 2 + 3, cfg.embed_dim)
+    grid = cfg.img_size // cfg.patch_size
+    if cfg.absolute_positions:
+        assert model.vision_pos_embed.shape == (1, grid ** 2 + 3, cfg.embed_dim)
+    else:
+        assert model.vision_pos_embed is None and model.text_pos_embed is None
+    if cfg.relative_position_bias:  # VLMo: one table, image distances + [CLS] rows, 2 cross rows, text rows
+        rows = (2 * grid - 1) ** 2 + 3 + 2 + 2 * cfg.relative_text_span
+        assert model.rel_pos.table.shape == (rows, cfg.num_heads * cfg.depth)
+    assert cfg.relative_position_bias == name.startswith("vlmo")
     with_vl = [layer.has_vl_expert for layer in model.layers]
     expected_start = cfg.depth if cfg.vl_expert_start is None else cfg.vl_expert_start
     assert with_vl == [i >= expected_start for i in range(cfg.depth)]

@@ -150,10 +150,3 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"model": {}, "args": argparse.Namespace(x=1)}, path)
     with pytest.raises(CheckpointMismatchError, match="weights-only"):
         build_backbone("beit3_tiny", checkpoint=str(path))
-
-
-def test_vlmo_checkpoint_is_refused_with_the_reason(tmp_path):
-    path = tmp_path / "vlmo.pth"
-    torch.save({"state_dict": {"transformer.blocks.0.attn.qkv.weight": torch.zeros(3, 1)}}, path)
-    with pytest.raises(NotImplementedError, match="relative position"):
-        build_backbone("vlmo_tiny", checkpoint=str(path))

@@ -79,6 +79,8 @@ def test_vision_only_parameters_and_bad_settings():
     assert any(".text." in n for n in net.removed_parameters)
     with pytest.raises(ValueError, match="outside"):
         det.Beit3ViTDet(_tiny(), window_size=4, global_attn_indexes=(7,))
+    with pytest.raises(NotImplementedError, match="relative position bias"):
+        det.Beit3ViTDet(BACKBONES.build("vlmo_tiny"))
     assert det.default_global_attn_indexes(12) == [2, 5, 8, 11]
     assert det.default_global_attn_indexes(24) == [5, 11, 17, 23]
 

@@ -76,6 +76,8 @@ def test_bad_inputs_and_configs_give_clear_errors():
         _adapter(interaction_indexes=[[0, 0], [1, 1], [2, 2], [2, 3]])
     with pytest.raises(UnknownComponentError, match="beit3_tiny"):
         _adapter(backbone="beit3_tinny")
+    with pytest.raises(NotImplementedError, match="relative position bias"):
+        _adapter(backbone="vlmo_tiny")
 
 
 def test_feature_pyramid_scales():

@@ -8,18 +8,21 @@ from beit3_plugins.backbones.timm_export import timm_model_kwargs, to_timm_state
 from beit3_plugins.registry import BACKBONES
 
 
-def perturbed(name):
+SHARED = {"layout": "shared", "vl_expert_start": 3, "sub_ln": False, "layer_scale_init": 0.1}
+
+
+def perturbed(name, **overrides):
     torch.manual_seed(0)
-    model = BACKBONES.build(name).eval()
+    model = BACKBONES.build(name, **overrides).eval()
     with torch.no_grad():  # no LayerNorm or layer scale left at its trivial init
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
 
 
-@pytest.mark.parametrize("name", ["beit3_tiny", "vlmo_tiny"])
-def test_exported_weights_give_the_same_features_in_timm(name):
-    ours = perturbed(name)
+@pytest.mark.parametrize("overrides", [{}, SHARED], ids=["decoupled", "shared"])
+def test_exported_weights_give_the_same_features_in_timm(overrides):
+    ours = perturbed("beit3_tiny", **overrides)
     tm = VisionTransformer(**timm_model_kwargs(ours.cfg)).eval()
     tm.load_state_dict(to_timm_state_dict(ours), strict=True)  # every timm weight is given, nothing else
     image = torch.randn(2, 3, 64, 64)
@@ -45,7 +48,13 @@ def test_export_into_timms_registered_beit3_model():
 
 
 def test_export_drops_text_and_vl_experts():
-    sd = to_timm_state_dict(perturbed("vlmo_tiny"))
+    sd = to_timm_state_dict(perturbed("beit3_tiny", **SHARED))
     assert not [k for k in sd if ".text." in k or ".vl." in k or "text" in k or "mask_token" in k]
     assert sd["pos_embed"].shape == (1, 1 + 8 * 8, 64)
     assert "blocks.3.ls2.gamma" in sd and "blocks.0.attn.qkv.weight" in sd
+
+
+def test_relative_position_models_are_refused():
+    """timm's VisionTransformer has absolute positions only; VLMo's relative bias has no place there."""
+    with pytest.raises(ValueError, match="relative position"):
+        to_timm_state_dict(BACKBONES.build("vlmo_tiny"))
