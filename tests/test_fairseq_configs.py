@@ -50,7 +50,7 @@ def test_recipe_keys_are_registered_options(recipe):
                                                   ("beit3_giant", 1e-3, 1_000_000, 14)])
 def test_paper_optimisation_settings(name, lr, steps, patch):
     cfg = OmegaConf.load(ROOT / "configs" / "pretrain" / f"{name}.yaml")
-    assert cfg.optimizer._name == "adam" and cfg.optimizer.adam_betas == "(0.9,0.98)"
+    assert cfg.optimizer._name in ("adam", "beit3_adamw") and cfg.optimizer.adam_betas == "(0.9,0.98)"
     assert cfg.optimizer.adam_eps == 1e-6 and cfg.optimizer.weight_decay == 0.05
     assert cfg.lr_scheduler._name == "cosine" and cfg.lr_scheduler.warmup_updates == 10000
     assert cfg.optimization.lr == [lr] and cfg.optimization.max_update == steps
@@ -62,8 +62,12 @@ def test_paper_optimisation_settings(name, lr, steps, patch):
 
 
 def test_giant_recipe_shards_and_checkpoints_activations():
+    """The giant recipe shards with torch FSDP2 (the launch tested on CPU in test_fairseq_pretrain.py):
+    the model option, the optimizer that reduces / clips / checkpoints shards, a pass-through wrapper."""
     cfg = OmegaConf.load(ROOT / "configs" / "pretrain" / "beit3_giant.yaml")
-    assert cfg.distributed_training.ddp_backend == "fully_sharded"
+    assert cfg.model.shard_parameters is True and cfg.model.shard_param_dtype == "bfloat16"
+    assert cfg.optimizer._name == "beit3_adamw" and cfg.distributed_training.ddp_backend == "legacy_ddp"
+    assert not cfg.common.fp16 and not cfg.common.bf16
     assert cfg.model.checkpoint_activations is True and cfg.model._name == "beit3_giant"
 
 

@@ -116,6 +116,67 @@ def test_two_process_gloo_run(data_world, tiny_spm, tmp_path):
     assert (tmp_path / "ddp" / "checkpoint_last.pt").exists()
 
 
+def _shard_fractions(out):
+    """{rank: fraction of the trainable parameter elements the rank holds} from the sharding report."""
+    import re
+
+    return {int(m.group(1)): float(m.group(2)) for m in
+            re.finditer(r"rank (\d) holds \d+ of \d+ trainable parameter elements \(([\d.]+)\)", out)}
+
+
+def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tiny_spm, tmp_path):
+    """Sharded data parallelism (torch FSDP2 through --shard-parameters, launched with SHARDED=1
+    tools/fairseq_train_ddp.sh) with activation checkpointing, 2 gloo processes on CPU: each rank holds
+    half of the parameters, the loss falls, a run stopped at update 3 and resumed reaches exactly the
+    weights and optimizer state of an unsharded legacy_ddp run of 6 updates (same gradients, same AdamW
+    steps), and the checkpoint (full tensors) exports into the backbone."""
+    from beit3_plugins.backbones import build_backbone
+    from beit3_plugins.fairseq_plugin.export import export_checkpoint
+    from fairseq import checkpoint_utils
+
+    world, _ = data_world
+
+    def launch(save, port, max_update, sharded):
+        cmd = [BIN / "torchrun", "--nproc_per_node", "2", "--master_port", str(port), "--no-python",
+               ROOT / "tools" / "fairseq_train_ddp.sh",
+               *tiny_args(world, tiny_spm, save, "--batch-size", "4", "--max-update", str(max_update),
+                          "--disable-validation", "--distributed-backend", "gloo", "--distributed-world-size", "2",
+                          "--ddp-backend", "legacy_ddp", "--optimizer", "beit3_adamw", "--warmup-updates", "2",
+                          *(["--checkpoint-activations"] if sharded else []))]
+        proc = subprocess.run(cmd, env={**ENV, "SHARDED": "1" if sharded else "0"}, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        return proc.stdout + proc.stderr
+
+    reference = launch(tmp_path / "ddp", 29733, 6, sharded=False)
+    assert not _shard_fractions(reference)
+    first = launch(tmp_path / "fsdp", 29734, 3, sharded=True)
+    fractions = _shard_fractions(first)
+    assert set(fractions) == {0, 1} and all(0.45 < f < 0.55 for f in fractions.values()), fractions
+    resumed = launch(tmp_path / "fsdp", 29735, 6, sharded=True)
+    assert "Loaded checkpoint" in resumed and "(epoch 1 @ 3 updates)" in resumed
+    losses = [float(json.loads(line.split("| train_inner | ", 1)[1])["loss"])
+              for line in (first + resumed).splitlines() if "| train_inner | " in line]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    sharded = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "fsdp" / "checkpoint_last.pt"))
+    plain = checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "ddp" / "checkpoint_last.pt"))
+    assert sharded["optimizer_history"][-1]["num_updates"] == 6
+    assert sharded["model"].keys() == plain["model"].keys()
+    for key, value in plain["model"].items():
+        assert type(sharded["model"][key]) is torch.Tensor and sharded["model"][key].shape == value.shape
+        torch.testing.assert_close(sharded["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    opt_sharded, opt_plain = sharded["last_optimizer_state"]["state"], plain["last_optimizer_state"]["state"]
+    assert opt_sharded.keys() == opt_plain.keys()
+    for index, entry in opt_plain.items():
+        torch.testing.assert_close(opt_sharded[index]["exp_avg_sq"], entry["exp_avg_sq"], rtol=0, atol=1e-9)
+    summary = export_checkpoint(str(tmp_path / "fsdp" / "checkpoint_last.pt"), str(tmp_path / "backbone.pth"))
+    assert summary["layout"] == "released"
+    vocab = sharded["model"]["core.backbone.text_embed.weight"].shape[0]
+    backbone = build_backbone("beit3_tiny", checkpoint=str(tmp_path / "backbone.pth"), vocab_size=vocab)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, sharded["model"][f"core.backbone.{key}"]), key
+
+
 def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
     """Empty corpus, wrong vocabulary size (errors), over-long text and unreadable images (counted)."""
     import shutil

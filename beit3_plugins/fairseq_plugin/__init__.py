@@ -1,5 +1,5 @@
 """fairseq adapter: registers task ``beit3_mdm`` / ``vlmo_pretrain``, model ``beit3_pretrain`` with
-architectures ``beit3_tiny|base|large|giant`` and ``vlmo_tiny|base|large``, and criterion ``beit3_mdm``.
+architectures ``beit3_tiny|base|large|giant`` and ``vlmo_tiny|base|large``, criterion ``beit3_mdm`` and optimizer ``beit3_adamw``.
 
 Importing this package is the only place fairseq is imported. fairseq loads it through
 ``--user-dir tools/fairseq_user_dir/beit3_mdm`` (a shim folder that imports this package).
@@ -8,4 +8,4 @@ from beit3_plugins.optional import require
 
 require("fairseq", "fairseq", "beit3_plugins.fairseq_plugin")
 
-from . import criterions, models, tasks  # noqa: E402,F401
+from . import criterions, models, optimizers, tasks  # noqa: E402,F401

@@ -17,6 +17,8 @@ from beit3_plugins.backbones import build_backbone
 from beit3_plugins.pretraining.objectives import MaskedDataModel, apply_stage
 from beit3_plugins.pretraining.vqkd import build_vqkd
 
+from .sharding import is_sharded
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Beit3PretrainConfig", "Beit3PretrainModel", "ARCHS"]
@@ -36,6 +38,16 @@ class Beit3PretrainConfig(FairseqDataclass):
                                                                      "encoder + k-means codebook"})
     tokenizer_num_codes: int = field(default=0, metadata={"help": "override the codebook size (0 = arch default)"})
     init_from: str = field(default="", metadata={"help": "released BEiT-3 / exported checkpoint to continue from"})
+    shard_parameters: bool = field(default=False, metadata={
+        "help": "sharded data parallelism (torch FSDP2): every backbone layer and the rest of the model are "
+                "sharded over the ranks; needs --ddp-backend legacy_ddp --optimizer beit3_adamw (see sharding.py)"})
+    shard_param_dtype: str = field(default="float32", metadata={
+        "help": "compute dtype of sharded parameters (FSDP2 mixed precision; master weights and gradient "
+                "reduction stay float32): float32 | bfloat16 | float16"})
+    cpu: bool = II("common.cpu")
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
+    ddp_backend: str = II("distributed_training.ddp_backend")
     image_size: int = II("task.image_size")
     max_text_len: int = II("task.max_text_len")
     objective: str = II("task.objective")
@@ -80,7 +92,73 @@ class Beit3PretrainModel(BaseFairseqModel):
             logger.info(f"continued from {cfg.init_from}: backbone + heads {loaded}")
         counts = apply_stage(core, cfg.stage)
         logger.info(f"stage {cfg.stage!r}: {counts['trainable']} trainable / {counts['frozen']} frozen tensors")
-        return cls(core)
+        model = cls(core)
+        if cfg.shard_parameters:
+            model.shard(cfg)
+        model.mark_parameters()
+        return model
+
+    # ------------------------------------------------------------------ optimisation
+    def mark_parameters(self) -> None:
+        """Per-parameter marks the optimizer reads: fairseq's optimizer override ``weight_decay: 0`` on
+        biases, norms, position tables, CLS / mask tokens and scalars (read by ``--optimizer beit3_adamw``
+        and fairseq's ``composite``), and the :class:`~.sharding.ShardedState` on sharded parameters."""
+        skip = self.core.no_weight_decay()
+        state = getattr(self, "sharded_state", None)
+        for name, p in self.core.named_parameters():
+            if name in skip:
+                p.optim_overrides = {"optimizer": {"weight_decay": 0.0}}
+            if state is not None and is_sharded(p):
+                p.sharded_state = state
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() replace sharded parameter objects (DTensors are swapped, not updated in place),
+        # dropping their attributes: mark the new ones
+        out = super()._apply(fn, *args, **kwargs)
+        self.mark_parameters()
+        return out
+
+    def shard(self, cfg: Beit3PretrainConfig) -> None:
+        """Shard over all ranks with FSDP2 (``sharding.py``); a single process has nothing to shard."""
+        import torch
+        import torch.distributed as dist
+
+        from .sharding import MIXED_PRECISION, shard_model
+
+        if cfg.shard_param_dtype not in MIXED_PRECISION:
+            raise ValueError(f"shard_param_dtype {cfg.shard_param_dtype!r}; choose from {list(MIXED_PRECISION)}")
+        if cfg.ddp_backend not in ("legacy_ddp", "no_c10d"):
+            raise ValueError(f"--shard-parameters shards with torch FSDP2 inside the model: use --ddp-backend "
+                             f"legacy_ddp (got {cfg.ddp_backend!r}; fairscale's fully_sharded is a different, "
+                             "CUDA-only implementation)")
+        if cfg.fp16 or cfg.bf16:
+            raise ValueError("--shard-parameters keeps float32 master weights in the shards: use "
+                             "--shard-param-dtype bfloat16|float16 instead of fairseq's --fp16/--bf16")
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            logger.warning("--shard-parameters: a single process, nothing to shard (training is unsharded)")
+            return
+        device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
+        if device == "cuda":
+            self.to(torch.device("cuda", torch.cuda.current_device()))
+        self.sharded_state = shard_model(self, self.core.backbone.layers, device_type=device,
+                                         param_dtype=MIXED_PRECISION[cfg.shard_param_dtype])
+
+    # ------------------------------------------------------------------ checkpoints (full tensors)
+    def state_dict(self, *args, **kwargs):
+        sd = super().state_dict(*args, **kwargs)
+        if getattr(self, "sharded_state", None) is None:
+            return sd
+        full = self.sharded_state.take()
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        return type(sd)((k, full.get(k[len(prefix):], v)) for k, v in sd.items())
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if getattr(self, "sharded_state", None) is not None:
+            from .sharding import distribute_like
+
+            own = dict(self.named_parameters())
+            state_dict = {k: (distribute_like(v, own[k]) if k in own else v) for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def forward(self, text: Optional[Dict] = None, image: Optional[Dict] = None, pair: Optional[Dict] = None,
                 objective: str = "mdm"):

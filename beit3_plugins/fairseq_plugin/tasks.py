@@ -191,6 +191,14 @@ class Beit3MdmTask(FairseqTask):
         logger.info(f"VQ-KD codebook initialised by k-means on {len(images)} images: "
                     f"{int((bins > 0).sum())}/{len(bins)} codes used")
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        from .optimizers import Beit3AdamW
+
+        if getattr(model, "sharded_state", None) is not None and not isinstance(optimizer, Beit3AdamW):
+            raise ValueError(f"a model sharded by --shard-parameters needs --optimizer beit3_adamw (it reduces, "
+                             f"clips and checkpoints sharded gradients); got {type(optimizer).__name__}")
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
     def max_positions(self):
         return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +178,12 @@ class MaskedDataModel(nn.Module):
             nn.init.trunc_normal_(m.weight, std=cfg.init_std)
             nn.init.zeros_(m.bias)
 
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names excluded from weight decay (BEiT / BEiT-3 / VLMo): 1-D and scalar tensors (biases,
+        norm weights, ``logit_scale``) and the backbone's own list (CLS / mask tokens, position tables)."""
+        skip = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        return {n for n, p in self.named_parameters() if p.dim() <= 1 or n.endswith(".bias") or n in skip}
+
     # ------------------------------------------------------------------ helpers
     def mim_targets(self, image: Tensor, grid: Tuple[int, int]) -> Tensor:
         """(B, h*w) codes or (B, h*w, p*p*3) pixels of every patch (no gradient)."""
@@ -225,10 +231,10 @@ class MaskedDataModel(nn.Module):
         grid = self._grid(image)
         out = self.backbone.forward_fused(image, ids, padding_mask=padding_mask, masked_positions=image_mask)
         loss = self._mlm(out.text_tokens, targets, "mvlm_text", logs)
-        if bool(image_mask.any()):
-            loss = loss + self._mim(out.vision_tokens[:, 1:], self.mim_targets(image, grid), image_mask,
-                                    "mvlm_image", logs)
-        return loss
+        # also when no patch is masked (zero loss, zero count): every rank must log the same keys and
+        # touch the same parameters, or fairseq's summed stats and the gradient reduction fall out of step
+        return loss + self._mim(out.vision_tokens[:, 1:], self.mim_targets(image, grid), image_mask,
+                                "mvlm_image", logs)
 
     def _grid(self, image: Tensor) -> Tuple[int, int]:
         p = self.backbone.cfg.patch_size
