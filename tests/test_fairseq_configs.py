@@ -50,7 +50,7 @@ def test_recipe_keys_are_registered_options(recipe):
                                                   ("beit3_giant", 1e-3, 1_000_000, 14)])
 def test_paper_optimisation_settings(name, lr, steps, patch):
     cfg = OmegaConf.load(ROOT / "configs" / "pretrain" / f"{name}.yaml")
-    assert cfg.optimizer._name in ("adam", "beit3_adamw") and cfg.optimizer.adam_betas == "(0.9,0.98)"
+    assert cfg.optimizer._name == "beit3_adamw" and cfg.optimizer.adam_betas == "(0.9,0.98)"
     assert cfg.optimizer.adam_eps == 1e-6 and cfg.optimizer.weight_decay == 0.05
     assert cfg.lr_scheduler._name == "cosine" and cfg.lr_scheduler.warmup_updates == 10000
     assert cfg.optimization.lr == [lr] and cfg.optimization.max_update == steps
@@ -59,6 +59,13 @@ def test_paper_optimisation_settings(name, lr, steps, patch):
     assert cfg.task.mvlm_masking == "separate"
     # equal numbers of images, texts and pairs per step
     assert cfg.task.get("texts_per_unit", 1) == cfg.task.get("images_per_unit", 1) == cfg.task.get("pairs_per_unit", 1)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipes_exclude_biases_norms_and_positions_from_weight_decay(recipe):
+    """Every recipe uses beit3_adamw (no-decay groups, tested in test_fairseq_optimizer.py), not fairseq's
+    adam, which decays every parameter."""
+    assert OmegaConf.load(recipe).optimizer._name == "beit3_adamw"
 
 
 def test_giant_recipe_shards_and_checkpoints_activations():

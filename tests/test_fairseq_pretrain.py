@@ -21,7 +21,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH":
 def tiny_args(world, spm, save_dir, *extra, task="beit3_mdm", arch="beit3_tiny"):
     return [str(world), "--user-dir", str(USER_DIR), "--task", task, "--arch", arch, "--criterion", "beit3_mdm",
             "--spm-model", str(spm), "--image-size", "64", "--patch-size", "8", "--max-text-len", "32",
-            "--min-mask-block", "4", "--tokenizer-arch", "vqkd_tiny", "--cpu", "--optimizer", "adam",
+            "--min-mask-block", "4", "--tokenizer-arch", "vqkd_tiny", "--cpu", "--optimizer", "beit3_adamw",
             "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6", "--weight-decay", "0.05", "--lr", "1e-3",
             "--lr-scheduler", "cosine", "--warmup-updates", "4", "--drop-path-rate", "0.0", "--save-dir",
             str(save_dir), "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "1",
