@@ -78,6 +78,12 @@ def test_giant_recipe_shards_and_checkpoints_activations():
     assert cfg.model.checkpoint_activations is True and cfg.model._name == "beit3_giant"
 
 
+@pytest.mark.parametrize("name", ["vlmo_base", "vlmo_base_stage2_language"])
+def test_vlmo_recipes_mask_whole_words(name):
+    cfg = OmegaConf.load(ROOT / "configs" / "pretrain" / f"{name}.yaml")
+    assert cfg.task.whole_word_masking is True and cfg.task.text_mask_prob == 0.15
+
+
 def test_vlmo_stage2_trains_language_only():
     cfg = OmegaConf.load(ROOT / "configs" / "pretrain" / "vlmo_base_stage2_language.yaml")
     assert cfg.task.stage == "language" and cfg.task._name == "vlmo_pretrain"

@@ -248,3 +248,28 @@ def test_every_batch_mixes_the_three_kinds_in_proportion(data_world, tiny_spm):
     ds.set_epoch(2)
     assert not torch.equal(ds.collater([ds[i] for i in range(4)])["net_input"]["image"]["image"],
                            batch["image"]["image"])
+
+
+def test_vlmo_task_masks_whole_words(data_world, tiny_spm):
+    """--whole-word-masking reaches the VLMo pair text: no word is partly predicted."""
+    from beit3_plugins.fairseq_plugin.tasks import VlmoPretrainTask, VlmoPretrainTaskConfig
+    from beit3_plugins.pretraining.masking import IGNORE_INDEX, word_start_table
+
+    world, _ = data_world
+    task = VlmoPretrainTask.setup_task(VlmoPretrainTaskConfig(
+        data=str(world), spm_model=str(tiny_spm), image_size=64, patch_size=8, min_mask_block=4, seed=5,
+        whole_word_masking=True))
+    task.load_dataset("train")
+    ds = task.datasets["train"]
+    pair = ds.collater([ds[i] for i in range(32)])["net_input"]["pair"]
+    starts = torch.from_numpy(word_start_table(task.tokenizer))
+    partial = whole = 0
+    for clean, targets in zip(pair["clean_ids"], pair["targets"]):
+        chosen = targets != IGNORE_INDEX
+        real = clean >= 4
+        word_id = torch.cumsum(starts[clean] & real, 0)
+        for w in word_id[real].unique():
+            sel = chosen[real & (word_id == w)]
+            partial += bool(sel.any() and not sel.all())
+            whole += bool(sel.all() and len(sel) > 1)
+    assert partial == 0 and whole > 0

@@ -47,6 +47,8 @@ class Beit3MdmTaskConfig(FairseqDataclass):
     patch_size: int = field(default=16, metadata={"help": "must equal the backbone's patch size"})
     text_mask_prob: float = 0.15
     pair_text_mask_prob: float = 0.5
+    whole_word_masking: bool = field(default=False, metadata={
+        "help": "mask whole words (every sentencepiece piece of a chosen word; VLMo) instead of single pieces"})
     image_mask_ratio: float = 0.4
     min_mask_block: int = 16
     mvlm_masking: str = field(default="separate", metadata={"help": "separate (one modality per pair) or joint"})
@@ -124,8 +126,9 @@ class Beit3MdmTask(FairseqTask):
                 raise ValueError(f"text corpus {cfg.text_data} has {len(text_lines)} lines: too few to hold out "
                                  f"{held} for validation (set --valid-text-data or --valid-text-lines)")
             text_lines = text_lines[:-held] if train else text_lines[-held:]
-        text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob)
-        pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm" else cfg.text_mask_prob)
+        text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob, whole_word=cfg.whole_word_masking)
+        pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm" else cfg.text_mask_prob,
+                                       whole_word=cfg.whole_word_masking)
         text_source = lambda: TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask,  # noqa: E731
                                          self.skips, name=cfg.text_data)
         folders = self._paths(cfg.image_data if train else cfg.valid_image_data)

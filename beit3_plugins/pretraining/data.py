@@ -21,7 +21,8 @@ from torch import Tensor
 from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_image, read_coco_captions,
                                         read_json, read_karpathy, read_text_lines)
 
-from .masking import IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens
+from .masking import (IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens,
+                      word_start_table)
 
 __all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
            "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES"]
@@ -74,7 +75,7 @@ class _TextEncoder:
 
 
 class TextSource:
-    """MLM examples from text lines: 15% of tokens chosen, 80% <mask> / 10% random / 10% kept."""
+    """MLM examples from text lines: 15% of tokens chosen (or whole words), 80% <mask> / 10% random / 10% kept."""
 
     def __init__(self, lines: Sequence[str], tokenizer, max_len: int, model_vocab_size: int,
                  masking: TokenMaskingConfig = TokenMaskingConfig(), skips: Optional[SkipCounter] = None,
@@ -85,15 +86,21 @@ class TextSource:
         self.skips = skips if skips is not None else SkipCounter()
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
         self.tokenizer, self.masking = tokenizer, masking
+        self.word_starts = word_start_table(tokenizer) if masking.whole_word else None
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
         ids = self.encode(self.lines[index % len(self.lines)])
-        inputs, targets = mask_tokens(ids, rng, self.masking, self.tokenizer.mask_id, num_special=4,
-                                      vocab_size=self.tokenizer.vocab_size)
+        inputs, targets = _mask_text(ids, rng, self.masking, self.tokenizer, self.word_starts)
         return {"ids": inputs, "targets": targets}
+
+
+def _mask_text(ids: np.ndarray, rng: np.random.Generator, masking: TokenMaskingConfig, tokenizer,
+               word_starts: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    return mask_tokens(ids, rng, masking, tokenizer.mask_id, num_special=4, vocab_size=tokenizer.vocab_size,
+                       word_starts=word_starts[ids] if word_starts is not None else None)
 
 
 @dataclasses.dataclass
@@ -189,6 +196,7 @@ class PairSource:
         self.images = ImageSource([p for p, _ in self.pairs], transform, grid, image_masking, self.skips, name)
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
         self.tokenizer, self.text_masking, self.mode = tokenizer, text_masking, mode
+        self.word_starts = word_start_table(tokenizer) if text_masking.whole_word else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -197,8 +205,7 @@ class PairSource:
         image, used = self.images.load(index % len(self.pairs), rng)
         ids = self.encode(self.pairs[used][1])
         image_mask = self.images.masker(rng).reshape(-1)
-        inputs, targets = mask_tokens(ids, rng, self.text_masking, self.tokenizer.mask_id, num_special=4,
-                                      vocab_size=self.tokenizer.vocab_size)
+        inputs, targets = _mask_text(ids, rng, self.text_masking, self.tokenizer, self.word_starts)
         if self.mode == "separate":
             if rng.random() < 0.5:
                 image_mask[:] = False                                     # text is masked

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["BlockMaskingConfig", "BlockMaskingGenerator", "TokenMaskingConfig", "mask_tokens", "IGNORE_INDEX",
-           "block_shapes"]
+           "block_shapes", "word_start_table"]
 
 IGNORE_INDEX = -100  # target of tokens that are not predicted (torch's cross-entropy default)
 
@@ -99,11 +99,16 @@ class BlockMaskingGenerator:
 
 @dataclasses.dataclass
 class TokenMaskingConfig:
-    """BERT corruption: choose ``mask_prob`` of the real tokens; of those 80% <mask>, 10% random, 10% kept."""
+    """BERT corruption: choose ``mask_prob`` of the real tokens; of those 80% <mask>, 10% random, 10% kept.
+
+    ``whole_word`` (VLMo; BERT's whole-word masking) chooses whole words: every piece of a chosen word is
+    predicted, none of an unchosen one. With sentencepiece a word starts at a piece beginning with "▁"
+    (:func:`word_start_table`)."""
 
     mask_prob: float = 0.15
     mask_token_prob: float = 0.8
     random_token_prob: float = 0.1
+    whole_word: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
@@ -113,15 +118,54 @@ class TokenMaskingConfig:
             raise ValueError("mask_token_prob + random_token_prob must be within [0, 1]")
 
 
+SENTENCEPIECE_WORD_START = "\u2581"  # "▁": sentencepiece marks the piece that begins a word
+
+
+def word_start_table(tokenizer) -> np.ndarray:
+    """Bool per token id: True where the id begins a word (its sentencepiece piece starts with "▁") or is
+    a special id. ``tokenizer`` needs ``vocab_size``, ``special_ids`` and ``id_to_piece``
+    (:class:`beit3_plugins.tokenizer.Beit3Tokenizer`)."""
+    table = np.ones(tokenizer.vocab_size, dtype=bool)
+    specials = set(tokenizer.special_ids.values())
+    for token_id in range(tokenizer.vocab_size):
+        if token_id not in specials:
+            table[token_id] = tokenizer.id_to_piece(token_id).startswith(SENTENCEPIECE_WORD_START)
+    return table
+
+
+def _choose_whole_words(candidates: np.ndarray, word_starts: np.ndarray, n: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Positions of whole words covering about ``n`` of the ``candidates`` (BERT's whole-word masking:
+    words in random order, a word that would overshoot ``n`` is skipped; at least one word)."""
+    words, current = [], []
+    for pos in candidates:
+        if current and (word_starts[pos] or pos != current[-1] + 1):
+            words.append(current)
+            current = []
+        current.append(int(pos))
+    words.append(current)
+    chosen, count = [], 0
+    for w in rng.permutation(len(words)):
+        if count >= n:
+            break
+        if count + len(words[w]) > n and chosen:
+            continue
+        chosen.extend(words[w])
+        count += len(words[w])
+    return np.asarray(sorted(chosen), dtype=np.int64)
+
+
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, cfg: TokenMaskingConfig, mask_id: int,
-                num_special: int, vocab_size: int, maskable: Optional[np.ndarray] = None
-                ) -> Tuple[np.ndarray, np.ndarray]:
+                num_special: int, vocab_size: int, maskable: Optional[np.ndarray] = None,
+                word_starts: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Corrupt one token sequence; return (input ids, targets with IGNORE_INDEX where nothing is predicted).
 
     ``maskable`` (bool, same length) marks the positions that may be chosen (default: ids >=
     ``num_special``, i.e. not <s>, <pad>, </s>, <unk>). Exactly ``max(1, round(mask_prob * n))`` of the
     ``n`` maskable positions are chosen, so short captions always train something. Random replacements
     are drawn from the ordinary pieces ``[num_special, vocab_size - 1)`` (never <mask> or specials).
+    With ``cfg.whole_word``, ``word_starts`` (bool, same length; e.g. ``word_start_table(tok)[ids]``)
+    marks word beginnings and whole words are chosen, about ``mask_prob * n`` positions in all.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if maskable is None:
@@ -132,7 +176,13 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, cfg: TokenMaskingConf
     if candidates.size == 0:
         return inputs, targets
     n = max(1, int(round(cfg.mask_prob * candidates.size)))
-    chosen = rng.choice(candidates, n, replace=False)
+    if cfg.whole_word:
+        if word_starts is None or len(word_starts) != len(ids):
+            raise ValueError("whole-word masking needs word_starts (one bool per token)")
+        chosen = _choose_whole_words(candidates, np.asarray(word_starts, dtype=bool), n, rng)
+        n = chosen.size
+    else:
+        chosen = rng.choice(candidates, n, replace=False)
     targets[chosen] = ids[chosen]
     roll = rng.random(n)
     to_mask = chosen[roll < cfg.mask_token_prob]
