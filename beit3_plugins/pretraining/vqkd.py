@@ -149,6 +149,8 @@ class VQKDTokenizer(nn.Module):
         """l2-normalised code-space features of every patch: (B, h*w, code_dim)."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(image.shape)}")
+        # the frozen tokenizer runs in its own dtype (a sharded bf16 model hands it bf16 images)
+        image = image.to(self.encoder.patch_embed.proj.weight.dtype)
         tokens = self.encoder.forward_features(image)[:, self.encoder.num_prefix_tokens:]
         tokens = self.encoder.fc_norm(tokens)
         return F.normalize(self.encode_task_layer(tokens.float()), dim=-1)
