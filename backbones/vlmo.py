@@ -30,21 +30,27 @@ __all__ = ["VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "is_vlmo_state
 
 
 @dataclass
-class VlmoBaseConfig(MultiwayConfig):
-    """VLMo-Base: shared attention, V/L experts, VL expert from layer 10, relative positions, BERT vocab."""
+class _VlmoArchitecture:
+    """What makes a Multiway Transformer VLMo, whatever its size (mixed into the sized configs below)."""
 
     layout: str = Layout.SHARED.value
-    vl_expert_start: Optional[int] = 10
     sub_ln: bool = False
     layer_scale_init: Optional[float] = 0.1
-    vocab_size: int = 30522
-    max_text_positions: int = 196 + POSITION_OFFSET
     layer_norm_eps: float = 1e-6
     shared_final_norm: bool = True
     absolute_positions: bool = False
     relative_position_bias: bool = True
     relative_text_span: int = 196
     text_embed_norm: bool = True
+
+
+@dataclass
+class VlmoBaseConfig(_VlmoArchitecture, MultiwayConfig):
+    """VLMo-Base: 12 layers, VL expert from layer 10, BERT's uncased vocabulary."""
+
+    vl_expert_start: Optional[int] = 10
+    vocab_size: int = 30522
+    max_text_positions: int = 196 + POSITION_OFFSET
 
 
 @dataclass
@@ -57,19 +63,11 @@ class VlmoLargeConfig(VlmoBaseConfig):
 
 
 @dataclass
-class VlmoTinyConfig(Beit3TinyConfig):
-    """VLMo's architecture (all of ``VlmoBaseConfig``'s switches) at the size of ``beit3_tiny``."""
+class VlmoTinyConfig(_VlmoArchitecture, Beit3TinyConfig):
+    """VLMo's architecture at the size of ``beit3_tiny``, for tests and the CPU demo."""
 
-    layout: str = Layout.SHARED.value
     vl_expert_start: Optional[int] = 3
-    sub_ln: bool = False
-    layer_scale_init: Optional[float] = 0.1
-    layer_norm_eps: float = 1e-6
-    shared_final_norm: bool = True
-    absolute_positions: bool = False
-    relative_position_bias: bool = True
     relative_text_span: int = 64
-    text_embed_norm: bool = True
 
 
 for _name, _cfg in {"vlmo_tiny": VlmoTinyConfig, "vlmo_base": VlmoBaseConfig, "vlmo_large": VlmoLargeConfig}.items():

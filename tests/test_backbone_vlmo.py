@@ -21,35 +21,36 @@ from beit3_plugins.registry import BACKBONES
 D, DEPTH, HEADS, FFN, GRID, PATCH, VOCAB, SPAN, VL_START = 64, 4, 4, 256, 8, 8, 1024, 64, 3
 
 
+def _with_cls_roles(inner, size, last):
+    """VLMo's convention for a [CLS]-first axis: rows `last - 2` ([CLS] query), `last - 1` ([CLS] key) and
+    `last` ([CLS] with itself); `inner(i, j)` for every other pair."""
+    table = torch.zeros(size, size, dtype=torch.long)
+    for i in range(size):
+        for j in range(size):
+            if i == 0 and j == 0:
+                table[i, j] = last
+            elif j == 0:
+                table[i, j] = last - 1
+            elif i == 0:
+                table[i, j] = last - 2
+            else:
+                table[i, j] = inner(i, j)
+    return table
+
+
 def _vlmo_index_tables(grid, span, text_len):
     """VLMo's three index tables (image, text, text-then-image), built entry by entry."""
     n_dist = (2 * grid - 1) ** 2 + 3
     total = n_dist + 2 * span + 2
     coords = [(r, c) for r in range(grid) for c in range(grid)]
+
+    def patch_distance(i, j):
+        (ri, ci), (rj, cj) = coords[i - 1], coords[j - 1]
+        return (ri - rj + grid - 1) * (2 * grid - 1) + (ci - cj + grid - 1)
+
     n_img = grid * grid + 1
-    image = torch.zeros(n_img, n_img, dtype=torch.long)
-    for i in range(n_img):
-        for j in range(n_img):
-            if i == 0 and j == 0:
-                image[i, j] = n_dist - 1
-            elif j == 0:
-                image[i, j] = n_dist - 2
-            elif i == 0:
-                image[i, j] = n_dist - 3
-            else:
-                (ri, ci), (rj, cj) = coords[i - 1], coords[j - 1]
-                image[i, j] = (ri - rj + grid - 1) * (2 * grid - 1) + (ci - cj + grid - 1)
-    text = torch.zeros(text_len, text_len, dtype=torch.long)
-    for i in range(text_len):
-        for j in range(text_len):
-            if i == 0 and j == 0:
-                text[i, j] = total - 1
-            elif j == 0:
-                text[i, j] = total - 2
-            elif i == 0:
-                text[i, j] = total - 3
-            else:
-                text[i, j] = (j - i) - (2 - span) + n_dist + 2
+    image = _with_cls_roles(patch_distance, n_img, n_dist - 1)
+    text = _with_cls_roles(lambda i, j: (j - i) - (2 - span) + n_dist + 2, text_len, total - 1)
     fused = torch.cat([torch.cat([text, torch.full((text_len, n_img), n_dist)], 1),
                        torch.cat([torch.full((n_img, text_len), n_dist + 1), image], 1)], 0)
     return image, text, fused
