@@ -63,3 +63,21 @@ def test_step_decays_only_the_decay_group(model_and_optimizer):
     for name in watched[3:]:
         assert before[name].abs().sum() > 0
         torch.testing.assert_close(named[name].detach(), before[name] * (1 - 0.1 * 0.05))
+
+
+def test_sharding_options_fail_clearly(model_and_optimizer):
+    """--shard-parameters needs the pass-through legacy_ddp wrapper and its own mixed precision; a single
+    process has nothing to shard and trains unsharded."""
+    from types import SimpleNamespace
+
+    model, _ = model_and_optimizer
+    ok = dict(shard_param_dtype="float32", ddp_backend="legacy_ddp", fp16=False, bf16=False, cpu=True)
+    with pytest.raises(ValueError, match="legacy_ddp"):
+        model.shard(SimpleNamespace(**{**ok, "ddp_backend": "fully_sharded"}))
+    with pytest.raises(ValueError, match="--shard-param-dtype"):
+        model.shard(SimpleNamespace(**{**ok, "fp16": True}))
+    with pytest.raises(ValueError, match="choose from"):
+        model.shard(SimpleNamespace(**{**ok, "shard_param_dtype": "int8"}))
+    model.shard(SimpleNamespace(**ok))
+    assert getattr(model, "sharded_state", None) is None
+    assert not any(type(p).__name__ == "DTensor" for p in model.parameters())

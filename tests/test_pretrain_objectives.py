@@ -217,3 +217,24 @@ def test_uninitialised_tokenizer_refuses_to_tokenize():
     tok = build_vqkd("vqkd_tiny")
     with pytest.raises(RuntimeError, match="not initialised"):
         tok.get_codebook_indices(torch.zeros(1, 3, 64, 64))
+
+
+def test_vqkd_tokenizes_reduced_precision_images_in_its_own_dtype():
+    """A bf16-sharded model casts its inputs to bf16; the frozen float32 tokenizer still gives codes."""
+    tok = _tokenizer()
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    codes = tok.get_codebook_indices(image.bfloat16())
+    assert codes.shape == (2, 64) and codes.dtype == torch.long
+    assert (codes == tok.get_codebook_indices(image)).float().mean() > 0.8
+
+
+def test_mvlm_logs_image_keys_when_no_patch_is_masked():
+    """Every rank must log the same keys (fairseq sums them across ranks in one buffer)."""
+    model = _model()
+    ids, pad, targets, _ = _text()
+    image = torch.rand(3, 3, 64, 64) * 2 - 1
+    logs = {}
+    loss = model.pair_mvlm(image, torch.zeros(3, 64, dtype=torch.bool), ids, pad, targets, logs)
+    assert logs["mvlm_image_count"] == 0 and "mvlm_image_loss" in logs and "mvlm_image_correct" in logs
+    loss.backward()
+    assert model.mim_head.weight.grad is not None and model.mim_head.weight.grad.abs().sum() == 0
