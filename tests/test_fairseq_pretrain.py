@@ -127,9 +127,9 @@ def _shard_fractions(out):
 def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tiny_spm, tmp_path):
     """Sharded data parallelism (torch FSDP2 through --shard-parameters, launched with SHARDED=1
     tools/fairseq_train_ddp.sh) with activation checkpointing, 2 gloo processes on CPU: each rank holds
-    half of the parameters, the loss falls, a run stopped at update 3 and resumed reaches exactly the
-    weights and optimizer state of an unsharded legacy_ddp run of 6 updates (same gradients, same AdamW
-    steps), and the checkpoint (full tensors) exports into the backbone."""
+    half of the parameters, the loss falls, a run stopped at update 3 and resumed reaches the weights and
+    optimizer state of an unsharded legacy_ddp run of 6 updates up to float rounding (same accumulated,
+    clipped gradients, same AdamW steps), and the checkpoint (full tensors) exports into the backbone."""
     from beit3_plugins.backbones import build_backbone
     from beit3_plugins.fairseq_plugin.export import export_checkpoint
     from fairseq import checkpoint_utils
@@ -142,6 +142,7 @@ def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tin
                *tiny_args(world, tiny_spm, save, "--batch-size", "4", "--max-update", str(max_update),
                           "--disable-validation", "--distributed-backend", "gloo", "--distributed-world-size", "2",
                           "--ddp-backend", "legacy_ddp", "--optimizer", "beit3_adamw", "--warmup-updates", "2",
+                          "--update-freq", "2", "--clip-norm", "0.5",  # accumulation + clipping (gnorm ~4-9)
                           *(["--checkpoint-activations"] if sharded else []))]
         proc = subprocess.run(cmd, env={**ENV, "SHARDED": "1" if sharded else "0"}, cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
@@ -168,7 +169,7 @@ def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tin
     opt_sharded, opt_plain = sharded["last_optimizer_state"]["state"], plain["last_optimizer_state"]["state"]
     assert opt_sharded.keys() == opt_plain.keys()
     for index, entry in opt_plain.items():
-        torch.testing.assert_close(opt_sharded[index]["exp_avg_sq"], entry["exp_avg_sq"], rtol=0, atol=1e-9)
+        torch.testing.assert_close(opt_sharded[index]["exp_avg_sq"], entry["exp_avg_sq"], rtol=1e-4, atol=1e-10)
     summary = export_checkpoint(str(tmp_path / "fsdp" / "checkpoint_last.pt"), str(tmp_path / "backbone.pth"))
     assert summary["layout"] == "released"
     vocab = sharded["model"]["core.backbone.text_embed.weight"].shape[0]
