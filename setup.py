@@ -14,6 +14,9 @@ from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "detection": "detection", "segmentation": "segmentation",
           "vl_tasks": "vl_tasks"}
+# Data-only packages: the VL trainer's Hydra config tree stays user-visible in configs/vl_tasks/ and is
+# installed as beit3_plugins/vl_tasks/configs/ so that a regular (non-editable) install finds it.
+DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks"}
 
 
 def _packages():
@@ -23,6 +26,9 @@ def _packages():
         package_dir[f"beit3_plugins.{name}"] = folder
         packages.append(f"beit3_plugins.{name}")
         packages += [f"beit3_plugins.{name}.{sub}" for sub in find_packages(where=folder)]
+    for name, folder in DATA_PACKAGES.items():
+        package_dir[name] = folder
+        packages.append(name)
     return packages, package_dir
 
 
@@ -49,7 +55,8 @@ setup(
     package_dir=PACKAGE_DIR,
     include_package_data=True,
     package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.yaml", "configs/*.py"],
-                  "beit3_plugins": ["configs/**/*.yaml", "assets/*"]},
+                  "beit3_plugins": ["configs/**/*.yaml", "assets/*"],
+                  "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"]},
     install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,

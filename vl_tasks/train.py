@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 -m beit3_plugins.vl_tasks.train task=retrieval ...   # DDP (gloo on CPU)
     python -m beit3_plugins.vl_tasks.train task=vqa ... train.eval_only=true train.predict=true
 
-Config tree: ``configs/vl_tasks`` (``config.yaml``, ``task/*.yaml`` = published recipes,
+Config tree: ``configs/vl_tasks`` in the repository, installed as ``beit3_plugins/vl_tasks/configs``
+(``vl_train.yaml``, ``task/*.yaml`` = published recipes,
 ``model/*.yaml``, ``preset/cpu_tiny.yaml``). Outputs under ``train.output_dir``: ``checkpoints/last.pt``
 (resumable: weights, optimizer, step, RNG states), ``checkpoints/best.pt``, ``metrics.csv`` (long format:
 step, epoch, split, name, value), TensorBoard events in ``tb/``, ``curves.png``, ``metrics.json`` and
@@ -42,7 +43,19 @@ from .optim import lr_at_step, param_groups
 
 logger = logging.getLogger("beit3_plugins.vl_tasks.train")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "vl_tasks"
+
+def _config_dir() -> Path:
+    """The Hydra config tree: ``beit3_plugins/vl_tasks/configs`` in an installed wheel (setup.py ships
+    ``configs/vl_tasks`` there as package data), else ``configs/vl_tasks`` of the source checkout
+    (editable installs and running from the repository)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs" / "vl_tasks"):
+        if (candidate / "vl_train.yaml").is_file():
+            return candidate
+    return here / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 __all__ = ["run", "compose_config", "main", "CONFIG_DIR"]
 
@@ -467,8 +480,8 @@ def _hydra_main():
 
 def main() -> None:
     if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"{CONFIG_DIR}: the trainer's config tree is missing (install beit3-plugins "
-                                "from a source checkout: pip install -e .)")
+        raise FileNotFoundError(f"{CONFIG_DIR}: the trainer's config tree is missing (reinstall beit3-plugins; "
+                                "the wheel ships configs/vl_tasks as beit3_plugins/vl_tasks/configs)")
     _hydra_main()()
 
 
