@@ -4,7 +4,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from beit3_plugins.backbones.timm_export import timm_model_kwargs, to_timm_state_dict
+from beit3_plugins.backbones.timm_export import (timm_beit_kwargs, timm_model_kwargs, to_timm_beit_state_dict,
+                                                  to_timm_state_dict)
 from beit3_plugins.registry import BACKBONES
 
 
@@ -20,17 +21,21 @@ def perturbed(name, **overrides):
     return model
 
 
-@pytest.mark.parametrize("overrides", [{}, SHARED], ids=["decoupled", "shared"])
-def test_exported_weights_give_the_same_features_in_timm(overrides):
-    ours = perturbed("beit3_tiny", **overrides)
-    tm = VisionTransformer(**timm_model_kwargs(ours.cfg)).eval()
-    tm.load_state_dict(to_timm_state_dict(ours), strict=True)  # every timm weight is given, nothing else
+def assert_same_features(ours, tm):
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = ours.forward_vision(image).hidden
         got = tm.forward_features(image)
     assert got.shape == expected.shape == (2, 1 + 8 * 8, 64)
     assert (got - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("overrides", [{}, SHARED], ids=["decoupled", "shared"])
+def test_exported_weights_give_the_same_features_in_timm(overrides):
+    ours = perturbed("beit3_tiny", **overrides)
+    tm = VisionTransformer(**timm_model_kwargs(ours.cfg)).eval()
+    tm.load_state_dict(to_timm_state_dict(ours), strict=True)  # every timm weight is given, nothing else
+    assert_same_features(ours, tm)
 
 
 def test_export_into_timms_registered_beit3_model():
@@ -54,7 +59,15 @@ def test_export_drops_text_and_vl_experts():
     assert "blocks.3.ls2.gamma" in sd and "blocks.0.attn.qkv.weight" in sd
 
 
-def test_relative_position_models_are_refused():
-    """timm's VisionTransformer has absolute positions only; VLMo's relative bias has no place there."""
-    with pytest.raises(ValueError, match="relative position"):
-        to_timm_state_dict(BACKBONES.build("vlmo_tiny"))
+def test_vlmo_exports_to_timms_beit_with_the_same_features():
+    """VLMo's vision path (relative positions, q/v biases, layer scale) in timm's Beit."""
+    from timm.models.beit import Beit
+
+    ours = perturbed("vlmo_tiny")
+    tm = Beit(**timm_beit_kwargs(ours.cfg)).eval()
+    tm.load_state_dict(to_timm_beit_state_dict(ours), strict=True)
+    assert_same_features(ours, tm)
+    with pytest.raises(ValueError, match="to_timm_beit_state_dict"):
+        to_timm_state_dict(ours)
+    with pytest.raises(ValueError, match="to_timm_state_dict"):
+        to_timm_beit_state_dict(perturbed("beit3_tiny"))
