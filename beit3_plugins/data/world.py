@@ -242,6 +242,8 @@ class WorldConfig:
     nlvr2_eval_sets: int = 4          # dev and test1 each
     nlvr2_pairs_per_set: int = 4      # even: half True, half False
     nlvr2_train_directories: int = 4
+    nlvr2_statements: str = "mixed"   # "mixed" (9 templates) or "presence" (see _NLVR2_PRESENCE_STATEMENTS)
+    nlvr2_presence_color: str = "red"
     det_train_images: int = 24
     det_val_images: int = 8
     ade_train_images: int = 24
@@ -262,6 +264,10 @@ class WorldConfig:
             raise ValueError(f"imagenet_classes must be 'kind' or 'kind_color', got {self.imagenet_classes!r}")
         if self.segmentation_format not in ("polygon", "rle"):
             raise ValueError(f"segmentation_format must be 'polygon' or 'rle', got {self.segmentation_format!r}")
+        if self.nlvr2_statements not in ("mixed", "presence"):
+            raise ValueError(f"nlvr2_statements must be 'mixed' or 'presence', got {self.nlvr2_statements!r}")
+        if self.nlvr2_presence_color not in COLORS:
+            raise ValueError(f"nlvr2_presence_color must be one of {list(COLORS)}, got {self.nlvr2_presence_color!r}")
         if self.nlvr2_pairs_per_set % 2:
             raise ValueError("nlvr2_pairs_per_set must be even so labels are balanced")
         for name in ("image_size", "det_image_size", "seg_image_size"):
@@ -519,6 +525,19 @@ _NLVR2_STATEMENTS: List[Tuple[str, Callable[[Scene, Scene, Dict[str, Any]], bool
      lambda l, r, a: r.count_where(color=a["color"]) == r.count),
 ]
 
+# Where one colour (nlvr2_presence_color) is present: left / right / both / either image. The mixed
+# templates need counting, shape identity and binding a colour word to image colours, which a tiny model
+# trained from scratch on a CPU does not get off the ground; these four only need one visual feature
+# per image combined as the sentence says, so the NLVR2 pipeline can show that it learns.
+_NLVR2_PRESENCE_STATEMENTS: List[Tuple[str, Callable[[Scene, Scene, Dict[str, Any]], bool]]] = [
+    ("the left image contains a {color} shape", lambda l, r, a: l.count_where(color=a["color"]) > 0),
+    ("the right image contains a {color} shape", lambda l, r, a: r.count_where(color=a["color"]) > 0),
+    ("both images contain a {color} shape",
+     lambda l, r, a: l.count_where(color=a["color"]) > 0 and r.count_where(color=a["color"]) > 0),
+    ("at least one image contains a {color} shape",
+     lambda l, r, a: l.count_where(color=a["color"]) + r.count_where(color=a["color"]) > 0),
+]
+
 
 def _write_nlvr2(w: _Writer) -> None:
     rng = w.rng("nlvr2")
@@ -528,13 +547,16 @@ def _write_nlvr2(w: _Writer) -> None:
         image_dir = "nlvr2/images/train" if split == "train" else f"nlvr2/{split}"
         w.files[f"nlvr2_images_{split}"] = image_dir
         lines, n_true = [], 0
+        statements = _NLVR2_PRESENCE_STATEMENTS if w.cfg.nlvr2_statements == "presence" else _NLVR2_STATEMENTS
         for set_id in range(n_sets):
-            template, predicate = _NLVR2_STATEMENTS[int(rng.integers(len(_NLVR2_STATEMENTS)))]
+            template, predicate = statements[int(rng.integers(len(statements)))]
             kind = KINDS[int(rng.integers(len(KINDS)))]
             n = int(rng.integers(1, 4))
             args = {"color": list(COLORS)[int(rng.integers(len(COLORS)))], "kind": kind, "n": n,
                     "n_shapes": _count_phrase(n), "n_kinds": _count_phrase(n, kind),
                     "be": "is" if n == 1 else "are"}
+            if w.cfg.nlvr2_statements == "presence":
+                args["color"] = w.cfg.nlvr2_presence_color
             sentence = template.format(**args)
             labels = [p % 2 == 0 for p in range(w.cfg.nlvr2_pairs_per_set)]
             for pair, label in enumerate(labels):
