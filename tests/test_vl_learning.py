@@ -19,8 +19,11 @@ Thresholds and why they mean learning (measured values on the default world in b
   not the sentence could reach ~84% on this family, so this shows the pipeline learns, not that it
   reads the sentence (docs/vl_tasks.md, known limits). The released head init (0.001) leaves a model
   trained from scratch at exactly 50%; the test uses task.head_init_scale=1.0.
-Classification-as-retrieval does not reach above chance within this CPU budget (see docs/vl_tasks.md,
-known limits); its pipeline is exercised by tests/test_vl_tasks.py.
+* image classification as image-to-text retrieval over class-name prompts (held-out val, 96 images of a
+  world with the 12 "<colour>_<shape>" classes, 64 training images per class; chance 8.3%, a rule that
+  gets the colour right and guesses the shape 33.3%; the standard error of chance on 96 images is 2.8
+  points): required 30% [20 epochs at lr 3e-4: 50%]. At lr 1e-3 (the preset) the class-text embeddings
+  collapse onto one vector within ~15 steps and the loss stays at ln 12.
 """
 import csv
 import math
@@ -99,3 +102,13 @@ def test_nlvr2_learns_presence_statements_on_held_out_pairs(tiny_spm, tmp_path):
     ev = _run("nlvr2", root, tiny_spm, tmp_path / "out", "train.epochs=8", "train.lr=3e-4",
               "task.head_init_scale=1.0")
     assert ev["accuracy"] >= 62.0, ev
+
+
+def test_image_classification_as_retrieval_over_class_names(tiny_spm, tmp_path):
+    root = tmp_path / "world"
+    manifest = generate_world(root, WorldConfig(seed=0, formats=("imagenet",), imagenet_classes="kind_color",
+                                                imagenet_train_per_class=64, imagenet_val_per_class=8))
+    assert len(manifest.classes["imagenet"]) == 12
+    ev = _run("image_text_classification", root, tiny_spm, tmp_path / "out", "train.epochs=20", "train.lr=3e-4",
+              "train.eval_every_epochs=0")
+    assert ev["accuracy"] >= 30.0, ev

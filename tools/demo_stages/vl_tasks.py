@@ -27,7 +27,8 @@ STAGES = [
                     "task.mask_prob=0.5", "train.eval_split=train"], "cider", 0.0),
     ("image_classification", ["train.epochs=15", "task.image_size=64", "train.batch_size=8",
                               "task.label_smoothing=0.0", "train.eval_split=train"], "accuracy", 100 / 3),
-    ("image_text_classification", ["train.epochs=4"], "accuracy", 100 / 3),
+    ("image_text_classification", ["train.epochs=20", "train.lr=3e-4", "train.eval_every_epochs=0"], "accuracy",
+     100 / 12),
     ("nlvr2", ["train.epochs=8", "train.lr=3e-4", "task.head_init_scale=1.0"], "accuracy", 50.0),
     ("text_classification", ["train.epochs=6"], "accuracy", 50.0),
 ]
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
             overrides[3] = f"data.root={_make_glue(Path(args.world), out)}"
         if task == "nlvr2":  # a bigger NLVR2 part with the learnable "presence" statements
             overrides[3] = f"data.root={_make_nlvr2_world(out)}"
+        if task == "image_text_classification":  # 12 colour_shape classes, 64 training images each
+            overrides[3] = f"data.root={_make_class_world(out)}"
         if time.perf_counter() - start > args.budget_seconds:
             summary["tasks"][task] = {"not_run": "time budget used up"}
             continue
@@ -106,6 +109,16 @@ def _make_nlvr2_world(out: Path) -> Path:
     root = out / "nlvr2_world"
     generate_world(root, WorldConfig(seed=0, formats=("nlvr2",), nlvr2_statements="presence",
                                      nlvr2_train_sets=200, nlvr2_eval_sets=50))
+    return root
+
+
+def _make_class_world(out: Path) -> Path:
+    """ImageNet-style folders with 12 "<colour>_<shape>" classes (as tests/test_vl_learning.py uses)."""
+    from beit3_plugins.data import WorldConfig, generate_world
+
+    root = out / "class_world"
+    generate_world(root, WorldConfig(seed=0, formats=("imagenet",), imagenet_classes="kind_color",
+                                     imagenet_train_per_class=64, imagenet_val_per_class=8))
     return root
 
 
