@@ -188,3 +188,67 @@ def test_bad_input_is_counted_or_refused(data_world, tiny_spm, tmp_path):
     rt = _task("retrieval", world, tiny_spm)
     with pytest.raises(ValueError, match="text-embedding rows"):
         build_model(cfg, rt, torch.device("cpu"))
+
+
+def test_recipes_switch_augmentations_on_and_the_tiny_preset_off(data_world, tiny_spm):
+    from beit3_plugins.vl_tasks.train import build_task, compose_config
+
+    root, _ = data_world
+    base = ["model=beit3_base", f"data.root={root}", f"data.tokenizer={tiny_spm}"]
+    on = {name: compose_config([f"task={name}", *base]).train for name in ("vqa", "captioning", "image_classification")}
+    assert on["vqa"].randaug and on["captioning"].randaug
+    assert on["image_classification"].mixup == 0.8 and on["image_classification"].cutmix == 1.0
+    for name in ("vqa", "captioning", "image_classification", "nlvr2"):
+        cfg = compose_config([f"task={name}", *base, "preset=cpu_tiny"])
+        assert not cfg.train.randaug and cfg.train.mixup == 0 and cfg.train.cutmix == 0, name
+    # a switch the task does not implement is refused, not silently ignored
+    with pytest.raises(ValueError, match="does not implement train.mixup"):
+        build_task(compose_config(["task=vqa", *base, "train.mixup=0.8"]))
+
+
+def test_randaug_is_applied_to_vl_training_images_only(data_world, tiny_spm):
+    from timm.data.auto_augment import RandAugment
+
+    from beit3_plugins.vl_tasks.train import build_task, compose_config
+
+    root, _ = data_world
+    cfg = compose_config(["task=retrieval", "model=beit3_tiny", "preset=cpu_tiny", "task.augment=true",
+                          "train.randaug=true", f"data.root={root}", f"data.tokenizer={tiny_spm}"])
+    task, _ = build_task(cfg)
+    task.setup(root, _tok(tiny_spm))
+    train, val = task.build_dataset("train"), task.build_dataset("val")
+    assert any(isinstance(t, RandAugment) for t in train.transform.transforms)
+    assert not any(isinstance(t, RandAugment) for t in val.transform.transforms)
+    assert train[0]["image"].shape == (3, 32, 32)
+
+
+def test_mixup_cutmix_mix_training_batches_of_image_classification(data_world, tiny_spm):
+    import numpy as np
+    from timm.data import Mixup
+
+    from beit3_plugins.vl_tasks.base import Augmentation
+
+    root, _ = data_world
+    task = _task("image_classification", root, tiny_spm, augment=False, label_smoothing=0.1)
+    task.set_augmentation(Augmentation(mixup=0.8, cutmix=1.0))
+    model = task.build_model(_backbone(normalize_output=False))
+    assert isinstance(model.mixup, Mixup)
+    torch.manual_seed(0)
+    model.classifier.head.weight.data.normal_()  # the released 0.001 init gives ~equal logits for any input
+    ds = task.build_dataset("train")
+    batch = task.collate([ds[i] for i in range(4)], train=True)
+    plain = torch.nn.functional.cross_entropy(model.logits(batch["image"]), batch["label"], label_smoothing=0.1)
+    np.random.seed(0)
+    loss = model(batch)["loss"]
+    np.random.seed(0)  # replay the same draw by hand: timm mixes the images and returns soft targets
+    mixed, soft = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=3)(batch["image"].clone(),
+                                                                                              batch["label"])
+    assert not torch.equal(mixed, batch["image"]) and soft.shape == (4, 3)
+    expected = torch.sum(-soft * torch.log_softmax(model.logits(mixed), -1), -1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, plain)
+    model.eval()  # evaluation sees the plain images
+    torch.testing.assert_close(model(batch)["loss"], plain, atol=1e-4, rtol=1e-4)
+    model.train()
+    with pytest.raises(ValueError, match="even batch size"):
+        model(task.collate([ds[i] for i in range(3)], train=True))

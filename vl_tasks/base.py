@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from beit3_plugins.data.readers import SkipCounter
 
 __all__ = ["VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images", "encode_texts",
-           "ImageTextMixin"]
+           "ImageTextMixin", "Augmentation"]
 
 
 class EmptySplitError(ValueError):
@@ -38,6 +38,21 @@ class TaskConfigBase:
     max_text_len: int = 64
     augment: bool = True        # random resized crop + flip when training (False: evaluation transform)
     eval_batch_size: int = 32
+
+
+@dataclasses.dataclass
+class Augmentation:
+    """Trainer-level augmentation switches (``train.randaug`` / ``train.mixup`` / ``train.cutmix``), global
+    flags in the reference's run_beit3_finetuning.py too: RandAugment on the training images of the
+    image-text tasks (``--randaug``), timm's Mixup / CutMix for image classification (``--mixup 0.8
+    --cutmix 1.0`` in the ImageNet recipe)."""
+
+    randaug: bool = False
+    mixup: float = 0.0      # Beta(alpha, alpha) mixing of image pairs; 0 = off
+    cutmix: float = 0.0     # Beta(alpha, alpha) box pasting; 0 = off
+
+    def active(self) -> Tuple[str, ...]:
+        return tuple(name for name in ("randaug", "mixup", "cutmix") if getattr(self, name))
 
 
 class TaskModel(nn.Module):
@@ -68,12 +83,23 @@ class VlTask:
     #: split names the trainer asks for
     train_split: str = "train"
     eval_split: str = "val"
+    #: the Augmentation switches this task implements (others are refused, not silently ignored)
+    supported_augmentations: Tuple[str, ...] = ()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.root: Optional[Path] = None
         self.tokenizer = None
         self.skips = SkipCounter()
+        self.augmentation = Augmentation()
+
+    def set_augmentation(self, augmentation: Augmentation) -> None:
+        """Called by the trainer before datasets and model are built."""
+        unsupported = [a for a in augmentation.active() if a not in self.supported_augmentations]
+        if unsupported:
+            raise ValueError(f"{type(self).__name__} does not implement train.{'/'.join(unsupported)} "
+                             f"(it supports: {list(self.supported_augmentations) or 'none'}); turn it off")
+        self.augmentation = augmentation
 
     # ------------------------------------------------------------------ setup
     def setup(self, root: Any, tokenizer: Any) -> None:
@@ -148,9 +174,20 @@ def encode_texts(tokenizer, texts: Sequence[str], max_len: int, skips: Optional[
 
 
 class ImageTextMixin:
-    """Image transform options shared by the image-text tasks."""
+    """Image transforms shared by the image-text tasks (crop + flip with ``task.augment``, RandAugment with
+    ``train.randaug`` on top, training images only)."""
+
+    supported_augmentations: Tuple[str, ...] = ("randaug",)
 
     def image_options(self, train: bool, kind: str = "vl"):
         from beit3_plugins.data import ImageOptions
 
         return ImageOptions(transform=kind, image_size=self.cfg.image_size, train=train and self.cfg.augment)
+
+    def with_randaug(self, dataset, train: bool):
+        """Swap in the RandAugment training transform (the reference's op list, 2 ops at magnitude 7)."""
+        if train and self.cfg.augment and self.augmentation.randaug:
+            from beit3_plugins.transforms import build_image_transform
+
+            dataset.transform = build_image_transform("vl", train=True, image_size=self.cfg.image_size, randaug=True)
+        return dataset

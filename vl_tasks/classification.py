@@ -1,7 +1,8 @@
 """Image classification (ImageNet-style folders), two ways, and GLUE-style text classification.
 
 * ``image_classification`` - BEiT-3's ImageNet recipe: vision-only encoder (no final LayerNorm), mean of
-  the patch tokens -> ``fc_norm`` -> linear ``head``; cross-entropy (label smoothing optional).
+  the patch tokens -> ``fc_norm`` -> linear ``head``; cross-entropy (label smoothing optional), or with
+  ``train.mixup`` / ``train.cutmix`` timm's ``Mixup`` on each training batch and soft-target cross-entropy.
 * ``image_text_classification`` - the paper's formulation as image-to-text retrieval: class names in a
   prompt are encoded by the text path, the image by the vision path, and the class whose text embedding
   is closest wins (dual encoder + contrastive heads; zero-shot with retrieval weights, or fine-tuned
@@ -73,10 +74,11 @@ class _ImageFolderTask(VlTask):
 
 
 class ImageClassifierModel(TaskModel):
-    def __init__(self, backbone: nn.Module, num_classes: int, label_smoothing: float) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, label_smoothing: float, mixup=None) -> None:
         super().__init__(backbone)
         self.classifier = ImageClassifier(self.dim, num_classes)
         self.label_smoothing = label_smoothing
+        self.mixup = mixup  # timm.data.Mixup (mixes images, returns smoothed soft targets) or None
 
     released_head_map = {"fc_norm.": "classifier.fc_norm.", "head.": "classifier.head."}
 
@@ -84,17 +86,34 @@ class ImageClassifierModel(TaskModel):
         return self.classifier(self.backbone.forward_vision(image).hidden)
 
     def forward(self, batch):
-        return {"loss": F.cross_entropy(self.logits(batch["image"]).float(), batch["label"],
-                                        label_smoothing=self.label_smoothing)}
+        image, label = batch["image"], batch["label"]
+        if self.training and self.mixup is not None:
+            if image.shape[0] % 2:
+                raise ValueError(f"Mixup / CutMix pair the images of a batch and need an even batch size, got "
+                                 f"{image.shape[0]}; change train.batch_size")
+            image, soft = self.mixup(image.clone(), label)  # timm mixes in place; keep the caller's batch
+            logits = self.logits(image).float()
+            return {"loss": torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()}
+        return {"loss": F.cross_entropy(self.logits(image).float(), label, label_smoothing=self.label_smoothing)}
 
 
 @TASKS.register("image_classification", config=ImageClassificationConfig)
 class ImageClassificationTask(_ImageFolderTask):
     primary_metric = "accuracy"
     normalize_output = False
+    supported_augmentations = ("mixup", "cutmix")
 
     def build_model(self, backbone):
-        return ImageClassifierModel(backbone, self.num_classes(), self.cfg.label_smoothing)
+        num_classes = self.num_classes()
+        mixup = None
+        if self.augmentation.mixup > 0 or self.augmentation.cutmix > 0:
+            from timm.data import Mixup
+
+            # the reference's settings (DeiT's): always mix, mixup or cutmix with equal odds, per batch
+            mixup = Mixup(mixup_alpha=self.augmentation.mixup, cutmix_alpha=self.augmentation.cutmix, prob=1.0,
+                          switch_prob=0.5, mode="batch", label_smoothing=self.cfg.label_smoothing,
+                          num_classes=num_classes)
+        return ImageClassifierModel(backbone, num_classes, self.cfg.label_smoothing, mixup)
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):

@@ -230,7 +230,17 @@ def plot_curves(csv_path: Path, out_path: Path) -> Optional[Path]:
 def build_task(cfg):
     task_spec = _plain(cfg.task)
     task = TASKS.build(task_spec)
+    task.set_augmentation(augmentation_of(cfg))
     return task, task_spec["name"]
+
+
+def augmentation_of(cfg):
+    """``train.randaug`` / ``train.mixup`` / ``train.cutmix`` as the tasks' Augmentation switches."""
+    from .base import Augmentation
+
+    tc = cfg.train
+    return Augmentation(randaug=bool(tc.get("randaug", False)), mixup=float(tc.get("mixup", 0.0) or 0.0),
+                        cutmix=float(tc.get("cutmix", 0.0) or 0.0))
 
 
 def build_model(cfg, task, device: torch.device):

@@ -115,7 +115,7 @@ class VqaTask(ImageTextMixin, VlTask):
         skips = SkipCounter()
         records = read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
                            vocab if annotations else None, drop_out_of_vocab=train, skips=skips)
-        ds = _VqaItems(records, _transform(self.image_options(train)))
+        ds = self.with_randaug(_VqaItems(records, _transform(self.image_options(train))), train)
         ds.skips.merge(skips)
         self.check_nonempty(ds, split, questions)
         return ds
