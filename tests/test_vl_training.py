@@ -36,6 +36,8 @@ def test_resume_after_kill_gives_the_same_weights(data_world, tiny_spm, tmp_path
     assert res.returncode == -9, res.stderr[-2000:]          # really killed (SIGKILL), mid-epoch
     state = torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2 and state["step_in_epoch"] == 2
+    # last.pt holds only tensors and plain values: it also serves as another run's model.checkpoint
+    torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     resumed = run(compose_config(_overrides("vqa", root, tiny_spm, killed, *extra)))
     assert resumed["steps"] == ref["steps"] == 6
     a, b = _weights(tmp_path / "ref"), _weights(killed)
