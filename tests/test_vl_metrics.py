@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from beit3_plugins.registry import METRICS
-from beit3_plugins.vl_tasks.metrics import (accuracy, bleu, caption_tokenize, cider, recall_at_k,
-                                            vqa_accuracy, vqa_question_accuracy)
+from beit3_plugins.vl_tasks.metrics import (accuracy, bleu, caption_metrics, caption_tokenize, cider, meteor,
+                                            meteor_available, recall_at_k, spice, spice_available, vqa_accuracy,
+                                            vqa_question_accuracy)
 
 
 def test_metrics_are_registered():
-    assert {"vqa_accuracy", "recall_at_k", "bleu", "cider", "accuracy"} <= set(METRICS.names())
+    assert {"vqa_accuracy", "recall_at_k", "bleu", "cider", "meteor", "spice", "accuracy"} <= set(METRICS.names())
 
 
 def test_vqa_accuracy_leave_one_out():
@@ -87,3 +88,23 @@ def test_caption_tokenize_and_accuracy():
     assert accuracy([1, 0, 1, 1], [1, 1, 1, 0])["accuracy"] == 50.0
     with pytest.raises(ValueError):
         accuracy([], [])
+
+
+def test_meteor_runs_the_real_scorer():
+    """setup_env.sh installs pycocoevalcap (the METEOR 1.5 jar); this machine image has Java."""
+    assert meteor_available(), "METEOR needs Java and pycocoevalcap (installed by tools/setup_env.sh)"
+    refs = {1: ["a red circle on the left"], 2: ["a green triangle near a yellow circle"]}
+    exact = meteor({1: "a red circle on the left"}, {1: refs[1]})["meteor"]
+    unrelated = meteor({2: "two blue squares"}, {2: refs[2]})["meteor"]
+    partial = meteor({2: "a green triangle near two blue squares"}, {2: refs[2]})["meteor"]
+    assert exact == pytest.approx(100.0) and unrelated == 0.0 and 0.0 < partial < 100.0
+    assert "meteor" in caption_metrics({1: "a red circle on the left"}, {1: refs[1]})
+
+
+def test_spice_without_its_parser_models_names_what_is_missing():
+    """SPICE's Stanford CoreNLP jars are a first-use download, impossible offline: a clear error, and the
+    caption metrics go on without it."""
+    assert not spice_available()
+    with pytest.raises(ImportError, match="Stanford CoreNLP"):
+        spice({1: "a red circle"}, {1: ["a red circle"]})
+    assert "spice" not in caption_metrics({1: "a red circle"}, {1: ["a red circle"]})

@@ -7,7 +7,8 @@
   image (COCO / Flickr30k Karpathy protocol).
 * ``bleu`` / ``cider`` - corpus BLEU-4 (closest reference length, as coco-caption) and CIDEr-D (sigma 6,
   document frequencies over the references, clipped tf-idf, bigram-count length penalty, x10).
-* ``meteor`` - delegated to the METEOR jar of ``pycocoevalcap`` when it and Java are present.
+* ``meteor`` / ``spice`` - delegated to the jars of ``pycocoevalcap`` when it and Java are present (SPICE also
+  needs the Stanford CoreNLP jars, which pycocoevalcap downloads on first use).
 * ``accuracy`` - top-1 accuracy.
 
 Pure Python + numpy (torch only for tensors passed in); written from the metric definitions.
@@ -15,9 +16,11 @@ Pure Python + numpy (torch only for tensors passed in); written from the metric 
 from __future__ import annotations
 
 import collections
+import importlib
 import math
 import re
 import shutil
+from pathlib import Path
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +29,7 @@ from beit3_plugins.data.readers import normalize_answer
 from beit3_plugins.registry import METRICS
 
 __all__ = ["vqa_accuracy", "vqa_question_accuracy", "recall_at_k", "caption_tokenize", "bleu", "cider",
-           "meteor", "meteor_available", "caption_metrics", "accuracy"]
+           "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------- VQA
@@ -197,38 +200,72 @@ def cider(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Seq
     return {"cider": 100.0 * float(np.mean(scores))}
 
 
+def _java_scorer_missing(module: str, needs_models: bool = False) -> Optional[str]:
+    """Why a pycocoevalcap Java scorer cannot run here, or None when it can."""
+    if shutil.which("java") is None:
+        return "Java on PATH"
+    try:
+        mod = importlib.import_module(f"pycocoevalcap.{module}")
+    except ImportError:
+        return "`pip install pycocoevalcap` (it ships the scorer's jar)"
+    if needs_models:  # SPICE parses with Stanford CoreNLP, which pycocoevalcap downloads on first use
+        lib = Path(mod.__file__).parent / "lib"
+        if not any(lib.glob("stanford-corenlp-*-models.jar")):
+            return (f"the Stanford CoreNLP jars in {lib} (pycocoevalcap's get_stanford_models.py downloads "
+                    "them; offline, copy them there)")
+    return None
+
+
 def meteor_available() -> bool:
     """METEOR needs Java and the jar shipped with ``pycocoevalcap``."""
-    if shutil.which("java") is None:
-        return False
-    try:
-        import pycocoevalcap.meteor.meteor  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _java_scorer_missing("meteor.meteor") is None
+
+
+def spice_available() -> bool:
+    """SPICE needs Java, ``pycocoevalcap`` and the Stanford CoreNLP jars (downloaded once)."""
+    return _java_scorer_missing("spice.spice", needs_models=True) is None
+
+
+def _coco_tokenized(predictions, references):
+    keys = _check_caption_inputs(predictions, references)
+    res = {k: [" ".join(caption_tokenize(predictions[k]))] for k in keys}
+    gts = {k: [" ".join(caption_tokenize(r)) for r in references[k]] for k in keys}
+    return gts, res
 
 
 @METRICS.register("meteor")
 def meteor(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> Dict[str, float]:
     """METEOR 1.5 through pycocoevalcap's jar; raises ImportError naming the requirement otherwise."""
-    if not meteor_available():
-        raise ImportError("METEOR needs Java on PATH and `pip install pycocoevalcap` (it ships the METEOR jar)")
+    missing = _java_scorer_missing("meteor.meteor")
+    if missing:
+        raise ImportError(f"METEOR needs {missing}")
     from pycocoevalcap.meteor.meteor import Meteor
 
-    keys = _check_caption_inputs(predictions, references)
-    res = {k: [" ".join(caption_tokenize(predictions[k]))] for k in keys}
-    gts = {k: [" ".join(caption_tokenize(r)) for r in references[k]] for k in keys}
-    score, _ = Meteor().compute_score(gts, res)
+    score, _ = Meteor().compute_score(*_coco_tokenized(predictions, references))
     return {"meteor": 100.0 * float(score)}
+
+
+@METRICS.register("spice")
+def spice(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> Dict[str, float]:
+    """SPICE through pycocoevalcap's jar; raises ImportError naming the requirement otherwise."""
+    missing = _java_scorer_missing("spice.spice", needs_models=True)
+    if missing:
+        raise ImportError(f"SPICE needs {missing}")
+    from pycocoevalcap.spice.spice import Spice
+
+    score, _ = Spice().compute_score(*_coco_tokenized(predictions, references))
+    return {"spice": 100.0 * float(score)}
 
 
 def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
                     ) -> Dict[str, float]:
-    """BLEU-1..4 and CIDEr, plus METEOR when its requirements are installed."""
+    """BLEU-1..4 and CIDEr, plus METEOR and SPICE when their requirements are installed."""
     out = bleu(predictions, references)
     out.update(cider(predictions, references))
     if meteor_available():
         out.update(meteor(predictions, references))
+    if spice_available():
+        out.update(spice(predictions, references))
     return out
 
 
