@@ -452,10 +452,10 @@ class MultiwayTransformer(nn.Module):
     def vision_position_embedding(self, grid: Tuple[int, int]) -> Optional[Tensor]:
         """Position table for a (rows, cols) patch grid, resampled bicubically when it differs (None
         without absolute positions)."""
-        base = self.cfg.grid_size
-        prefix = 1 + POSITION_OFFSET
         if self.vision_pos_embed is None:
             return None
+        base = self.cfg.grid_size
+        prefix = 1 + POSITION_OFFSET
         if tuple(grid) == (base, base):
             return self.vision_pos_embed[:, POSITION_OFFSET:]
         table = resample_abs_pos_embed(self.vision_pos_embed, new_size=list(grid), old_size=[base, base],
@@ -533,20 +533,20 @@ class MultiwayTransformer(nn.Module):
             routing.modality == Modality.FUSED and 0 < routing.split < x.shape[1]) else None
         for i, layer in enumerate(self.layers):
             layer_past = past_kv[i] if past_kv is not None else None
-            mask = layer_masks[i] if layer_masks is not None else mask
+            layer_mask = layer_masks[i] if layer_masks is not None else mask
             if parts is not None and layer.has_vl_expert:
                 x, parts = torch.cat(parts, dim=1), None
             if parts is not None:
                 call = layer.forward_parts
                 if use_ckpt:
-                    xv, xt, present = checkpoint(call, *parts, mask, layer_past, use_reentrant=False)
+                    xv, xt, present = checkpoint(call, *parts, layer_mask, layer_past, use_reentrant=False)
                 else:
-                    xv, xt, present = call(*parts, mask, layer_past)
+                    xv, xt, present = call(*parts, layer_mask, layer_past)
                 parts = (xv, xt)
             elif use_ckpt:
-                x, present = checkpoint(layer, x, routing, mask, layer_past, use_reentrant=False)
+                x, present = checkpoint(layer, x, routing, layer_mask, layer_past, use_reentrant=False)
             else:
-                x, present = layer(x, routing, mask, layer_past)
+                x, present = layer(x, routing, layer_mask, layer_past)
             if use_cache:
                 presents.append(present)
             if i in wanted:
