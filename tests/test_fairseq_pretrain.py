@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -71,16 +72,31 @@ def test_tiny_recipe_learns_and_exports(data_world, tiny_spm, tmp_path):
     assert all(torch.equal(v, ref[k]) for k, v in backbone.state_dict().items())
 
 
-def test_killed_run_resumes_to_the_same_weights(data_world, tiny_spm, tmp_path):
+RESUME_ARGS = ["--batch-size", "4", "--max-update", "24", "--disable-validation", "--save-interval-updates", "3"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(data_world, tiny_spm, tmp_path_factory):
     world, _ = data_world
-    common = ["--batch-size", "4", "--max-update", "24", "--disable-validation", "--save-interval-updates", "3"]
-    run([BIN / "fairseq-train", *tiny_args(world, tiny_spm, tmp_path / "straight", *common)])
-    # same run, SIGKILLed after its first mid-epoch checkpoint, then started again with the same command
-    cmd = [str(BIN / "fairseq-train"), *tiny_args(world, tiny_spm, tmp_path / "killed", *common)]
+    save_dir = tmp_path_factory.mktemp("straight")
+    run([BIN / "fairseq-train", *tiny_args(world, tiny_spm, save_dir, *RESUME_ARGS)])
+    return model_weights(save_dir / "checkpoint_last.pt")
+
+
+@pytest.mark.parametrize("torn_last_copy", [False, True], ids=["resume", "torn-checkpoint_last"])
+def test_killed_run_resumes_to_the_same_weights(data_world, tiny_spm, tmp_path, uninterrupted_weights,
+                                                 torn_last_copy):
+    """SIGKILL after the first mid-epoch checkpoint, then the same command again. ``torn_last_copy``: the kill
+    fell inside fairseq's non-atomic copy to checkpoint_last.pt (simulated by truncating it); the atomically
+    written checkpoint_E_U.pt of the same update resumes with --restore-file (docs/pretraining.md)."""
+    world, _ = data_world
+    cmd = [str(BIN / "fairseq-train"), *tiny_args(world, tiny_spm, tmp_path / "killed", *RESUME_ARGS)]
     proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "checkpoint_last.pt"
     deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
+    # fairseq writes checkpoint_E_U.pt atomically, then *copies* it to checkpoint_last.pt (not atomic): wait
+    # until the copy is whole (a zip with its central directory)
+    while not (last.exists() and zipfile.is_zipfile(last)) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -88,9 +104,15 @@ def test_killed_run_resumes_to_the_same_weights(data_world, tiny_spm, tmp_path):
 
     interrupted_at = checkpoint_utils.load_checkpoint_to_cpu(str(last))["optimizer_history"][-1]["num_updates"]
     assert 0 < interrupted_at < 24
+    if torn_last_copy:
+        newest = max((tmp_path / "killed").glob("checkpoint_*_*.pt"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+        with pytest.raises(RuntimeError, match="central directory"):
+            checkpoint_utils.load_checkpoint_to_cpu(str(last))
+        cmd = [*cmd, "--restore-file", str(newest)]
     out = run(cmd)
     assert "Loaded checkpoint" in out or "loaded checkpoint" in out
-    a, b = model_weights(tmp_path / "straight" / "checkpoint_last.pt"), model_weights(last)
+    a, b = uninterrupted_weights, model_weights(last)
     assert a.keys() == b.keys()
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert diff == 0.0, f"resumed weights differ by {diff} (interrupted at update {interrupted_at})"
