@@ -25,7 +25,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from .relative_position import RelativePositionBias, TokenSpan
 __all__ = [
     "Layout", "Modality", "Routing", "MultiwayConfig", "MultiwayOutput", "MultiwayTransformer",
     "MultiwayBlock", "MultiwayAttention", "FeedForward", "PerModality", "KVCache", "POSITION_OFFSET",
+    "no_weight_decay_names",
 ]
 
 # fairseq convention kept by the released checkpoints: position rows 0 and 1 are never used.
@@ -680,6 +681,15 @@ class MultiwayTransformer(nn.Module):
         for name, p in self.named_parameters():
             counts[_component_of(name)] = counts.get(_component_of(name), 0) + p.numel()
         return counts
+
+
+def no_weight_decay_names(model: nn.Module, backbone_prefix: str = "backbone.") -> Set[str]:
+    """Parameters of ``model`` (a backbone at ``backbone_prefix`` plus heads) that the BEiT / BEiT-3 / VLMo
+    recipes exclude from weight decay: 1-D and scalar tensors (norm weights, biases, temperatures such as
+    ``logit_scale``), any ``.bias``, and what the backbone's ``no_weight_decay()`` lists (tokens, positions)."""
+    backbone = model.get_submodule(backbone_prefix.rstrip("."))
+    listed = {backbone_prefix + n for n in backbone.no_weight_decay()}
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in listed}
 
 
 def _component_of(name: str) -> str:

@@ -13,6 +13,8 @@ from typing import Dict, List
 
 from torch import nn
 
+from beit3_plugins.backbones.multiway import no_weight_decay_names
+
 __all__ = ["param_groups", "lr_at_step"]
 
 _NO_DECAY_NAMES = ("logit_scale",)
@@ -26,7 +28,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, head
     """
     backbone = model.backbone
     num_layers = len(backbone.layers)
-    backbone_no_wd = set(backbone.no_weight_decay())
+    no_decay = no_weight_decay_names(model)
     groups: Dict[str, Dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -35,11 +37,11 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, head
             local = name[len("backbone."):]
             layer = backbone.layer_id(local)
             scale = layer_decay ** (num_layers + 1 - layer)
-            no_wd = param.ndim <= 1 or local.endswith(".bias") or local in backbone_no_wd
+            no_wd = name in no_decay
             key = f"layer{layer}_{'no_decay' if no_wd else 'decay'}"
         else:
             scale = head_lr_mult
-            no_wd = param.ndim <= 1 or name.endswith(".bias") or name.endswith(_NO_DECAY_NAMES)
+            no_wd = name in no_decay or name.endswith(_NO_DECAY_NAMES)
             key = f"head_{'no_decay' if no_wd else 'decay'}"
         group = groups.setdefault(key, {"params": [], "param_names": [], "lr_scale": scale,
                                         "weight_decay": 0.0 if no_wd else weight_decay})

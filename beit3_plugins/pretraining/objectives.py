@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from beit3_plugins.backbones import MultiwayTransformer
-from beit3_plugins.backbones.multiway import Layout
+from beit3_plugins.backbones.multiway import Layout, no_weight_decay_names
 
 from .masking import IGNORE_INDEX
 from .vqkd import VQKDTokenizer
@@ -181,8 +181,7 @@ class MaskedDataModel(nn.Module):
     def no_weight_decay(self) -> Set[str]:
         """Parameter names excluded from weight decay (BEiT / BEiT-3 / VLMo): 1-D and scalar tensors (biases,
         norm weights, ``logit_scale``) and the backbone's own list (CLS / mask tokens, position tables)."""
-        skip = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-        return {n for n, p in self.named_parameters() if p.dim() <= 1 or n.endswith(".bias") or n in skip}
+        return no_weight_decay_names(self)
 
     # ------------------------------------------------------------------ helpers
     def mim_targets(self, image: Tensor, grid: Tuple[int, int]) -> Tensor:
