@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["ShardedState", "shard_model", "is_sharded", "sharded_states", "to_full", "distribute_like",
+__all__ = ["ShardedState", "shard_model", "is_sharded", "sharded_states", "distribute_like",
            "MIXED_PRECISION"]
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ def _dtensor_cls():
 
 def is_sharded(t: Tensor) -> bool:
     return isinstance(t, _dtensor_cls())
-
-
-def to_full(t: Tensor) -> Tensor:
-    """The whole tensor of a shard (collective: every rank must call it in the same order)."""
-    return t.full_tensor() if is_sharded(t) else t
 
 
 def distribute_like(full: Tensor, like: Tensor) -> Tensor:

@@ -74,6 +74,19 @@ class _TextEncoder:
         return np.asarray(enc.input_ids, dtype=np.int64)
 
 
+class _TextMasker:
+    """BERT corruption of encoded text, shared by the text and pair sources (whole words when configured)."""
+
+    def __init__(self, tokenizer, masking: TokenMaskingConfig) -> None:
+        self.tokenizer, self.masking = tokenizer, masking
+        self.word_starts = word_start_table(tokenizer) if masking.whole_word else None
+
+    def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        return mask_tokens(ids, rng, self.masking, self.tokenizer.mask_id, num_special=4,
+                           vocab_size=self.tokenizer.vocab_size,
+                           word_starts=self.word_starts[ids] if self.word_starts is not None else None)
+
+
 class TextSource:
     """MLM examples from text lines: 15% of tokens chosen (or whole words), 80% <mask> / 10% random / 10% kept."""
 
@@ -85,22 +98,15 @@ class TextSource:
             raise EmptyCorpusError(f"{name}: no non-empty lines")
         self.skips = skips if skips is not None else SkipCounter()
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
-        self.tokenizer, self.masking = tokenizer, masking
-        self.word_starts = word_start_table(tokenizer) if masking.whole_word else None
+        self.mask_text = _TextMasker(tokenizer, masking)
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
         ids = self.encode(self.lines[index % len(self.lines)])
-        inputs, targets = _mask_text(ids, rng, self.masking, self.tokenizer, self.word_starts)
+        inputs, targets = self.mask_text(ids, rng)
         return {"ids": inputs, "targets": targets}
-
-
-def _mask_text(ids: np.ndarray, rng: np.random.Generator, masking: TokenMaskingConfig, tokenizer,
-               word_starts: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    return mask_tokens(ids, rng, masking, tokenizer.mask_id, num_special=4, vocab_size=tokenizer.vocab_size,
-                       word_starts=word_starts[ids] if word_starts is not None else None)
 
 
 @dataclasses.dataclass
@@ -195,8 +201,7 @@ class PairSource:
         self.skips = skips if skips is not None else SkipCounter()
         self.images = ImageSource([p for p, _ in self.pairs], transform, grid, image_masking, self.skips, name)
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
-        self.tokenizer, self.text_masking, self.mode = tokenizer, text_masking, mode
-        self.word_starts = word_start_table(tokenizer) if text_masking.whole_word else None
+        self.mask_text, self.mode = _TextMasker(tokenizer, text_masking), mode
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -205,7 +210,7 @@ class PairSource:
         image, used = self.images.load(index % len(self.pairs), rng)
         ids = self.encode(self.pairs[used][1])
         image_mask = self.images.masker(rng).reshape(-1)
-        inputs, targets = _mask_text(ids, rng, self.text_masking, self.tokenizer, self.word_starts)
+        inputs, targets = self.mask_text(ids, rng)
         if self.mode == "separate":
             if rng.random() < 0.5:
                 image_mask[:] = False                                     # text is masked
