@@ -180,14 +180,9 @@ class ImageTextMixin:
     supported_augmentations: Tuple[str, ...] = ("randaug",)
 
     def image_options(self, train: bool, kind: str = "vl"):
+        """RandAugment (the reference's op list, 2 ops at magnitude 7) only on augmented training images."""
         from beit3_plugins.data import ImageOptions
 
-        return ImageOptions(transform=kind, image_size=self.cfg.image_size, train=train and self.cfg.augment)
-
-    def with_randaug(self, dataset, train: bool):
-        """Swap in the RandAugment training transform (the reference's op list, 2 ops at magnitude 7)."""
-        if train and self.cfg.augment and self.augmentation.randaug:
-            from beit3_plugins.transforms import build_image_transform
-
-            dataset.transform = build_image_transform("vl", train=True, image_size=self.cfg.image_size, randaug=True)
-        return dataset
+        augment = train and self.cfg.augment
+        return ImageOptions(transform=kind, image_size=self.cfg.image_size, train=augment,
+                            randaug=augment and self.augmentation.randaug)

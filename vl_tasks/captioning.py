@@ -71,7 +71,6 @@ class CaptioningTask(ImageTextMixin, VlTask):
         ds = KarpathyCaptionDataset(KarpathyCaptionsConfig(
             json=str(json_path), image_root=str(self.path(self.cfg.image_root or root)), splits=splits,
             per_caption=train, image=self.image_options(train)))
-        self.with_randaug(ds, train)
         self.check_nonempty(ds, split, f"{json_path} splits {splits}")
         return ds
 

@@ -64,7 +64,6 @@ class Nlvr2Task(ImageTextMixin, VlTask):
         jsonl = self.path(getattr(self.cfg, f"{split}_jsonl"))
         ds = Nlvr2Dataset(Nlvr2Config(jsonl=str(jsonl), image_dir=str(self.path(getattr(self.cfg, f"{split}_images"))),
                                       image=self.image_options(train)))
-        self.with_randaug(ds, train)
         self.check_nonempty(ds, split, jsonl)
         return ds
 

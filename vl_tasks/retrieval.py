@@ -116,7 +116,6 @@ class RetrievalTask(ImageTextMixin, VlTask):
         ds = KarpathyCaptionDataset(KarpathyCaptionsConfig(
             json=str(json_path), image_root=str(root), splits=splits, per_caption=train,
             image=self.image_options(train)))
-        self.with_randaug(ds, train)
         self.check_nonempty(ds, split, f"{json_path} splits {splits}")
         return ds
 

@@ -63,12 +63,6 @@ class _VqaItems(VqaV2Dataset):
         RecordDataset.__init__(self, records, transform)
 
 
-def _transform(options):
-    from beit3_plugins.transforms import build_image_transform
-
-    return build_image_transform(options.transform, train=options.train, image_size=options.image_size)
-
-
 @TASKS.register("vqa", config=VqaTaskConfig)
 class VqaTask(ImageTextMixin, VlTask):
     primary_metric = "vqa_accuracy"
@@ -115,7 +109,7 @@ class VqaTask(ImageTextMixin, VlTask):
         skips = SkipCounter()
         records = read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
                            vocab if annotations else None, drop_out_of_vocab=train, skips=skips)
-        ds = self.with_randaug(_VqaItems(records, _transform(self.image_options(train))), train)
+        ds = _VqaItems(records, self.image_options(train).build())
         ds.skips.merge(skips)
         self.check_nonempty(ds, split, questions)
         return ds

@@ -28,14 +28,15 @@ class ImageOptions:
     transform: Optional[str] = None  # "vl" or "imagenet"
     image_size: int = 224
     train: bool = False
+    randaug: bool = False            # RandAugment on top of the "vl" training transform (``--randaug``)
 
+    def build(self) -> Optional[Callable]:
+        if self.transform is None:
+            return None
+        from beit3_plugins.transforms import build_image_transform  # pulls in torch/timm only when asked
 
-def _build_transform(options: ImageOptions) -> Optional[Callable]:
-    if options.transform is None:
-        return None
-    from beit3_plugins.transforms import build_image_transform  # pulls in torch/timm only when asked
-
-    return build_image_transform(options.transform, train=options.train, image_size=options.image_size)
+        return build_image_transform(self.transform, train=self.train, image_size=self.image_size,
+                                     randaug=self.randaug)
 
 
 class RecordDataset:
@@ -117,7 +118,7 @@ class VqaV2Dataset(RecordDataset):
         read_skips = SkipCounter()
         records = read_vqa(cfg.questions, cfg.annotations, cfg.image_dir, self.vocab if cfg.annotations else None,
                            drop_out_of_vocab=cfg.drop_out_of_vocab, skips=read_skips)
-        super().__init__(records, _build_transform(cfg.image))
+        super().__init__(records, cfg.image.build())
         self.skips.merge(read_skips)
 
     def _item(self, record: Any) -> Optional[Dict[str, Any]]:
@@ -141,7 +142,7 @@ class Nlvr2Dataset(RecordDataset):
     """Items: left_image, right_image, sentence, label (1 = True), identifier."""
 
     def __init__(self, cfg: Nlvr2Config) -> None:
-        super().__init__(read_nlvr2(cfg.jsonl, cfg.image_dir), _build_transform(cfg.image))
+        super().__init__(read_nlvr2(cfg.jsonl, cfg.image_dir), cfg.image.build())
 
     def _item(self, record: Any) -> Optional[Dict[str, Any]]:
         left = self._image(record.left_path)
@@ -176,7 +177,7 @@ class KarpathyCaptionDataset(RecordDataset):
                 records.extend((index, caption) for caption in record.captions)
             else:
                 records.append((index, record.captions))
-        super().__init__(records, _build_transform(cfg.image))
+        super().__init__(records, cfg.image.build())
 
     def _item(self, record: Any) -> Optional[Dict[str, Any]]:
         index, text = record
@@ -218,7 +219,7 @@ class ImageFolderDataset(RecordDataset):
 
     def __init__(self, cfg: ImageFolderConfig) -> None:
         records, self.classes = read_image_folder(cfg.root, cfg.classes)
-        super().__init__(records, _build_transform(cfg.image))
+        super().__init__(records, cfg.image.build())
 
     def _item(self, record: Any) -> Optional[Dict[str, Any]]:
         image = self._image(record.path)
