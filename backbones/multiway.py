@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 
+from .attention import AttentionKernel, attend
 from .relative_position import RelativePositionBias, TokenSpan
 
 __all__ = [
@@ -116,9 +117,12 @@ class MultiwayConfig:
     drop_path_rate: float = 0.0
     checkpoint_activations: bool = False
     init_std: float = 0.02
+    # "auto": bmm + softmax on CPU for short sequences (faster there), torch's fused SDPA otherwise; see attention.py
+    attention_kernel: str = AttentionKernel.AUTO.value
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.layout).value
+        self.attention_kernel = AttentionKernel(self.attention_kernel).value
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.layout == Layout.DECOUPLED.value and self.vl_expert_start is not None:
@@ -247,6 +251,7 @@ class MultiwayAttention(nn.Module):
         dim, eps = cfg.embed_dim, cfg.layer_norm_eps
         self.num_heads = cfg.num_heads
         self.head_dim = dim // cfg.num_heads
+        self.kernel = AttentionKernel(cfg.attention_kernel)
         wrap = PerModality if cfg.layout == Layout.DECOUPLED.value else Shared
         self.qkv = wrap(lambda: nn.Linear(dim, 3 * dim))
         self.inner_norm = wrap(lambda: nn.LayerNorm(dim, eps=eps)) if cfg.sub_ln else None
@@ -260,7 +265,7 @@ class MultiwayAttention(nn.Module):
         if past_kv is not None:
             k = torch.cat([past_kv[0], k], dim=2)
             v = torch.cat([past_kv[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask, self.kernel)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
         if self.inner_norm is not None:
             out = self.inner_norm(out, routing)
@@ -285,8 +290,8 @@ class MultiwayAttention(nn.Module):
         mask_v = mask_t = mask
         if mask is not None and mask.shape[-2] != 1:  # per-query rows (attention mask): split them too
             mask_v, mask_t = mask[..., :n_v, :], mask[..., n_v:, :]
-        out_v = F.scaled_dot_product_attention(q_v, k, v, attn_mask=mask_v).transpose(1, 2).reshape(batch, n_v, dim)
-        out_t = F.scaled_dot_product_attention(q_t, k, v, attn_mask=mask_t).transpose(1, 2).reshape(batch, n_t, dim)
+        out_v = attend(q_v, k, v, mask_v, self.kernel).transpose(1, 2).reshape(batch, n_v, dim)
+        out_t = attend(q_t, k, v, mask_t, self.kernel).transpose(1, 2).reshape(batch, n_t, dim)
         if self.inner_norm is not None:
             out_v, out_t = _per_part(self.inner_norm, out_v, out_t)
         return _per_part(self.proj, out_v, out_t), (k, v)

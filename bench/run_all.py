@@ -26,8 +26,10 @@ if __package__ in (None, ""):  # `python bench/run_all.py`
 
 import torch
 
+from bench import attention_kernels
 from bench.common import (bf16_supported, build_models, count_flops, interleaved_times, machine_info,
                           matmul_flops_per_second, max_abs_diff, median)
+from beit3_plugins.registry import BACKBONES
 
 HERE = Path(__file__).resolve().parent
 
@@ -280,6 +282,33 @@ def generation_case(models, s: Setting) -> Row:
                {k: median(v) for k, v in times.items()}, {"tokens equal": 0.0})
 
 
+def kernel_effect_case(models, s: Setting) -> Row:
+    """Our fused training step in bf16 with attention_kernel="auto" (the matmul path on CPU) against the same
+    weights forced onto torch's fused SDPA kernel: what the kernel choice alone is worth in the model."""
+    ours = models.ours.train()
+    forced = BACKBONES.build(s.config, img_size=s.img_size, attention_kernel="sdpa")
+    forced.load_state_dict(ours.state_dict())
+    forced.train()
+    batch = max(s.batches)
+    image, ids = make_inputs(models, batch, s)
+
+    def step(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with autocast("bf16"):
+                out = model.forward_fused(image, ids).hidden
+            out.float().pow(2).mean().backward()
+            return out
+        return run
+
+    fns = {"ours": step(ours), "ours, sdpa kernel": step(forced)}
+    diff = _check_pair("kernel choice", fns["ours"](), fns["ours, sdpa kernel"](), None)
+    row = _timed("fused forward+backward, attention kernel", batch, "bf16", fns, {"sdpa kernel": diff}, s)
+    ours.zero_grad(set_to_none=True)
+    ours.eval()
+    return row
+
+
 # ---------------------------------------------------------------------------------------------- memory
 def run_child(args: List[str], in_process: bool = False) -> dict:
     if in_process:
@@ -423,7 +452,7 @@ def _fmt_s(x: float) -> str:
 
 
 def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, retr, ceiling, compile_log,
-                 profiles, smoke: bool) -> str:
+                 profiles, smoke: bool, kernels: str = "", kernel_effect: Optional[Row] = None) -> str:
     lines = ["# Benchmarks: ours vs the reference implementations", ""]
     if smoke:
         lines += ["**Smoke run (tiny sizes, 2 repeats): proves the suite runs and outputs match; the numbers "
@@ -497,6 +526,15 @@ def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, r
     lines += ["", "`chunked` = `bench.retrieval.chunked_recall_at_k` (rows scored in blocks of 1024, only ranks "
               "kept); `full` = `vl_tasks.metrics.recall_at_k` on the whole similarity matrix. Equal recalls "
               "checked where both run.", ""]
+    if kernels:
+        lines += ["## Attention kernels (`python -m bench.attention_kernels`)", "",
+                  "What `attention_kernel=\"auto\"` (`backbones/attention.py`) is based on: torch's fused "
+                  "`scaled_dot_product_attention` against bmm + softmax + bmm.", "", kernels]
+    if kernel_effect is not None:
+        sec = kernel_effect.seconds
+        lines += [f"In the model (fused forward+backward, batch {kernel_effect.batch}, bf16): "
+                  f"{_fmt_s(sec['ours'])} with `auto`, {_fmt_s(sec['ours, sdpa kernel'])} forced onto SDPA "
+                  f"({sec['ours, sdpa kernel'] / sec['ours']:.2f}x).", ""]
     if profiles:
         for name, table in profiles.items():
             lines += [f"### Profile: one fused training step, {name} (top operators by self CPU time)", "",
@@ -626,6 +664,10 @@ def main(argv=None) -> int:
     rows += training_cases(models, s, log)
     print(f"[bench] training done {time.perf_counter() - t0:.0f} s", flush=True)
     gen = generation_case(models, s)
+    kernel_effect = kernel_effect_case(models, s) if bf16_supported() else None
+    kernels = attention_kernels.table(attention_kernels.measure(
+        attention_kernels.SMOKE_SHAPES if args.smoke else attention_kernels.SHAPES, repeats=s.repeats))
+    print(f"[bench] attention kernels done {time.perf_counter() - t0:.0f} s", flush=True)
     profiles = profile_training(models, s, max(s.batches)) if s.profile else {}
     del models
     mem = memory_cases(s)
@@ -635,8 +677,10 @@ def main(argv=None) -> int:
         if name in ceiling:
             ceiling[name] = max(ceiling[name], matmul_flops_per_second(dtype))
     out = Path(args.out)
-    text = write_report(out, info, s, rows, gen, mem, retr, ceiling, log, profiles, args.smoke)
+    text = write_report(out, info, s, rows, gen, mem, retr, ceiling, log, profiles, args.smoke, kernels,
+                        kernel_effect)
     data = {"machine": info, "rows": [r.__dict__ for r in rows], "generation": gen.__dict__, "memory": mem,
+            "kernel_effect": kernel_effect.__dict__ if kernel_effect else None,
             "retrieval": retr, "ceiling": ceiling, "compile": log}
     (out.with_suffix(".json")).write_text(json.dumps(data, indent=1, default=str))
     text += "\n" + targets_section(json.loads(json.dumps(data, default=str)))

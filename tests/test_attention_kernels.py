@@ -1,0 +1,111 @@
+"""The two attention kernels (torch's fused SDPA and bmm + softmax + bmm) give the same results for every mask
+the backbone builds, and ``auto`` picks the matmul path exactly where it is the faster one (bf16 on CPU)."""
+import pytest
+import torch
+
+from beit3_plugins.backbones import attention
+from beit3_plugins.backbones.attention import MATMUL_MAX_SCORES, AttentionKernel, attend, resolve_kernel
+from beit3_plugins.registry import BACKBONES
+
+B, H, LQ, LK, D = 3, 2, 5, 7, 8
+
+
+def masks():
+    gen = torch.Generator().manual_seed(3)
+    padding = torch.ones(B, 1, 1, LK, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    per_query = torch.rand(B, 1, LQ, LK, generator=gen) > 0.4
+    per_query[..., 0] = True
+    dead_row = per_query.clone()
+    dead_row[2, 0, 3] = False                       # one query that may see no key at all
+    bias = torch.randn(B, H, LQ, LK, generator=gen).masked_fill(~dead_row, float("-inf"))
+    return {"none": None, "padding": padding, "per-query": per_query, "dead row": dead_row,
+            "float bias with -inf": bias}
+
+
+@pytest.mark.parametrize("mask_name", list(masks()))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_matmul_kernel_equals_sdpa_forward_and_backward(mask_name, dtype, tol):
+    mask = masks()[mask_name]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, n, D, generator=gen).to(dtype).requires_grad_() for n in (LQ, LK, LK))
+    grad = torch.randn(B, H, LQ, D, generator=gen).to(dtype)
+    results = {}
+    for kernel in (AttentionKernel.SDPA, AttentionKernel.MATMUL):
+        out = attend(q, k, v, mask, kernel)
+        results[kernel] = [out.detach().float()] + [g.float() for g in torch.autograd.grad(out, (q, k, v), grad)]
+    for got, expected in zip(results[AttentionKernel.MATMUL], results[AttentionKernel.SDPA]):
+        assert torch.isfinite(got).all()
+        assert (got - expected).abs().max() <= tol * max(1.0, float(expected.abs().max()))
+    if mask_name == "dead row":  # a query that sees nothing gets zeros, as SDPA gives
+        assert results[AttentionKernel.MATMUL][0][2, :, 3].abs().max() == 0
+
+
+def test_auto_picks_matmul_only_for_small_bf16_on_cpu():
+    small = torch.zeros(1, 1, 229, 64)
+    assert resolve_kernel(small.bfloat16(), small.bfloat16()) == AttentionKernel.MATMUL
+    assert resolve_kernel(small, small) == AttentionKernel.SDPA                # fp32: level, SDPA saves memory
+    side = int(MATMUL_MAX_SCORES ** 0.5) + 1
+    large = torch.zeros(1, 1, side, 64, dtype=torch.bfloat16)
+    assert resolve_kernel(large, large) == AttentionKernel.SDPA
+    assert resolve_kernel(small, small, "matmul") == AttentionKernel.MATMUL   # an explicit choice is kept
+    assert resolve_kernel(small.bfloat16(), small.bfloat16(), "sdpa") == AttentionKernel.SDPA
+
+
+def test_unknown_kernel_names_list_the_choices():
+    with pytest.raises(ValueError, match="auto.*sdpa.*matmul"):
+        AttentionKernel("flash")
+    with pytest.raises(ValueError, match="auto.*sdpa.*matmul"):
+        BACKBONES.build("beit3_tiny", attention_kernel="flash")
+
+
+def _count_sdpa_calls(monkeypatch):
+    calls = []
+    real = attention.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def test_auto_routes_bf16_autocast_through_the_matmul_path_and_fp32_through_sdpa(monkeypatch):
+    model = BACKBONES.build("beit3_tiny").eval()
+    calls = _count_sdpa_calls(monkeypatch)
+    image, ids = torch.randn(2, 3, 64, 64), torch.randint(4, 1000, (2, 6))
+    with torch.no_grad():
+        model.forward_fused(image, ids)
+        assert len(calls) == 2 * model.cfg.depth      # vision queries and text queries, every layer
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.forward_fused(image, ids)
+        assert not calls
+
+
+@pytest.mark.parametrize("name", ["beit3_tiny", "vlmo_tiny"])
+def test_models_agree_across_kernels_in_every_mode(name):
+    """Same weights, kernel forced either way: fused input with padding, text with a causal mask, and a cached
+    decoding step (one query), in fp32 (tight) and under bf16 autocast, with gradients."""
+    torch.manual_seed(0)
+    models = {k: BACKBONES.build(name, attention_kernel=k.value) for k in (AttentionKernel.SDPA, AttentionKernel.MATMUL)}
+    models[AttentionKernel.MATMUL].load_state_dict(models[AttentionKernel.SDPA].state_dict())
+    image, ids = torch.randn(2, 3, 64, 64), torch.randint(4, 1000, (2, 6))
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[1, 4:] = True
+    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+    for autocast, tol in ((False, 1e-5), (True, 5e-2)):
+        outs = {}
+        for kernel, model in models.items():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                fused = model.forward_fused(image, ids, padding_mask=padding, use_cache=True)
+                text = model.forward_text(ids, attn_mask=causal).hidden
+                step = model.forward_text_step(ids[:, :1], fused.past_kv, position_start=6,
+                                               past_padding_mask=fused.padding_mask).hidden
+            (fused.hidden.float().pow(2).mean() + text.float().pow(2).mean()).backward()
+            grad = model.patch_embed.weight.grad
+            outs[kernel] = [fused.hidden.detach().float(), text.detach().float(), step.detach().float(), grad]
+        for got, expected in zip(outs[AttentionKernel.MATMUL], outs[AttentionKernel.SDPA]):
+            assert (got - expected).abs().max() <= tol * max(1.0, float(expected.abs().max())), autocast
