@@ -603,6 +603,8 @@ def targets_section(data: dict) -> str:
         "chunked: " + ", ".join(f"N={n}: {p / 2**20:.0f} MiB" for n, p in chunked) + "; all-pairs: " +
         ", ".join(f"N={n}: {p / 2**20:.0f} MiB" for n, p in full) + f"; an N x N fp32 matrix at N={n_max}: "
         f"{n_max * n_max * 4 / 2**20:.0f} MiB", peak_max < n_max * n_max * 4)
+    lines += ["", "Why a target is not met, from the profiles above, and what was tried for it: "
+              "docs/benchmarks.md, \"Targets and findings\"."]
     return "\n".join(lines) + "\n"
 
 
