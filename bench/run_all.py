@@ -30,6 +30,7 @@ from bench import attention_kernels
 from bench.common import (bf16_supported, build_models, count_flops, interleaved_times, machine_info,
                           matmul_flops_per_second, max_abs_diff, median)
 from beit3_plugins.registry import BACKBONES
+from beit3_plugins.runtime import tune_malloc
 
 HERE = Path(__file__).resolve().parent
 
@@ -370,6 +371,43 @@ def memory_cases(s: Setting) -> List[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- allocator
+def child_allocator(config: str, tuned: bool, batches: List[int], img_size: int, text_len: int,
+                    repeats: int) -> dict:
+    """Fused fp32 training steps of ours and the official implementation in a fresh process, with glibc's
+    default malloc or with ``runtime.tune_malloc`` (applied before anything is allocated)."""
+    applied = tune_malloc() if tuned else False
+    models = build_models(config, with_timm=False, img_size=img_size)
+    s = Setting(config=config, img_size=img_size, text_len=text_len)
+    out = {"tuned": applied, "seconds": {}}
+    for batch in batches:
+        image, ids = make_inputs(models, batch, s)
+        fns = {}
+        for name, model, call in (
+                ("ours", models.ours, lambda: models.ours.forward_fused(image, ids).hidden),
+                ("official", models.official,
+                 lambda: models.official(textual_tokens=ids, visual_tokens=image)["encoder_out"])):
+            def run(model=model, call=call):
+                model.zero_grad(set_to_none=True)
+                call().float().pow(2).mean().backward()
+            model.train()
+            fns[name] = run
+        times = interleaved_times(fns, repeats=repeats)
+        out["seconds"][str(batch)] = {k: median(v) for k, v in times.items()}
+    return out
+
+
+def allocator_cases(s: Setting) -> List[dict]:
+    """Always in child processes: a malloc setting cannot be undone within a process."""
+    rows = []
+    for tuned in (False, True):
+        r = run_child(["allocator", s.config, str(int(tuned)), ",".join(map(str, s.batches)), str(s.img_size),
+                       str(s.text_len), str(s.repeats)])
+        for batch, sec in r["seconds"].items():
+            rows.append({"malloc": "tuned" if r["tuned"] else "glibc default", "batch": int(batch), **sec})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- retrieval
 def child_retrieval(n: int, method: str, batch: int = 250) -> dict:
     """Dual-encoder retrieval evaluation of n images x n texts with beit3_tiny: encode in batches, score."""
@@ -452,7 +490,8 @@ def _fmt_s(x: float) -> str:
 
 
 def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, retr, ceiling, compile_log,
-                 profiles, smoke: bool, kernels: str = "", kernel_effect: Optional[Row] = None) -> str:
+                 profiles, smoke: bool, kernels: str = "", kernel_effect: Optional[Row] = None,
+                 allocator: Optional[List[dict]] = None, malloc_note: str = "") -> str:
     lines = ["# Benchmarks: ours vs the reference implementations", ""]
     if smoke:
         lines += ["**Smoke run (tiny sizes, 2 repeats): proves the suite runs and outputs match; the numbers "
@@ -461,7 +500,7 @@ def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, r
               f"Machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
               f"ISA {info['isa']}, torch {info['torch']}, python {info['python']}, load average at start "
               f"{info['load_average']} (the machine is shared: all implementations run interleaved in one "
-              f"process, {s.repeats} repeats, medians).", "",
+              f"process, {s.repeats} repeats, medians; malloc: {info['malloc']}).", "",
               f"Config `{s.config}` at {s.img_size}x{s.img_size}, {s.text_len} text tokens. References: "
               "**official** = torchscale 0.3.0 `BEiT3` (released BEiT-3 code), **timm** = "
               f"{'`beit3_base_patch16_224`' if s.config == 'beit3_base' else 'timm VisionTransformer with the beit3 options'}"
@@ -500,7 +539,7 @@ def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, r
               f"| with key/value cache | {_fmt_s(gen.seconds['ours+kv-cache'])} | {speed:.2f}x |",
               f"| recompute every step (UniLM mask) | {_fmt_s(gen.seconds['ours recompute'])} | 1.00x |", "",
               "Both produce identical tokens (checked).", "",
-              "## Training peak memory (fused step, fresh process per row)", "",
+              "## Training peak memory (fused step, fresh process per row, glibc malloc defaults)", "",
               "| batch | implementation | activation checkpointing | peak RSS above the built model | reduction "
               "| step time |", "|---|---|---|---|---|---|"]
     for batch in sorted({m.get("batch", 0) for m in mem}):
@@ -535,6 +574,16 @@ def write_report(path: Path, info, s: Setting, rows: List[Row], gen: Row, mem, r
         lines += [f"In the model (fused forward+backward, batch {kernel_effect.batch}, bf16): "
                   f"{_fmt_s(sec['ours'])} with `auto`, {_fmt_s(sec['ours, sdpa kernel'])} forced onto SDPA "
                   f"({sec['ours, sdpa kernel'] / sec['ours']:.2f}x).", ""]
+    if allocator:
+        lines += ["## Allocator (fused forward+backward, fp32; a fresh process per setting)", "",
+                  "glibc's malloc returns large blocks to the system on free, so every new activation or gradient "
+                  "is faulted in page by page; `beit3_plugins.runtime.tune_malloc()` keeps blocks below 32 MiB on "
+                  "the heap for reuse. The timing tables above ran " + malloc_note + ".", "",
+                  "| batch | malloc | ours | official | ours / official |", "|---|---|---|---|---|"]
+        for a in allocator:
+            lines.append(f"| {a['batch']} | {a['malloc']} | {_fmt_s(a['ours'])} | {_fmt_s(a['official'])} | "
+                         f"{a['official'] / a['ours']:.2f}x |")
+        lines.append("")
     if profiles:
         for name, table in profiles.items():
             lines += [f"### Profile: one fused training step, {name} (top operators by self CPU time)", "",
@@ -549,6 +598,10 @@ def _child(argv: List[str]) -> dict:
     if kind == "memory":
         config, impl, ckpt, batch, img, text = rest
         return child_memory(config, impl, bool(int(ckpt)), int(batch), int(img), int(text))
+    if kind == "allocator":
+        config, tuned, batches, img, text, repeats = rest
+        return child_allocator(config, bool(int(tuned)), [int(b) for b in batches.split(",")], int(img), int(text),
+                               int(repeats))
     return child_retrieval(int(rest[0]), rest[1])
 
 
@@ -637,6 +690,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 8)")
     p.add_argument("--memory-batches", type=int, nargs="+", help="batch sizes of the memory rows (default 8 32)")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's malloc defaults (by default the run calls runtime.tune_malloc first)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -654,7 +709,9 @@ def main(argv=None) -> int:
         s.profile = False
     if s.threads:
         torch.set_num_threads(s.threads)
+    tuned = False if args.default_malloc else tune_malloc()  # before the models exist (see the allocator table)
     info = machine_info()
+    info["malloc"] = "tuned by beit3_plugins.runtime.tune_malloc" if tuned else "glibc defaults"
     log: List[str] = []
     t0 = time.perf_counter()
     models = build_models(s.config, img_size=s.img_size)
@@ -675,14 +732,16 @@ def main(argv=None) -> int:
     mem = memory_cases(s)
     print(f"[bench] memory done {time.perf_counter() - t0:.0f} s", flush=True)
     retr = retrieval_cases(s)
+    allocator = allocator_cases(s)
+    print(f"[bench] allocator done {time.perf_counter() - t0:.0f} s", flush=True)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):  # again at the end: keep the best
         if name in ceiling:
             ceiling[name] = max(ceiling[name], matmul_flops_per_second(dtype))
     out = Path(args.out)
     text = write_report(out, info, s, rows, gen, mem, retr, ceiling, log, profiles, args.smoke, kernels,
-                        kernel_effect)
+                        kernel_effect, allocator, info["malloc"])
     data = {"machine": info, "rows": [r.__dict__ for r in rows], "generation": gen.__dict__, "memory": mem,
-            "kernel_effect": kernel_effect.__dict__ if kernel_effect else None,
+            "kernel_effect": kernel_effect.__dict__ if kernel_effect else None, "allocator": allocator,
             "retrieval": retr, "ceiling": ceiling, "compile": log}
     (out.with_suffix(".json")).write_text(json.dumps(data, indent=1, default=str))
     text += "\n" + targets_section(json.loads(json.dumps(data, default=str)))

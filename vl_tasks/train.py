@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from beit3_plugins.registry import TASKS
+from beit3_plugins.runtime import malloc_tuning_requested, tune_malloc
 
 from .checkpoints import load_task_checkpoint
 from .loop import to_device
@@ -494,6 +495,8 @@ def _hydra_main():
 
 
 def main() -> None:
+    if malloc_tuning_requested():  # reuse freed memory instead of faulting in fresh pages (runtime.py)
+        tune_malloc()
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(f"{CONFIG_DIR}: the trainer's config tree is missing (reinstall beit3-plugins; "
                                 "the wheel ships configs/vl_tasks as beit3_plugins/vl_tasks/configs)")
