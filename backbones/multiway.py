@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
@@ -117,7 +116,7 @@ class MultiwayConfig:
     drop_path_rate: float = 0.0
     checkpoint_activations: bool = False
     init_std: float = 0.02
-    # "auto": bmm + softmax on CPU for short sequences (faster there), torch's fused SDPA otherwise; see attention.py
+    # "auto": bmm + softmax for bf16 on CPU with short sequences (2x faster there), fused SDPA otherwise; attention.py
     attention_kernel: str = AttentionKernel.AUTO.value
 
     def __post_init__(self) -> None:

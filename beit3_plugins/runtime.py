@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["MallocTuning", "tune_malloc", "malloc_tuning_requested"]
+__all__ = ["MallocTuning", "tune_malloc", "malloc_tuning_requested", "tune_malloc_unless_disabled"]
 
 # mallopt parameter numbers from glibc's malloc.h
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -61,3 +61,8 @@ def malloc_tuning_requested(default: bool = True) -> bool:
     if value is None:
         return default
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def tune_malloc_unless_disabled() -> bool:
+    """What our training entry points call first: :func:`tune_malloc` unless ``BEIT3_MALLOC_TUNING=0``."""
+    return tune_malloc() if malloc_tuning_requested() else False

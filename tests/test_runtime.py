@@ -12,8 +12,8 @@ from beit3_plugins.runtime import malloc_tuning_requested
 # page faults per MB written
 PROBE = """
 import json, resource, sys, torch
-from beit3_plugins.runtime import tune_malloc
-applied = tune_malloc() if sys.argv[1] == "1" else False
+from beit3_plugins.runtime import tune_malloc, tune_malloc_unless_disabled
+applied = {"0": lambda: False, "1": tune_malloc, "entry": tune_malloc_unless_disabled}[sys.argv[1]]()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.empty(1)
 start, megabytes = faults(), 0
@@ -27,15 +27,15 @@ print(json.dumps({"applied": applied, "faults_per_mb": (faults() - start) / mega
 """
 
 
-def probe(tuned: bool) -> dict:
-    res = subprocess.run([sys.executable, "-c", PROBE, str(int(tuned))], capture_output=True, text=True,
-                         timeout=120, check=True)
+def probe(mode: str, env=None) -> dict:
+    res = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120,
+                         check=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_malloc_reuses_memory_instead_of_faulting_it_in_again():
-    default, tuned = probe(False), probe(True)
+    default, tuned = probe("0"), probe("1")
     assert not default["applied"] and tuned["applied"]
     # 4 KiB pages: 256 faults per MB would be every page of every tensor
     assert default["faults_per_mb"] > 60
@@ -49,3 +49,11 @@ def test_entry_points_can_be_told_not_to_tune(monkeypatch, value, expected):
     else:
         monkeypatch.setenv("BEIT3_MALLOC_TUNING", value)
     assert malloc_tuning_requested() is expected
+
+
+def test_entry_point_helper_tunes_unless_switched_off():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "BEIT3_MALLOC_TUNING"}
+    assert probe("entry", env)["applied"]
+    assert not probe("entry", {**env, "BEIT3_MALLOC_TUNING": "0"})["applied"]

@@ -28,7 +28,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 import beit3_plugins.detection as det
-from beit3_plugins.runtime import malloc_tuning_requested, tune_malloc
+from beit3_plugins.runtime import tune_malloc_unless_disabled
 
 logger = logging.getLogger("beit3_plugins.detection.train_net")
 
@@ -196,8 +196,7 @@ def build_parser():
 
 
 def cli(argv=None):
-    if malloc_tuning_requested():  # reuse freed memory instead of faulting in fresh pages (runtime.py)
-        tune_malloc()
+    tune_malloc_unless_disabled()  # reuse freed memory instead of faulting in fresh pages (runtime.py)
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from beit3_plugins.registry import TASKS
-from beit3_plugins.runtime import malloc_tuning_requested, tune_malloc
+from beit3_plugins.runtime import tune_malloc_unless_disabled
 
 from .checkpoints import load_task_checkpoint
 from .loop import to_device
@@ -495,8 +495,7 @@ def _hydra_main():
 
 
 def main() -> None:
-    if malloc_tuning_requested():  # reuse freed memory instead of faulting in fresh pages (runtime.py)
-        tune_malloc()
+    tune_malloc_unless_disabled()  # reuse freed memory instead of faulting in fresh pages (runtime.py)
     if not CONFIG_DIR.is_dir():
         raise FileNotFoundError(f"{CONFIG_DIR}: the trainer's config tree is missing (reinstall beit3-plugins; "
                                 "the wheel ships configs/vl_tasks as beit3_plugins/vl_tasks/configs)")
