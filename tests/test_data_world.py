@@ -83,6 +83,8 @@ def statement_holds(sentence, left, right):
         return count(left, color=m[1]) > 0 and count(right, color=m[1]) > 0
     if m := re.fullmatch(r"at least one image contains a (\w+) (\w+)", sentence):
         return count(left, m[2], m[1]) + count(right, m[2], m[1]) > 0
+    if m := re.fullmatch(r"the (left|right) image contains a (\w+) shape", sentence):
+        return count(left if m[1] == "left" else right, color=m[2]) > 0
     if m := re.fullmatch(r"the left image contains exactly (\w+) shapes?", sentence):
         return len(left) == NUMBERS[m[1]]
     if m := re.fullmatch(r"there (?:is|are) (\w+) (\w+?)s? in total", sentence):
@@ -196,6 +198,29 @@ def test_nlvr2_is_balanced_and_true(data_world):
             prefix = r["identifier"].rsplit("-", 1)[0]
             left, right = perceive(folder / f"{prefix}-img0.png"), perceive(folder / f"{prefix}-img1.png")
             assert statement_holds(r["sentence"], left, right) == (r["label"] == "True"), r
+
+
+def test_nlvr2_contrast_eval_judges_each_image_pair_by_both_side_statements(tmp_path):
+    manifest = generate_world(tmp_path, WorldConfig(seed=1, formats=("nlvr2",), nlvr2_statements="presence",
+                                                    nlvr2_eval_contrast=True, nlvr2_train_sets=2,
+                                                    nlvr2_eval_sets=3))
+    sides = {"the left image contains a red shape", "the right image contains a red shape"}
+    for split in ("dev", "test1"):
+        records = [json.loads(line) for line in manifest.path(f"nlvr2_{split}").read_text().splitlines()]
+        pairs = collections.defaultdict(list)
+        for r in records:
+            pairs[r["identifier"].rsplit("-", 1)[0]].append(r)
+        assert len(records) == 3 * 4 and len(pairs) == 3 * 2 and manifest.counts[f"nlvr2_{split}_true"] == 6
+        folder = manifest.path(f"nlvr2_images_{split}")
+        for prefix, (a, b) in pairs.items():
+            # same images, the two side statements, opposite labels: reading the images alone gives 50%
+            assert {a["sentence"], b["sentence"]} == sides and a["label"] != b["label"]
+            assert a["left_url"] == b["left_url"] and a["right_url"] == b["right_url"]
+            left, right = perceive(folder / f"{prefix}-img0.png"), perceive(folder / f"{prefix}-img1.png")
+            for r in (a, b):
+                assert statement_holds(r["sentence"], left, right) == (r["label"] == "True"), r
+    with pytest.raises(ValueError, match="presence"):
+        WorldConfig(nlvr2_eval_contrast=True)
 
 
 def test_coco_instances_match_pixels_and_pycocotools(data_world):

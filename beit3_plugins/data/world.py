@@ -244,6 +244,10 @@ class WorldConfig:
     nlvr2_train_directories: int = 4
     nlvr2_statements: str = "mixed"   # "mixed" (9 templates) or "presence" (see _NLVR2_PRESENCE_STATEMENTS)
     nlvr2_presence_color: str = "red"
+    # dev/test1 as contrast pairs (presence statements only): image pairs with the colour in exactly one image,
+    # each judged twice, by the left-image and the right-image statement (one true, one false); a model that
+    # ignores the sentence scores exactly 50% there, so accuracy above it shows the sentence is read
+    nlvr2_eval_contrast: bool = False
     det_train_images: int = 24
     det_val_images: int = 8
     ade_train_images: int = 24
@@ -268,6 +272,8 @@ class WorldConfig:
             raise ValueError(f"nlvr2_statements must be 'mixed' or 'presence', got {self.nlvr2_statements!r}")
         if self.nlvr2_presence_color not in COLORS:
             raise ValueError(f"nlvr2_presence_color must be one of {list(COLORS)}, got {self.nlvr2_presence_color!r}")
+        if self.nlvr2_eval_contrast and self.nlvr2_statements != "presence":
+            raise ValueError("nlvr2_eval_contrast needs nlvr2_statements='presence' (its left/right statements)")
         if self.nlvr2_pairs_per_set % 2:
             raise ValueError("nlvr2_pairs_per_set must be even so labels are balanced")
         for name in ("image_size", "det_image_size", "seg_image_size"):
@@ -548,6 +554,14 @@ def _write_nlvr2(w: _Writer) -> None:
         w.files[f"nlvr2_images_{split}"] = image_dir
         lines, n_true = [], 0
         statements = _NLVR2_PRESENCE_STATEMENTS if w.cfg.nlvr2_statements == "presence" else _NLVR2_STATEMENTS
+        if split != "train" and w.cfg.nlvr2_eval_contrast:
+            records = _nlvr2_contrast_records(w, rng, split, image_dir, n_sets)
+            lines = [json.dumps(r, sort_keys=True) for r in records]
+            n_true = sum(r["label"] == "True" for r in records)
+            w.mark(f"nlvr2_{split}", f"nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
+            w.counts[f"nlvr2_{split}"] = len(lines)
+            w.counts[f"nlvr2_{split}_true"] = n_true
+            continue
         for set_id in range(n_sets):
             template, predicate = statements[int(rng.integers(len(statements)))]
             kind = KINDS[int(rng.integers(len(KINDS)))]
@@ -583,6 +597,34 @@ def _write_nlvr2(w: _Writer) -> None:
         w.mark(f"nlvr2_{split}", f"nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
         w.counts[f"nlvr2_{split}"] = len(lines)
         w.counts[f"nlvr2_{split}_true"] = n_true
+
+
+def _nlvr2_contrast_records(w: _Writer, rng: np.random.Generator, split: str, image_dir: str,
+                            n_sets: int) -> List[Dict[str, Any]]:
+    """Image pairs with the presence colour in exactly one image, each under the left- and the right-image
+    statement: the two records share their images and have opposite labels."""
+    color = w.cfg.nlvr2_presence_color
+    (left_sentence, left_has), (right_sentence, right_has) = _NLVR2_PRESENCE_STATEMENTS[:2]
+    records = []
+    for set_id in range(n_sets):
+        for pair in range(w.cfg.nlvr2_pairs_per_set // 2):
+            for _attempt in range(1000):
+                left, right = _scene(w, rng), _scene(w, rng)
+                if left_has(left, right, {"color": color}) != right_has(left, right, {"color": color}):
+                    break
+            else:  # pragma: no cover - scenes without and with the colour are both common
+                raise RuntimeError(f"could not sample a pair with {color} in exactly one image")
+            prefix = f"{split}-{set_id}-{pair}"
+            urls = {}
+            for side, scene in (("left", left), ("right", right)):
+                urls[f"{side}_url"] = f"{image_dir}/{prefix}-img{0 if side == 'left' else 1}.png"
+                w.image(urls[f"{side}_url"], render_scene(scene, w.cfg.image_size)[0])
+            for sentence_id, (template, has) in enumerate(((left_sentence, left_has), (right_sentence, right_has))):
+                records.append({"identifier": f"{prefix}-{sentence_id}", "sentence": template.format(color=color),
+                                "label": str(has(left, right, {"color": color})), "synset": "shape",
+                                "query": "shapes", "writer": "world", "validation": {}, "extra_validations": {},
+                                **urls})
+    return records
 
 
 def _segmentation(mask: np.ndarray, polygon: List[Tuple[float, float]], fmt: str) -> Any:
