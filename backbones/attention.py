@@ -4,9 +4,8 @@ On CPU in bf16, at BEiT-3's sequence lengths (197 image tokens plus text, a few 
 fused (flash) kernel takes about twice as long as ``q @ k.T -> softmax -> @ v``, forward and backward; in fp32
 the two are level (``python -m bench.attention_kernels`` measures it; docs/benchmarks.md has the numbers).
 The matmul path keeps the attention matrix for the backward pass, O(Lq * Lk) memory per layer that the
-fused kernel avoids, so ``auto`` takes it only there: bf16 on CPU, small score matrices (fp16 on CPU was
-not measured). On CUDA
-``auto`` is always the fused kernel.
+fused kernel avoids, so ``auto`` takes it only where it wins: bf16 on CPU with small score matrices (fp16 on
+CPU was not measured). On CUDA ``auto`` is always the fused kernel.
 
 Both kernels take the same masks (boolean, True = may attend; or an additive float bias with -inf where
 not allowed) and give the same result, including a query row with every key masked: all zeros, as SDPA
