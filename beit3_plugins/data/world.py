@@ -552,78 +552,84 @@ def _write_nlvr2(w: _Writer) -> None:
                           ("test1", w.cfg.nlvr2_eval_sets)):
         image_dir = "nlvr2/images/train" if split == "train" else f"nlvr2/{split}"
         w.files[f"nlvr2_images_{split}"] = image_dir
-        lines, n_true = [], 0
-        statements = _NLVR2_PRESENCE_STATEMENTS if w.cfg.nlvr2_statements == "presence" else _NLVR2_STATEMENTS
         if split != "train" and w.cfg.nlvr2_eval_contrast:
             records = _nlvr2_contrast_records(w, rng, split, image_dir, n_sets)
-            lines = [json.dumps(r, sort_keys=True) for r in records]
-            n_true = sum(r["label"] == "True" for r in records)
-            w.mark(f"nlvr2_{split}", f"nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
-            w.counts[f"nlvr2_{split}"] = len(lines)
-            w.counts[f"nlvr2_{split}_true"] = n_true
-            continue
-        for set_id in range(n_sets):
-            template, predicate = statements[int(rng.integers(len(statements)))]
-            kind = KINDS[int(rng.integers(len(KINDS)))]
-            n = int(rng.integers(1, 4))
-            args = {"color": list(COLORS)[int(rng.integers(len(COLORS)))], "kind": kind, "n": n,
-                    "n_shapes": _count_phrase(n), "n_kinds": _count_phrase(n, kind),
-                    "be": "is" if n == 1 else "are"}
-            if w.cfg.nlvr2_statements == "presence":
-                args["color"] = w.cfg.nlvr2_presence_color
-            sentence = template.format(**args)
-            labels = [p % 2 == 0 for p in range(w.cfg.nlvr2_pairs_per_set)]
-            for pair, label in enumerate(labels):
-                for _attempt in range(1000):
-                    left, right = _scene(w, rng), _scene(w, rng)
-                    if predicate(left, right, args) == label:
-                        break
-                else:  # pragma: no cover - every statement is satisfiable both ways
-                    raise RuntimeError(f"could not sample a {label} pair for {sentence!r}")
-                prefix = f"{split}-{set_id}-{pair}"
-                record = {"identifier": f"{prefix}-0", "sentence": sentence, "label": str(label),
-                          "synset": "shape", "query": "shapes", "writer": "world", "validation": {},
-                          "extra_validations": {}}
-                folder = image_dir
-                if split == "train":
-                    record["directory"] = set_id % max(1, w.cfg.nlvr2_train_directories)
-                    folder = f"{image_dir}/{record['directory']}"
-                for side, scene in (("left", left), ("right", right)):
-                    name = f"{prefix}-img{0 if side == 'left' else 1}.png"
-                    w.image(f"{folder}/{name}", render_scene(scene, w.cfg.image_size)[0])
-                    record[f"{side}_url"] = f"{folder}/{name}"
-                lines.append(json.dumps(record, sort_keys=True))
-                n_true += label
+        else:
+            records = _nlvr2_statement_records(w, rng, split, image_dir, n_sets)
+        lines = [json.dumps(record, sort_keys=True) for record in records]
         w.mark(f"nlvr2_{split}", f"nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
         w.counts[f"nlvr2_{split}"] = len(lines)
-        w.counts[f"nlvr2_{split}_true"] = n_true
+        w.counts[f"nlvr2_{split}_true"] = sum(record["label"] == "True" for record in records)
+
+
+def _nlvr2_record(identifier: str, sentence: str, label: bool, urls: Dict[str, str]) -> Dict[str, Any]:
+    return {"identifier": identifier, "sentence": sentence, "label": str(label), "synset": "shape",
+            "query": "shapes", "writer": "world", "validation": {}, "extra_validations": {}, **urls}
+
+
+def _nlvr2_pair_images(w: _Writer, folder: str, prefix: str, left: Scene, right: Scene) -> Dict[str, str]:
+    """Render an image pair as NLVR2 names it (``<prefix>-img0/1.png``); returns the records' url fields."""
+    urls = {}
+    for side, scene in (("left", left), ("right", right)):
+        url = f"{folder}/{prefix}-img{0 if side == 'left' else 1}.png"
+        w.image(url, render_scene(scene, w.cfg.image_size)[0])
+        urls[f"{side}_url"] = url
+    return urls
+
+
+def _nlvr2_statement_records(w: _Writer, rng: np.random.Generator, split: str, image_dir: str,
+                             n_sets: int) -> List[Dict[str, Any]]:
+    """One statement per set, judged on pairs_per_set image pairs, half of them true."""
+    statements = _NLVR2_PRESENCE_STATEMENTS if w.cfg.nlvr2_statements == "presence" else _NLVR2_STATEMENTS
+    records = []
+    for set_id in range(n_sets):
+        template, predicate = statements[int(rng.integers(len(statements)))]
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        n = int(rng.integers(1, 4))
+        args = {"color": list(COLORS)[int(rng.integers(len(COLORS)))], "kind": kind, "n": n,
+                "n_shapes": _count_phrase(n), "n_kinds": _count_phrase(n, kind),
+                "be": "is" if n == 1 else "are"}
+        if w.cfg.nlvr2_statements == "presence":
+            args["color"] = w.cfg.nlvr2_presence_color
+        sentence = template.format(**args)
+        labels = [p % 2 == 0 for p in range(w.cfg.nlvr2_pairs_per_set)]
+        for pair, label in enumerate(labels):
+            for _attempt in range(1000):
+                left, right = _scene(w, rng), _scene(w, rng)
+                if predicate(left, right, args) == label:
+                    break
+            else:  # pragma: no cover - every statement is satisfiable both ways
+                raise RuntimeError(f"could not sample a {label} pair for {sentence!r}")
+            prefix = f"{split}-{set_id}-{pair}"
+            folder, extra = image_dir, {}
+            if split == "train":
+                extra["directory"] = set_id % max(1, w.cfg.nlvr2_train_directories)
+                folder = f"{image_dir}/{extra['directory']}"
+            urls = _nlvr2_pair_images(w, folder, prefix, left, right)
+            records.append({**_nlvr2_record(f"{prefix}-0", sentence, label, urls), **extra})
+    return records
 
 
 def _nlvr2_contrast_records(w: _Writer, rng: np.random.Generator, split: str, image_dir: str,
                             n_sets: int) -> List[Dict[str, Any]]:
     """Image pairs with the presence colour in exactly one image, each under the left- and the right-image
     statement: the two records share their images and have opposite labels."""
-    color = w.cfg.nlvr2_presence_color
-    (left_sentence, left_has), (right_sentence, right_has) = _NLVR2_PRESENCE_STATEMENTS[:2]
+    args = {"color": w.cfg.nlvr2_presence_color}
+    sides = _NLVR2_PRESENCE_STATEMENTS[:2]   # "the left image contains ...", "the right image contains ..."
     records = []
     for set_id in range(n_sets):
         for pair in range(w.cfg.nlvr2_pairs_per_set // 2):
             for _attempt in range(1000):
                 left, right = _scene(w, rng), _scene(w, rng)
-                if left_has(left, right, {"color": color}) != right_has(left, right, {"color": color}):
+                if sides[0][1](left, right, args) != sides[1][1](left, right, args):
                     break
             else:  # pragma: no cover - scenes without and with the colour are both common
-                raise RuntimeError(f"could not sample a pair with {color} in exactly one image")
+                raise RuntimeError(f"could not sample a pair with {args['color']} in exactly one image")
             prefix = f"{split}-{set_id}-{pair}"
-            urls = {}
-            for side, scene in (("left", left), ("right", right)):
-                urls[f"{side}_url"] = f"{image_dir}/{prefix}-img{0 if side == 'left' else 1}.png"
-                w.image(urls[f"{side}_url"], render_scene(scene, w.cfg.image_size)[0])
-            for sentence_id, (template, has) in enumerate(((left_sentence, left_has), (right_sentence, right_has))):
-                records.append({"identifier": f"{prefix}-{sentence_id}", "sentence": template.format(color=color),
-                                "label": str(has(left, right, {"color": color})), "synset": "shape",
-                                "query": "shapes", "writer": "world", "validation": {}, "extra_validations": {},
-                                **urls})
+            urls = _nlvr2_pair_images(w, image_dir, prefix, left, right)
+            for sentence_id, (template, holds) in enumerate(sides):
+                records.append(_nlvr2_record(f"{prefix}-{sentence_id}", template.format(**args),
+                                             holds(left, right, args), urls))
     return records
 
 
