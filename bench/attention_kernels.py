@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # `python bench/attention_kernels.py`
 import torch
 
 from beit3_plugins.backbones.attention import AttentionKernel, attend, resolve_kernel
-from bench.common import interleaved_times, median
+from bench.common import interleaved_times, max_abs_diff, median
 
 # (batch, tokens): a fused base-size sequence at 224 px (197 + 32) at batch 1 and 8, 384 px (577), 512 px
 # (1025) and a long one where the fused kernel wins again
@@ -61,8 +61,7 @@ def measure(shapes: Sequence[Tuple[int, int]] = SHAPES, heads: int = 12, head_di
                 outs[kernel] = (out.detach().float(), *(g.float() for g in torch.autograd.grad(out, (q, k, v), grad)))
             tol = 1e-4 if dtype == torch.float32 else 5e-2
             for a, b in zip(outs[AttentionKernel.SDPA], outs[AttentionKernel.MATMUL]):
-                scale = max(1.0, float(a.abs().max()))
-                if not float((a - b).abs().max()) <= tol * scale:
+                if not max_abs_diff(a, b) <= tol * max(1.0, float(a.abs().max())):
                     raise AssertionError(f"kernels differ at batch {batch}, {tokens} tokens, {name}")
 
             def forward(kernel):

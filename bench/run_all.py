@@ -193,27 +193,28 @@ def _timed(case, batch, dtype, fns, diffs, s: Setting, flops=None, note="") -> R
 
 
 # ---------------------------------------------------------------------------------------------- training
+def train_step(model_call: Callable[[], torch.Tensor], model: torch.nn.Module) -> Callable[[], torch.Tensor]:
+    """One timed training step: fresh gradients, forward, loss = mean square of the output, backward."""
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model_call()
+        out.float().pow(2).mean().backward()
+        return out
+    return run
+
+
 def training_cases(models, s: Setting, log: List[str]) -> List[Row]:
     ours, official = models.ours.train(), models.official.train()
     rows = []
     dtypes = ["fp32"] + (["bf16"] if bf16_supported() else [])
 
-    def step(model_call, model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            out = model_call()
-            loss = out.float().pow(2).mean()
-            loss.backward()
-            return out
-        return run
-
     for batch in s.batches:
         image, ids = make_inputs(models, batch, s)
         for dtype in dtypes:
             with autocast(dtype):
-                fns = {"ours": step(lambda: ours.forward_fused(image, ids).hidden, ours),
-                       "official": step(lambda: official(textual_tokens=ids, visual_tokens=image)["encoder_out"],
-                                        official)}
+                fns = {"ours": train_step(lambda: ours.forward_fused(image, ids).hidden, ours),
+                       "official": train_step(lambda: official(textual_tokens=ids, visual_tokens=image)["encoder_out"],
+                                              official)}
                 tol = s.fp32_tol if dtype == "fp32" else None
                 diffs = {"official": _check_pair("train fused", fns["ours"](), fns["official"](), tol)}
                 grad_ours = ours.patch_embed.weight.grad
@@ -222,7 +223,7 @@ def training_cases(models, s: Setting, log: List[str]) -> List[Row]:
                 diffs["official grad"] = _check_pair("train grad", grad_ours, grad_ref, gtol)
                 if s.compile and dtype == "fp32" and batch == max(s.batches):
                     comp = compiled(ours.forward_fused, log, f"train fused b{batch}")
-                    fns["ours+compile"] = step(lambda: comp(image, ids).hidden, ours)
+                    fns["ours+compile"] = train_step(lambda: comp(image, ids).hidden, ours)
                     diffs["ours+compile"] = check("ours+compile train", max_abs_diff(fns["ours+compile"](),
                                                                                     fns["ours"]()), s.fp32_tol)
                 flops = count_flops(fns["ours"])
@@ -292,19 +293,11 @@ def kernel_effect_case(models, s: Setting) -> Row:
     forced.train()
     batch = max(s.batches)
     image, ids = make_inputs(models, batch, s)
-
-    def step(model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            with autocast("bf16"):
-                out = model.forward_fused(image, ids).hidden
-            out.float().pow(2).mean().backward()
-            return out
-        return run
-
-    fns = {"ours": step(ours), "ours, sdpa kernel": step(forced)}
-    diff = _check_pair("kernel choice", fns["ours"](), fns["ours, sdpa kernel"](), None)
-    row = _timed("fused forward+backward, attention kernel", batch, "bf16", fns, {"sdpa kernel": diff}, s)
+    with autocast("bf16"):
+        fns = {"ours": train_step(lambda: ours.forward_fused(image, ids).hidden, ours),
+               "ours, sdpa kernel": train_step(lambda: forced.forward_fused(image, ids).hidden, forced)}
+        diff = _check_pair("kernel choice", fns["ours"](), fns["ours, sdpa kernel"](), None)
+        row = _timed("fused forward+backward, attention kernel", batch, "bf16", fns, {"sdpa kernel": diff}, s)
     ours.zero_grad(set_to_none=True)
     ours.eval()
     return row
@@ -382,16 +375,10 @@ def child_allocator(config: str, tuned: bool, batches: List[int], img_size: int,
     out = {"tuned": applied, "seconds": {}}
     for batch in batches:
         image, ids = make_inputs(models, batch, s)
-        fns = {}
-        for name, model, call in (
-                ("ours", models.ours, lambda: models.ours.forward_fused(image, ids).hidden),
-                ("official", models.official,
-                 lambda: models.official(textual_tokens=ids, visual_tokens=image)["encoder_out"])):
-            def run(model=model, call=call):
-                model.zero_grad(set_to_none=True)
-                call().float().pow(2).mean().backward()
-            model.train()
-            fns[name] = run
+        models.ours.train(), models.official.train()
+        fns = {"ours": train_step(lambda: models.ours.forward_fused(image, ids).hidden, models.ours),
+               "official": train_step(lambda: models.official(textual_tokens=ids, visual_tokens=image)["encoder_out"],
+                                      models.official)}
         times = interleaved_times(fns, repeats=repeats)
         out["seconds"][str(batch)] = {k: median(v) for k, v in times.items()}
     return out

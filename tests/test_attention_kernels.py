@@ -89,7 +89,8 @@ def test_models_agree_across_kernels_in_every_mode(name):
     """Same weights, kernel forced either way: fused input with padding, text with a causal mask, and a cached
     decoding step (one query), in fp32 (tight) and under bf16 autocast, with gradients."""
     torch.manual_seed(0)
-    models = {k: BACKBONES.build(name, attention_kernel=k.value) for k in (AttentionKernel.SDPA, AttentionKernel.MATMUL)}
+    models = {k: BACKBONES.build(name, attention_kernel=k.value)
+              for k in (AttentionKernel.SDPA, AttentionKernel.MATMUL)}
     models[AttentionKernel.MATMUL].load_state_dict(models[AttentionKernel.SDPA].state_dict())
     image, ids = torch.randn(2, 3, 64, 64), torch.randint(4, 1000, (2, 6))
     padding = torch.zeros(2, 6, dtype=torch.bool)
