@@ -6,8 +6,8 @@ step allocates hundreds of 1-20 MB activations and gradients, so on CPU this cos
 BEiT-3 training step at batch 1, GEMMs writing into fresh buffers ran 1.5-3x slower than the same GEMMs
 writing into reused memory, and the whole step took 1.2 s instead of 0.8 s (docs/benchmarks.md). Keeping
 blocks below 32 MiB on the heap and not trimming it back makes memory get reused. PyTorch's own
-``torch.backends.xeon.run_cpu`` launcher gets the same effect by preloading jemalloc or tcmalloc, which this
-machine does not have; ``mallopt`` needs nothing installed.
+``torch.backends.xeon.run_cpu`` launcher gets the same effect by preloading jemalloc or tcmalloc, which are
+often not installed (they were not on the machine these numbers come from); ``mallopt`` needs nothing.
 
 The cost: the process keeps freed memory (its resident size does not shrink back after a peak).
 """
@@ -49,10 +49,9 @@ def tune_malloc(tuning: MallocTuning = MallocTuning()) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in (
+    return all(libc.mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, tuning.mmap_threshold), (_M_TRIM_THRESHOLD, tuning.trim_threshold),
         (_M_TOP_PAD, tuning.top_pad)))
-    return ok
 
 
 def malloc_tuning_requested(default: bool = True) -> bool:
