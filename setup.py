@@ -4,16 +4,17 @@ mmsegmentation and vision-language task training.
 The repository keeps the design card's top-level folders; on install they are mapped under one namespace
 so that nothing claims a generic top-level name:
 
-    beit3_plugins/  -> beit3_plugins             (core: registry, configs, checkpoint I/O, tokenizer, data)
+    beit3_plugins/  -> beit3_plugins             (core: registry, checkpoint I/O, tokenizer, data)
     backbones/      -> beit3_plugins.backbones
+    pretraining/    -> beit3_plugins.pretraining (objectives, masking, VQ-KD, data + the fairseq adapter)
     detection/      -> beit3_plugins.detection   (detectron2 adapter)
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
 """
 from setuptools import find_packages, setup
 
-MAPPED = {"backbones": "backbones", "detection": "detection", "segmentation": "segmentation",
-          "vl_tasks": "vl_tasks"}
+MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
+          "segmentation": "segmentation", "vl_tasks": "vl_tasks"}
 # Data-only packages: the VL trainer's Hydra config tree stays user-visible in configs/vl_tasks/ and is
 # installed as beit3_plugins/vl_tasks/configs/ so that a regular (non-editable) install finds it.
 DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks"}
@@ -63,6 +64,10 @@ setup(
     entry_points={
         "console_scripts": [
             "beit3-plugins=beit3_plugins.cli:main",
+        ],
+        # Subcommands of layers above the core (beit3_plugins.cli names none of them itself).
+        "beit3_plugins.commands": [
+            "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
         ],
     },
 )

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointMismatchError", "LoadReport", "load_state_dict_file", "load_with_report"]
+__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
+           "load_with_report"]
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -22,6 +23,28 @@ _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model: missing keys (strict) or tensors of the wrong shape."""
+
+
+class UnsafeCheckpointError(CheckpointMismatchError):
+    """A file that ``torch.load(weights_only=True)`` refuses: it pickles code or arbitrary objects."""
+
+
+def safe_load(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
+
+    The one place this package unpickles a file a user supplies; nothing here ever passes
+    ``weights_only=False``, so a crafted checkpoint cannot run code when it is read.
+    """
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
+        raise UnsafeCheckpointError(
+            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
+            "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
+            "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth')."
+        ) from exc
 
 
 @dataclasses.dataclass
@@ -49,15 +72,7 @@ class LoadReport:
 
 def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tensor]:
     """Read a checkpoint file safely and unwrap the usual containers (``model``, ``state_dict``, ...)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
-        raise CheckpointMismatchError(
-            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). "
-            "Files that pickle code or arbitrary objects are refused; re-save the state dict alone."
-        ) from exc
+    state = safe_load(path, map_location)
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

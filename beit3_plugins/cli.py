@@ -2,9 +2,10 @@
 
 Each command is a ``"module:function"`` string; the function takes the remaining argv and returns an
 exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
-command that needs a framework pulls it in only when used. Other modules add commands with
-:func:`register_command` (or by adding a line to ``COMMANDS``); installed packages can also declare
-them under the entry-point group ``beit3_plugins.commands`` (name -> ``module:function``).
+command that needs a framework pulls it in only when used. The core lists only its own commands in
+``COMMANDS``; the layers above it (pretraining, pipelines, ...) and installed third-party packages declare
+theirs under the entry-point group ``beit3_plugins.commands`` (name -> ``module:function``, see
+``setup.py``), so this module names no package above the core. :func:`register_command` adds one at run time.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                    "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
     "train-spm": ("beit3_plugins.tokenizer:cli_main",
                   "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
-    "export-pretrained": ("beit3_plugins.fairseq_plugin.export:cli_main",
-                          "fairseq pretraining checkpoint -> backbone checkpoint (released BEiT-3 layout)"),
 }
 
 
@@ -41,7 +40,8 @@ def register_command(name: str, target: str, help: str = "", *, force: bool = Fa
 def _all_commands() -> Dict[str, Tuple[str, str]]:
     commands = dict(COMMANDS)
     for ep in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINT_GROUP):
-        commands.setdefault(ep.name, (ep.value, f"(from {ep.dist.name if ep.dist else 'a plugin'})"))
+        origin = ep.dist.name if ep.dist else "a plugin"
+        commands.setdefault(ep.name, (ep.value, f"runs {ep.value} (from {origin})"))
     return commands
 
 

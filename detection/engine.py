@@ -14,7 +14,7 @@ from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from beit3_plugins.checkpoint import CheckpointMismatchError
+from beit3_plugins.checkpoint import CheckpointMismatchError, safe_load
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
 from .optimizer import build_beit3_optimizer
@@ -38,11 +38,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
-            raise CheckpointMismatchError(
-                f"cannot read {f} as a weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+        return safe_load(f)
 
 
 class SeedPerIteration(HookBase):

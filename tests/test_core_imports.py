@@ -29,7 +29,7 @@ def test_import_beit3_plugins_is_torch_free():
 @pytest.mark.parametrize("adapter, framework, extra", [
     ("beit3_plugins.detection", "detectron2", "detectron2"),
     ("beit3_plugins.segmentation", "mmseg", "mmseg"),
-    ("beit3_plugins.fairseq_plugin", "fairseq", "fairseq"),
+    ("beit3_plugins.pretraining.fairseq_plugin", "fairseq", "fairseq"),
 ])
 def test_adapter_without_its_framework_names_the_extra(adapter, framework, extra):
     code = f"import sys\nsys.modules[{framework!r}] = None\nimport {adapter}"

@@ -9,7 +9,7 @@ RECIPES = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
 
 
 def _dataclass_fields(section, name):
-    import beit3_plugins.fairseq_plugin  # noqa: F401 - registers task, model, criterion
+    import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401 - registers task, model, criterion
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
     from fairseq.registry import REGISTRIES

@@ -5,7 +5,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def model_and_optimizer(data_world, tiny_spm):
-    import beit3_plugins.fairseq_plugin  # noqa: F401 - registers task, model, optimizer
+    import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401 - registers task, model, optimizer
     from fairseq import optim, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 

@@ -45,7 +45,7 @@ def test_tiny_recipe_learns_and_exports(data_world, tiny_spm, tmp_path):
     """The shipped tiny recipe through fairseq-hydra-train: held-out masked-token accuracy for text and
     for image codes ends well above chance (the most frequent target), and the export loads."""
     from beit3_plugins.backbones import build_backbone
-    from beit3_plugins.fairseq_plugin.export import export_checkpoint, heldout_accuracy, load_pretrain_checkpoint
+    from beit3_plugins.pretraining.fairseq_plugin.export import export_checkpoint, heldout_accuracy, load_pretrain_checkpoint
 
     world, _ = data_world
     save = tmp_path / "ckpt"
@@ -153,7 +153,7 @@ def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tin
     optimizer state of an unsharded legacy_ddp run of 6 updates up to float rounding (same accumulated,
     clipped gradients, same AdamW steps), and the checkpoint (full tensors) exports into the backbone."""
     from beit3_plugins.backbones import build_backbone
-    from beit3_plugins.fairseq_plugin.export import export_checkpoint
+    from beit3_plugins.pretraining.fairseq_plugin.export import export_checkpoint
     from fairseq import checkpoint_utils
 
     world, _ = data_world
@@ -206,7 +206,7 @@ def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
 
     import numpy as np
 
-    from beit3_plugins.fairseq_plugin.tasks import Beit3MdmTask, Beit3MdmTaskConfig
+    from beit3_plugins.pretraining.fairseq_plugin.tasks import Beit3MdmTask, Beit3MdmTaskConfig
     from beit3_plugins.pretraining.data import EmptyCorpusError, ImageSource, TextSource
     from beit3_plugins.tokenizer import Beit3Tokenizer
 
@@ -246,7 +246,7 @@ def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
 
 
 def test_every_batch_mixes_the_three_kinds_in_proportion(data_world, tiny_spm):
-    from beit3_plugins.fairseq_plugin.tasks import Beit3MdmTask, Beit3MdmTaskConfig
+    from beit3_plugins.pretraining.fairseq_plugin.tasks import Beit3MdmTask, Beit3MdmTaskConfig
     from beit3_plugins.pretraining.masking import IGNORE_INDEX
 
     world, _ = data_world
@@ -275,7 +275,7 @@ def test_every_batch_mixes_the_three_kinds_in_proportion(data_world, tiny_spm):
 
 def test_vlmo_task_masks_whole_words(data_world, tiny_spm):
     """--whole-word-masking reaches the VLMo pair text: no word is partly predicted."""
-    from beit3_plugins.fairseq_plugin.tasks import VlmoPretrainTask, VlmoPretrainTaskConfig
+    from beit3_plugins.pretraining.fairseq_plugin.tasks import VlmoPretrainTask, VlmoPretrainTaskConfig
     from beit3_plugins.pretraining.masking import IGNORE_INDEX, word_start_table
 
     world, _ = data_world

@@ -20,7 +20,7 @@ def _overrides(task, root, spm, out, *extra):
 
 
 def _weights(out):
-    return torch.load(Path(out) / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(Path(out) / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_after_kill_gives_the_same_weights(data_world, tiny_spm, tmp_path):
@@ -34,7 +34,7 @@ def test_resume_after_kill_gives_the_same_weights(data_world, tiny_spm, tmp_path
            *_overrides("vqa", root, tiny_spm, killed, *extra), "train.debug_kill_after_step=3"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert res.returncode == -9, res.stderr[-2000:]          # really killed (SIGKILL), mid-epoch
-    state = torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 2 and state["step_in_epoch"] == 2
     # last.pt holds only tensors and plain values: it also serves as another run's model.checkpoint
     torch.load(killed / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)

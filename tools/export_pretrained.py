@@ -6,7 +6,7 @@
 """
 import sys
 
-from beit3_plugins.fairseq_plugin.export import cli_main
+from beit3_plugins.pretraining.fairseq_plugin.export import cli_main
 
 if __name__ == "__main__":
     sys.exit(cli_main())

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from beit3_plugins.checkpoint import safe_load
 from beit3_plugins.registry import TASKS
 from beit3_plugins.runtime import tune_malloc_unless_disabled
 
@@ -310,15 +311,14 @@ def run(cfg) -> Dict[str, Any]:
     last = ckpt_dir / "last.pt"
     resume = None
     if bool(tc.resume) and last.is_file() and not bool(tc.eval_only):
-        resume = torch.load(last, map_location="cpu", weights_only=False)
+        resume = safe_load(last)
         task.load_state_dict(resume.get("task", {}))
         logger.info("resuming from %s (epoch %d, step %d)", last, resume["epoch"], resume["global_step"])
     elif cfg.model.get("checkpoint") and str(cfg.model.checkpoint).endswith(".pt"):
         # our own task checkpoints carry task state (e.g. the VQA answer list) next to the weights
-        with contextlib.suppress(Exception):
-            saved = torch.load(str(cfg.model.checkpoint), map_location="cpu", weights_only=False)
-            if isinstance(saved, dict) and "task" in saved:
-                task.load_state_dict(saved["task"])
+        saved = safe_load(str(cfg.model.checkpoint))
+        if isinstance(saved, dict) and "task" in saved:
+            task.load_state_dict(saved["task"])
 
     model, report = build_model(cfg, task, device)
     if report is not None and dist.main:

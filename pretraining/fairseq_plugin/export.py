@@ -26,7 +26,7 @@ def load_pretrain_checkpoint(path: str, overrides: Optional[Dict] = None):
     """(model, task) from a fairseq checkpoint of this plugin (task data paths can be overridden)."""
     from fairseq import checkpoint_utils
 
-    import beit3_plugins.fairseq_plugin  # noqa: F401 - registers task/model
+    import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401 - registers task/model
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"fairseq checkpoint not found: {path}")

@@ -2,7 +2,7 @@
 
 ``masking`` (token and block-wise patch masking), ``vqkd`` (BEiT v2 visual tokenizer), ``objectives``
 (heads, losses, stagewise freezing, export), ``data`` (sample builders over text lines, image folders and
-caption files). The fairseq adapter is ``beit3_plugins.fairseq_plugin``.
+caption files). The fairseq adapter is ``beit3_plugins.pretraining.fairseq_plugin``.
 """
 from .masking import (IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig,  # noqa: F401
                       block_shapes, mask_tokens)

@@ -6,6 +6,6 @@ Importing this package is the only place fairseq is imported. fairseq loads it t
 """
 from beit3_plugins.optional import require
 
-require("fairseq", "fairseq", "beit3_plugins.fairseq_plugin")
+require("fairseq", "fairseq", "beit3_plugins.pretraining.fairseq_plugin")
 
 from . import criterions, models, optimizers, tasks  # noqa: E402,F401
