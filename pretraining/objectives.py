@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beit3_plugins.backbones import MultiwayTransformer
-from beit3_plugins.backbones.multiway import Layout, no_weight_decay_names
+from beit3_plugins.backbones import MultiwayTransformer, export_state_dict as backbone_export_state_dict
+from beit3_plugins.backbones import no_weight_decay_names
 
 from .masking import IGNORE_INDEX
 from .vqkd import VQKDTokenizer
@@ -312,11 +312,4 @@ class MaskedDataModel(nn.Module):
 def export_state_dict(model: MaskedDataModel) -> Dict[str, Tensor]:
     """The backbone checkpoint other plugins load: released key layout (decoupled backbones) or our own
     layout (shared backbones, which have no released layout), plus the heads."""
-    from beit3_plugins.backbones import to_released_state_dict
-
-    heads = model.head_state_dict()
-    if model.backbone.cfg.layout == Layout.DECOUPLED.value:
-        return to_released_state_dict(model.backbone, heads)
-    sd = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-    sd.update(heads)
-    return sd
+    return backbone_export_state_dict(model.backbone, model.head_state_dict())[0]

@@ -1,4 +1,5 @@
 """The ViTDet wrapper of our backbone: window / global attention, padding masks, pyramid, lr decay, init."""
+import json
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,6 @@ def test_vision_only_parameters_and_bad_settings():
     assert any(".text." in n for n in net.removed_parameters)
     with pytest.raises(ValueError, match="outside"):
         det.Beit3ViTDet(_tiny(), window_size=4, global_attn_indexes=(7,))
-    with pytest.raises(NotImplementedError, match="relative position bias"):
-        det.Beit3ViTDet(BACKBONES.build("vlmo_tiny"))
     assert det.default_global_attn_indexes(12) == [2, 5, 8, 11]
     assert det.default_global_attn_indexes(24) == [5, 11, 17, 23]
 
@@ -146,14 +145,14 @@ def test_init_from_released_checkpoint_reports_keys(tmp_path):
     net = det.build_beit3_net(spec)
     report = net.init_report
     own = set(net.beit3.state_dict())
-    assert set(report.used) == own and not report.missing
-    assert "layers.0.ffn.text.fc1.weight" in report.ignored and "text_embed.weight" in report.ignored
-    assert report.heads == ["mlm_head.weight"]
+    assert set(report.loaded) == own and not report.missing and not report.unexpected
+    assert "layers.0.ffn.text.fc1.weight" in report.pruned and "text_embed.weight" in report.pruned
+    assert sorted(report.heads) == ["mlm_head.weight"]
     assert any("8x8 to a 16x16" in n for n in report.notes)
     assert torch.equal(net.beit3.layers[2].attn.qkv.vision.weight, source.layers[2].attn.qkv.vision.weight)
     assert torch.equal(net.beit3.patch_embed.weight, source.patch_embed.weight)
     report.write(str(tmp_path / "report.json"))
-    assert "ignored" in (tmp_path / "report.json").read_text()
+    assert "layers.0.ffn.text.fc1.weight" in json.loads((tmp_path / "report.json").read_text())["pruned"]
 
 
 def test_init_strict_missing_key_and_pickled_objects_fail(tmp_path):
