@@ -349,17 +349,10 @@ def load_pretrained(model: MultiwayTransformer, checkpoint: Union[str, Dict[str,
     own = set(model.state_dict())
     pruned = sorted(k for k in converted.state_dict if k not in own and model.is_pruned_key(k))
     usable = {k: v for k, v in converted.state_dict.items() if k not in pruned}
-    notes = list(converted.notes)
-    if pruned:
-        notes.append(f"{len(pruned)} tensors of parts this model pruned (not used): {_brief(pruned)}")
-    report = load_with_report(model, usable, strict=strict, source=source, notes=notes)
+    report = load_with_report(model, usable, strict=strict, source=source, notes=converted.notes)
     report.heads = converted.heads
     report.pruned = pruned
     return report
-
-
-def _brief(keys: List[str], most: int = 6) -> str:
-    return ", ".join(keys[:most]) + (" ..." if len(keys) > most else "")
 
 
 # ---------------------------------------------------------------------------------------------- export

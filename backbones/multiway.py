@@ -43,6 +43,8 @@ __all__ = [
 
 # fairseq convention kept by the released checkpoints: position rows 0 and 1 are never used.
 POSITION_OFFSET = 2
+# the model's attributes that embed text only
+_LANGUAGE_EMBEDDINGS = ("text_embed", "text_embed_norm", "text_pos_embed")
 
 
 class Layout(str, enum.Enum):
@@ -755,8 +757,7 @@ class MultiwayTransformer(nn.Module):
                     if getattr(module, attr) is not None:
                         setattr(module, attr, None)
                         removed.append(f"{name}.{attr}")
-        for attr in ("text_embed", "text_embed_norm", "text_pos_embed", "mask_token") + (
-                () if keep_final_norm else ("norm",)):
+        for attr in _LANGUAGE_EMBEDDINGS + ("mask_token",) + (() if keep_final_norm else ("norm",)):
             if getattr(self, attr, None) is not None:
                 setattr(self, attr, None)
                 removed.append(attr)
@@ -777,6 +778,12 @@ class MultiwayTransformer(nn.Module):
             removed.append("norm")
         self.pruned = self.pruned + tuple(removed)
         return take
+
+    def is_language_parameter(self, name: str) -> bool:
+        """Whether a parameter serves text only: a text expert, or the text embeddings with their norm and
+        positions (what VLMo's language stage trains and what ``prune_to_vision`` removes besides VL experts)."""
+        parts = name.split(".")
+        return "text" in parts or parts[0] in _LANGUAGE_EMBEDDINGS
 
     def is_pruned_key(self, key: str) -> bool:
         """Whether a state-dict key belongs to a part pruned from this model (so a checkpoint's tensor for it

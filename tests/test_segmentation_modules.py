@@ -314,6 +314,27 @@ def test_mask2former_segmentor_trains_a_step_with_no_unused_parameter():
     _assert_one_step_trains_every_parameter(model)
 
 
+def test_vlmo_trunk_segmentor_trains_a_step_with_no_unused_parameter():
+    """VLMo (relative position bias) as the ViT-Adapter trunk: its pruned vision path, relative table
+    included, all get gradients; the bias reaches the trunk's layers (changing the table changes the output)."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    _segmentor()  # registers the modules
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.merge_from_dict({"model.backbone.backbone": "vlmo_tiny"})
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    assert model.backbone.beit3.rel_pos is not None
+    _assert_one_step_trains_every_parameter(model)
+    trunk = model.backbone.eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = trunk(image)[2]
+        trunk.beit3.rel_pos.table.normal_()
+        assert not torch.allclose(trunk(image)[2], before, atol=1e-4)
+
+
 def test_paper_scale_config_reads_as_documented(monkeypatch):
     from mmengine.config import Config
 
