@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Dict, List, Optional
+import tempfile
+from typing import IO, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
-           "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV"]
+           "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
+           "atomic_write"]
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -133,3 +135,28 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
         raise CheckpointMismatchError(f"{source}: missing keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
+    ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
