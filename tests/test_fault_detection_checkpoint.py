@@ -50,3 +50,28 @@ def test_kill_during_detectron2_save_keeps_the_last_whole_checkpoint(tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     assert {n for n in names if not n.endswith(".tmp")} == {"last_checkpoint", "model_final.pth"}
     assert len(names) <= 3  # besides them, at most the dead writer's temp file
+
+
+def test_detectron2_stops_on_a_non_finite_loss():
+    """detectron2's ``SimpleTrainer`` (what ``Beit3DetectionTrainer`` runs on CPU and on CUDA without AMP)
+    raises ``FloatingPointError`` naming the iteration when the loss turns NaN; the guard is on by default
+    and our trainer does not switch it off."""
+    import pytest
+    from detectron2.engine import SimpleTrainer
+    from detectron2.utils.events import EventStorage
+
+    class Regressor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, batch):
+            return {"loss_box": (self.weight * batch).sum()}
+
+    model = Regressor()
+    batches = iter([torch.ones(1), torch.ones(1), torch.tensor([float("nan")]), torch.ones(1)])
+    trainer = SimpleTrainer(model, batches, torch.optim.SGD(model.parameters(), lr=0.1))
+    with EventStorage(0) as storage, pytest.raises(FloatingPointError, match="iteration=2"):
+        trainer.storage = storage
+        for trainer.iter in range(4):
+            trainer.run_step()
