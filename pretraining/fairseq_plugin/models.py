@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Beit3PretrainConfig", "Beit3PretrainModel", "ARCHS"]
 
-ARCHS = ("beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_tiny", "vlmo_base", "vlmo_large")
+ARCHS = ("beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_tiny", "vlmo_base", "vlmo_large",
+         "beit3_base_shared", "beit3_base_standard", "vlbeit_base", "beit3_tiny_shared", "beit3_tiny_standard")
 
 
 @dataclass
