@@ -9,7 +9,7 @@ Settings as the papers and official code use them:
   by VLMo from ALBEF) picks N=2 operations uniformly, with replacement, from Identity, AutoContrast,
   Equalize, Brightness, Sharpness, ShearX, ShearY, TranslateX, TranslateY, Rotate, applies each with
   probability 0.5 at magnitude M=7 of 10 (enhance factor M/10*1.8+0.1; shear M/10*0.3; translate M/10*10
-  pixels; rotate M/10*30 degrees; geometric ones with a random sign and grey (128) fill).
+  pixels; rotate M/10*30 degrees; geometric ones with a random sign, bilinear, grey (128) fill).
 
 The operations themselves are the library's: torchvision's ``adjust_*`` functionals for jitter, timm's
 PIL RandAugment ops (``timm.data.auto_augment``) for RandAugment. Only the random draws are ours, because
@@ -33,9 +33,11 @@ _TRANSLATE_PIXELS = 10.0
 
 @functools.lru_cache(maxsize=1)
 def _ops() -> Dict[str, Callable]:
+    from PIL import Image
     from timm.data import auto_augment as aa
 
-    geometric = {"fillcolor": _FILL}
+    # bilinear as the official cv2.warpAffine calls (timm's default would be bicubic)
+    geometric = {"fillcolor": _FILL, "resample": Image.BILINEAR}
     return {
         "Identity": lambda img, level, sign: img,
         "AutoContrast": lambda img, level, sign: aa.auto_contrast(img),
