@@ -4,8 +4,8 @@ VLMo's stagewise pretraining starts from BEiT (VLMo paper, Sec. 3.3 and 4.6): it
 initialise the Multiway Transformer, the FFN becoming the vision expert (copied into the language and
 vision-language experts with ``--experts all``, the paper's image-only initialisation). The output is this
 project's backbone layout under ``"model"``; stage 2 (``configs/pretrain/vlmo_base_stage2_language.yaml``)
-reads it through ``model.init_from``. The key mapping lives in ``backbones/vlmo.py``
-(:func:`~beit3_plugins.backbones.vlmo.vlmo_state_dict_from_beit`).
+reads it through ``model.init_from``. The key mapping lives in ``backbones/conversion.py``
+(:func:`~beit3_plugins.backbones.conversion.vlmo_state_dict_from_beit`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def init_vlmo_from_beit(beit_checkpoint: str, output: str, arch: str = "vlmo_bas
                         **overrides) -> Dict[str, object]:
     """Convert ``beit_checkpoint`` (read weights-only) into a ``arch`` backbone saved at ``output``; returns a
     summary (arch, experts, parameter count, notes)."""
-    from beit3_plugins.backbones.vlmo import vlmo_state_dict_from_beit
+    from beit3_plugins.backbones.conversion import vlmo_state_dict_from_beit
     from beit3_plugins.checkpoint import load_state_dict_file, load_with_report
     from beit3_plugins.registry import BACKBONES
 
