@@ -68,6 +68,7 @@ setup(
         # Subcommands of layers above the core (beit3_plugins.cli names none of them itself).
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
         ],
     },
 )
