@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from beit3_plugins.checkpoint import LoadReport, load_state_dict_file, load_with_report
-from beit3_plugins.registry import BACKBONES
+from beit3_plugins.backbones.registry import BACKBONES
 
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
 from .relative_position import fit_table_to_model

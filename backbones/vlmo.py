@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from beit3_plugins.registry import BACKBONES
+from beit3_plugins.backbones.registry import BACKBONES
 
 from .beit3 import Beit3TinyConfig, _template_regex, _translate
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
