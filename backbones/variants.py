@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from beit3_plugins.registry import BACKBONES
+from beit3_plugins.backbones.registry import BACKBONES
 
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
 
