@@ -10,11 +10,13 @@ so that nothing claims a generic top-level name:
     detection/      -> beit3_plugins.detection   (detectron2 adapter)
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
+    pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
 """
 from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
-          "segmentation": "segmentation", "vl_tasks": "vl_tasks"}
+          "segmentation": "segmentation", "vl_tasks": "vl_tasks",
+          "pipelines": "pipelines"}
 # Data-only packages: the VL trainer's Hydra config tree stays user-visible in configs/vl_tasks/ and is
 # installed as beit3_plugins/vl_tasks/configs/ so that a regular (non-editable) install finds it.
 DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks"}
@@ -42,6 +44,7 @@ EXTRAS = {
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
+    "hub": ["huggingface_hub"],
     "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
@@ -58,7 +61,7 @@ setup(
     package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.yaml", "configs/*.py"],
                   "beit3_plugins": ["configs/**/*.yaml", "assets/*"],
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "omegaconf>=2.3",
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "safetensors", "tqdm", "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,
     entry_points={
@@ -68,6 +71,7 @@ setup(
         # Subcommands of layers above the core (beit3_plugins.cli names none of them itself).
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "predict=beit3_plugins.pipelines.cli:predict_main",
         ],
     },
 )

@@ -247,13 +247,21 @@ def to_released_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str,
     return out
 
 
-def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = True, **overrides
-                   ) -> MultiwayTransformer:
+def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = True,
+                   pretrained: Optional[str] = None, **overrides) -> MultiwayTransformer:
     """Build a registered backbone, optionally loading a released or our own checkpoint.
+
+    ``pretrained``: a zoo name (``list_pretrained()``; downloaded and cached, its resolution and final-norm
+    setting applied unless overridden) or a local file, as timm's ``pretrained=True``.
 
     The load report (used, missing, unexpected keys, resampling notes) is attached as
     ``model.load_report`` and logged; with ``strict`` a missing backbone key raises.
     """
+    if pretrained is not None:
+        from beit3_plugins.zoo import pretrained_weights
+
+        checkpoint, zoo_overrides = pretrained_weights(pretrained, backbone=name)
+        overrides = {**zoo_overrides, **overrides}
     model = BACKBONES.build(name, **overrides)
     if checkpoint is not None:
         state = load_state_dict_file(checkpoint)

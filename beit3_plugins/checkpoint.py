@@ -1,6 +1,7 @@
 """Checkpoint I/O shared by every plugin: safe loading and a readable report of what was used.
 
-Files are always read with ``torch.load(weights_only=True)``: a checkpoint can never run code on load.
+Files are always read with ``torch.load(weights_only=True)`` or, for ``.safetensors`` files, with the
+safetensors reader (tensors only, no pickle): a checkpoint can never run code on load.
 """
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
-           "load_with_report"]
+           "load_with_report", "save_safetensors", "is_safetensors",
+           "convert_to_safetensors", "convert_cli"]
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def is_safetensors(path) -> bool:
+    return str(path).endswith(SAFETENSORS_SUFFIX)
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -33,10 +41,18 @@ def safe_load(path, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
     The one place this package unpickles a file a user supplies; nothing here ever passes
-    ``weights_only=False``, so a crafted checkpoint cannot run code when it is read.
+    weights-only loading off, so a crafted checkpoint cannot run code when it is read.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UnsafeCheckpointError(f"cannot read {path} as a safetensors file ({exc})") from exc
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
@@ -45,6 +61,21 @@ def safe_load(path, map_location="cpu"):
             "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
             "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth')."
         ) from exc
+
+
+def save_safetensors(state_dict: Dict[str, Tensor], path, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write a flat name -> tensor dict as ``.safetensors`` (tensors made contiguous and unshared, as the
+    format requires). ``metadata`` is a str -> str dict stored in the header."""
+    from safetensors.torch import save_file
+
+    if not is_safetensors(path):
+        raise ValueError(f"a safetensors file name must end in {SAFETENSORS_SUFFIX}: {path}")
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise TypeError(f"safetensors holds tensors only; these entries are not: {not_tensors[:10]}")
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata=dict(metadata or {}))
+    return str(path)
 
 
 @dataclasses.dataclass
@@ -98,3 +129,37 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
         raise CheckpointMismatchError(f"{source}: missing keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
+
+
+def convert_to_safetensors(src, dst) -> Dict[str, int]:
+    """Re-save a checkpoint's weights (read through :func:`load_state_dict_file`, so safely) as safetensors.
+
+    Non-tensor entries (an argparse namespace, an epoch counter) cannot be stored and are counted, never
+    silently lost: the returned dict has ``tensors`` and ``skipped`` counts; the skipped names go in the
+    file's metadata. Keys and values are unchanged, so the file loads wherever the ``.pth`` did.
+    """
+    import json
+
+    state = load_state_dict_file(str(src))
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    skipped = sorted(k for k in state if k not in tensors)
+    if not tensors:
+        raise CheckpointMismatchError(f"{src} holds no tensors to convert")
+    save_safetensors(tensors, dst, metadata={"format": "pt", "source": os.path.basename(str(src)),
+                                             "skipped_non_tensors": json.dumps(skipped)})
+    return {"tensors": len(tensors), "skipped": len(skipped)}
+
+
+def convert_cli(argv=None) -> int:
+    """``beit3-plugins convert-safetensors IN.pth OUT.safetensors``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="beit3-plugins convert-safetensors",
+                                     description="re-save a (released) .pth checkpoint as .safetensors")
+    parser.add_argument("src", help="input checkpoint (.pth; read with weights_only=True)")
+    parser.add_argument("dst", help="output file (.safetensors)")
+    args = parser.parse_args(argv)
+    counts = convert_to_safetensors(args.src, args.dst)
+    print(f"{args.dst}: {counts['tensors']} tensors" + (f", {counts['skipped']} non-tensor entries not stored"
+                                                        if counts["skipped"] else ""))
+    return 0
