@@ -40,7 +40,7 @@ class UnsafeCheckpointError(CheckpointMismatchError):
 def safe_load(path, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
-    The one place this package unpickles a file a user supplies; nothing here ever passes
+    The one place this package unpickles a file a user supplies; nothing here ever turns
     weights-only loading off, so a crafted checkpoint cannot run code when it is read.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
