@@ -6,6 +6,7 @@ safetensors reader (tensors only, no pickle): a checkpoint can never run code on
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Dict, List, Optional
@@ -40,8 +41,8 @@ class UnsafeCheckpointError(CheckpointMismatchError):
 def safe_load(path, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
-    The one place this package unpickles a file a user supplies; nothing here ever turns
-    weights-only loading off, so a crafted checkpoint cannot run code when it is read.
+    The one place this package unpickles a file a user supplies; weights-only loading is never turned off,
+    so a crafted checkpoint cannot run code when it is read.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -80,25 +81,41 @@ def save_safetensors(state_dict: Dict[str, Tensor], path, metadata: Optional[Dic
 
 @dataclasses.dataclass
 class LoadReport:
+    """What a checkpoint gave a model: the one report type of every loader in this package.
+
+    ``loaded`` / ``missing`` / ``unexpected`` are model keys; ``pruned`` are checkpoint tensors of parts the
+    model removed on purpose (e.g. the language experts of a vision-only detector); ``heads`` are the task
+    head tensors kept aside for whoever owns those heads.
+    """
+
     source: str
     loaded: List[str]
     missing: List[str]
     unexpected: List[str]
     notes: List[str] = dataclasses.field(default_factory=list)
     heads: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    pruned: List[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing[:20])}"
-                         + (" ..." if len(self.missing) > 20 else ""))
-        if self.unexpected:
-            lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected[:20])}"
-                         + (" ..." if len(self.unexpected) > 20 else ""))
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("not used (pruned from the model)", self.pruned)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
         if self.heads:
             lines.append(f"  task heads kept aside: {', '.join(sorted(self.heads))}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def to_json(self) -> Dict:
+        """Names only (head tensors by name), for a report file next to a training run."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["heads"] = sorted(self.heads)
+        return out
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
 
 
 def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tensor]:
@@ -115,7 +132,8 @@ def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tens
 
 def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bool = True,
                      source: str = "<state dict>", notes: Optional[List[str]] = None) -> LoadReport:
-    """Load ``state_dict`` into ``model``; shape mismatches always raise, missing keys raise if strict."""
+    """Load ``state_dict`` into ``model``; shape mismatches always raise, missing or unexpected keys raise if
+    strict (callers put task heads and deliberately unused tensors aside first, see ``LoadReport``)."""
     own = model.state_dict()
     wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                    for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
@@ -125,8 +143,9 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
     report = LoadReport(source=source, loaded=sorted(k for k in state_dict if k in own),
                         missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
                         notes=list(notes or []))
-    if strict and report.missing:
-        raise CheckpointMismatchError(f"{source}: missing keys for {type(model).__name__}:\n{report.summary()}")
+    if strict and (report.missing or report.unexpected):
+        what = " and ".join(w for w, keys in (("missing", report.missing), ("unexpected", report.unexpected)) if keys)
+        raise CheckpointMismatchError(f"{source}: {what} keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
 

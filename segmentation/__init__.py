@@ -17,7 +17,7 @@ from .datasets import ADE20KFormatDataset, MissingAnnotationError, SegLabelRange
 from .feature_pyramid import BEiT3FeaturePyramid  # noqa: F401
 from .heads import SlideMask2FormerHead  # noqa: F401
 from .optimizer import Beit3LayerDecayOptimizerConstructor  # noqa: F401
-from .vision_backbone import Beit3VisionTrunk, drop_language_branch  # noqa: F401
+from .vision_backbone import Beit3VisionTrunk  # noqa: F401
 from .vit_adapter import BEiT3ViTAdapter, default_interaction_indexes  # noqa: F401
 
 allow_mmengine_checkpoint_globals()
