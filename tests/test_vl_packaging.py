@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "configs"]
+SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "pipelines",
+           "configs"]
 
 
 def test_wheel_ships_vl_configs_and_composes(tmp_path):
@@ -30,6 +31,7 @@ def test_wheel_ships_vl_configs_and_composes(tmp_path):
                     "-w", str(wheels), str(src)], check=True, cwd=tmp_path)
     wheel = next(wheels.glob("beit3_plugins-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"beit3_plugins/pipelines/__init__.py", "beit3_plugins/zoo/beit3_release.py"} <= names
     for rel in ("vl_train.yaml", "task/nlvr2.yaml", "model/beit3_tiny.yaml", "preset/cpu_tiny.yaml"):
         assert f"beit3_plugins/vl_tasks/configs/{rel}" in names, sorted(n for n in names if "configs" in n)
 
