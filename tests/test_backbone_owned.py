@@ -156,3 +156,21 @@ def test_window_bias_reads_the_whole_grids_patch_distances():
         assert torch.equal(window, whole[:, cells][:, :, cells])
     assert torch.equal(with_cls, encoder)
     assert BACKBONES.build("beit3_tiny").vision_attention_bias(0, (8, 8)) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "backbone.", "backbone.beit3.", "backbone.net.beit3.", "core.backbone."])
+def test_our_own_layout_loads_from_a_whole_model_checkpoint(prefix):
+    """A task model, segmentor, detector or fairseq checkpoint: the backbone part loads, the rest is kept
+    aside as heads (never unexpected), the format is named."""
+    from beit3_plugins.backbones import convert_checkpoint, load_pretrained
+
+    source = _tiny("vlmo_tiny")
+    state = {prefix + k: v for k, v in source.state_dict().items()}
+    if prefix:
+        state["decode_head.conv_seg.weight"] = torch.zeros(4, 64)
+    target = BACKBONES.build("vlmo_tiny")
+    report = load_pretrained(target, {"model": state})
+    assert not report.missing and not report.unexpected
+    assert sorted(report.heads) == (["decode_head.conv_seg.weight"] if prefix else [])
+    assert convert_checkpoint(state, target).source_format == "ours"
+    torch.testing.assert_close(target.rel_pos.table, source.rel_pos.table)

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
+from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.backbones import build_backbone  # noqa: F401 - documented loader of the export
 from beit3_plugins.pretraining.masking import IGNORE_INDEX
 
@@ -141,7 +142,7 @@ def cli_main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s | %(name)s | %(message)s")
     try:
         summary = export_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exc:
         parser.error(str(exc))
     print(json.dumps(summary))
     if args.eval_data:
