@@ -208,3 +208,15 @@ def test_zoo_download(evil, force_env, tmp_path):
     with pytest.raises(UnsafeCheckpointError) as info:
         build_backbone("beit3_tiny", checkpoint=str(local))
     _refused(info, local, marker)
+
+
+def test_init_vlmo_from_beit_cli(evil, tmp_path, capsys):
+    """``beit3-plugins init-vlmo-from-beit`` reads the BEiT file weights-only: a usage error, nothing written."""
+    from beit3_plugins.pretraining.init_vlmo import cli_main
+
+    path, marker = evil
+    with pytest.raises(SystemExit) as info:
+        cli_main([str(path), str(tmp_path / "out.pth"), "--arch", "vlmo_tiny"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "weights-only" in err and "re-save" in err and str(path) in err, err
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()
