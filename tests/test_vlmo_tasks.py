@@ -1,0 +1,139 @@
+"""VLMo task heads, base-plus and resolution changes against the official VLMo module.
+
+Golden files in ``tests/golden/vlmo/`` were produced in a separate session environment (not part of this
+repository) by running microsoft/unilm ``vlmo/`` at commit 768a3c873f598bb9b4d4dfb9267b099e35f8fe56
+(``vlmo.modules.vlmo_module.VLMo`` with timm 0.4.12, transformers 4.30.2, scipy 1.11.4, torch 2.14.1, CPU) on:
+
+* a toy ``MultiWayTransformer`` (patch 8, 64 px, width 32, depth 4, 4 heads, mlp_ratio 2, VL expert from
+  layer 3, qkv bias, LayerNorm eps 1e-6), vocab 256, ``max_text_len`` 16, ``max_text_len_of_initckpt`` 64,
+  ``vqav2_label_size`` 7, drop path 0; every parameter set to ``randn * 0.3`` (scalars ``* 0.1``) from
+  ``torch.Generator().manual_seed(1)`` and rounded to fp16 (files stored in fp16, exact);
+  ``loss_names`` itm + itc + vqa + nlvr2 -> ``vlmo_tiny_tasks.pth``;
+* the same with ``use_abs_pos_emb=True, need_relative_position_embed=False, layer_scale_init_values=None``
+  (VLMo base-plus's layout), seed 2, itm + itc + vqa -> ``vlmo_tiny_plus_tasks.pth``;
+* inputs from ``torch.manual_seed(0)``: 2 texts of 16 ids (12 and 6 real tokens), 64 px images (fp16-exact);
+  outputs: ``compute_vqa`` / ``compute_nlvr2`` logits (``infer`` with image_token_type_idx 1 and 2),
+  ``itm_score(infer()["cls_feats"])``, ``infer_image_ft`` / ``infer_text_ft`` features and
+  ``logit_scale.exp()`` similarities, and for resolution: ``vlmo_tiny_tasks.pth`` (2 token-type rows, with
+  VLMo's index buffers) loaded by VLMo's own ``load_pretrained_weight`` into a 96 px model (``irtr``), its
+  resampled ``relative_position_bias_table`` and ``infer_image_ft`` features of one 96 px image.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+from beit3_plugins.backbones import build_backbone
+from beit3_plugins.vl_tasks.checkpoints import load_task_checkpoint
+from beit3_plugins.vl_tasks.nlvr2 import Nlvr2Task, Nlvr2TaskConfig, VlmoNlvr2Model
+from beit3_plugins.vl_tasks.retrieval import RetrievalTask, RetrievalTaskConfig, VlmoRetrievalModel
+from beit3_plugins.vl_tasks.vqa import VlmoVqaModel
+
+GOLDEN = Path(__file__).parent / "golden" / "vlmo"
+TOY = dict(embed_dim=32, ffn_dim=64, vocab_size=256)
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(GOLDEN / "outputs.pth", weights_only=True)
+
+
+def _fp32_copy(name, tmp_path):
+    """The fp16 golden file as fp32 (the official run used fp32 weights with fp16-exact values)."""
+    sd = torch.load(GOLDEN / name, weights_only=True)
+    path = tmp_path / name
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, path)
+    return path
+
+
+def _text(golden):
+    inputs = golden["inputs"]
+    return inputs["text_ids"], ~inputs["text_masks"].bool()
+
+
+@pytest.fixture(scope="module")
+def tasks_file(tmp_path_factory):
+    return _fp32_copy("vlmo_tiny_tasks.pth", tmp_path_factory.mktemp("vlmo"))
+
+
+def test_vqa_and_itm_logits_equal_official(golden, tasks_file):
+    ids, pad = _text(golden)
+    image = golden["inputs"]["image64"].float()
+    vqa = VlmoVqaModel(build_backbone("vlmo_tiny", **TOY), num_answers=7).eval()
+    report = load_task_checkpoint(vqa, str(tasks_file))
+    assert "head.3.weight" in report.loaded and "pooler.dense.weight" in report.loaded
+    assert not [k for k in report.missing if not k.startswith("backbone.")]
+    with torch.no_grad():
+        torch.testing.assert_close(vqa.logits(image, ids, pad), golden["vqa_logits"], atol=ATOL, rtol=0)
+
+    retrieval = VlmoRetrievalModel(build_backbone("vlmo_tiny", **TOY), with_itm=True).eval()
+    load_task_checkpoint(retrieval, str(tasks_file))
+    with torch.no_grad():
+        torch.testing.assert_close(retrieval.itm_logits(image, ids, pad), golden["itm_logits"], atol=ATOL, rtol=0)
+
+
+def test_itc_features_and_similarities_equal_official(golden, tasks_file):
+    ids, pad = _text(golden)
+    image = golden["inputs"]["image64"].float()
+    model = VlmoRetrievalModel(build_backbone("vlmo_tiny", **TOY)).eval()
+    report = load_task_checkpoint(model, str(tasks_file))
+    assert any("itc_vl_text_proj" in n for n in report.notes)   # pretraining's VL contrast: reported unused
+    with torch.no_grad():
+        img, txt = model.embed_images(image), model.embed_texts(ids, pad)
+        torch.testing.assert_close(img, golden["itc_image"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(txt, golden["itc_text"], atol=ATOL, rtol=0)
+        sims = model.contrastive.logit_scale.exp() * img @ txt.t()
+        torch.testing.assert_close(sims, golden["itc_logits_per_image"], atol=ATOL, rtol=0)
+
+
+def test_nlvr2_logits_with_pair_type_rows_equal_official(golden, tasks_file):
+    ids, pad = _text(golden)
+    inputs = golden["inputs"]
+    model = VlmoNlvr2Model(build_backbone("vlmo_tiny", **TOY)).eval()
+    report = load_task_checkpoint(model, str(tasks_file))
+    assert "second_image_type" in report.loaded
+    assert float(model.second_image_type.abs().max()) > 0.1     # the released row 2 differs from row 1
+    with torch.no_grad():
+        logits = model.logits(inputs["image64"].float(), inputs["image64_b"].float(), ids, pad)
+    torch.testing.assert_close(logits, golden["nlvr2_logits"], atol=ATOL, rtol=0)
+
+
+def test_tasks_pick_vlmo_heads_for_vlmo_backbones():
+    vlmo, beit3 = build_backbone("vlmo_tiny", **TOY), build_backbone("beit3_tiny")
+    assert isinstance(Nlvr2Task(Nlvr2TaskConfig()).build_model(vlmo), VlmoNlvr2Model)
+    assert not isinstance(Nlvr2Task(Nlvr2TaskConfig()).build_model(beit3), VlmoNlvr2Model)
+    assert isinstance(RetrievalTask(RetrievalTaskConfig()).build_model(vlmo), VlmoRetrievalModel)
+    assert not isinstance(RetrievalTask(RetrievalTaskConfig()).build_model(beit3), VlmoRetrievalModel)
+
+
+def test_64px_checkpoint_at_96px_equals_vlmos_own_loader(golden, tasks_file):
+    """VLMo resamples the table with a bicubic spline on geometric source distances; timm's default
+    (linear without scipy) would differ by ~1 here."""
+    ids, pad = _text(golden)
+    model = VlmoRetrievalModel(build_backbone("vlmo_tiny", img_size=96, **TOY)).eval()
+    report = load_task_checkpoint(model, str(tasks_file))
+    assert any("resampled from a 8x8 to a 12x12" in n for n in report.notes)
+    torch.testing.assert_close(model.backbone.rel_pos.table.detach(), golden["res96_rel_table"], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        img = model.embed_images(golden["inputs"]["image96"].float())
+        torch.testing.assert_close(img, golden["res96_itc_image"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(model.embed_texts(ids, pad), golden["res96_itc_text"], atol=ATOL, rtol=0)
+
+
+def test_base_plus_layout_loads_and_equals_official(golden, tmp_path):
+    ids, pad = _text(golden)
+    image = golden["inputs"]["image64"].float()
+    path = _fp32_copy("vlmo_tiny_plus_tasks.pth", tmp_path)
+    plus = dict(TOY, max_text_positions=16 + 2)
+    vqa = VlmoVqaModel(build_backbone("vlmo_tiny_plus", **plus), num_answers=7).eval()
+    report = load_task_checkpoint(vqa, str(path))                 # strict backbone: nothing missing
+    assert "backbone.vision_pos_embed" in report.loaded and "backbone.text_pos_embed" in report.loaded
+    retrieval = VlmoRetrievalModel(build_backbone("vlmo_tiny_plus", **plus)).eval()
+    load_task_checkpoint(retrieval, str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(vqa.logits(image, ids, pad), golden["plus_vqa_logits"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(retrieval.embed_images(image), golden["plus_itc_image"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(retrieval.embed_texts(ids, pad), golden["plus_itc_text"], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="absolute positions"):
+        load_task_checkpoint(VlmoVqaModel(build_backbone("vlmo_tiny", **TOY), num_answers=7), str(path))
