@@ -42,7 +42,8 @@ EXTRAS = {
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
-    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
+    # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
+    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -58,7 +59,7 @@ setup(
     package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.yaml", "configs/*.py"],
                   "beit3_plugins": ["configs/**/*.yaml", "assets/*"],
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "omegaconf>=2.3",
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,
     entry_points={

@@ -280,6 +280,6 @@ class Registry:
 BACKBONES = Registry("backbone", base="torch.nn.Module", locations=["beit3_plugins.backbones"])
 HEADS = Registry("head", base="torch.nn.Module", locations=["beit3_plugins.vl_tasks"])
 TASKS = Registry("task", locations=["beit3_plugins.vl_tasks"])
-TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer"])
+TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer", "beit3_plugins.wordpiece"])
 DATASETS = Registry("dataset", locations=["beit3_plugins.data"])
 METRICS = Registry("metric", locations=["beit3_plugins.vl_tasks.metrics"])
