@@ -131,9 +131,10 @@ class VlmoTinyPlusConfig(VlmoTinyConfig):
     relative_position_bias: bool = False
 
 
-def is_vlmo(cfg: MultiwayConfig) -> bool:
-    """Whether a backbone config is one of the VLMo variants (task plugins pick VLMo's heads with it)."""
-    return isinstance(cfg, _VlmoArchitecture)
+def is_vlmo(cfg) -> bool:
+    """Whether a backbone config (instance or class) is one of the VLMo variants (task plugins pick VLMo's
+    heads with it)."""
+    return issubclass(cfg if isinstance(cfg, type) else type(cfg), _VlmoArchitecture)
 
 
 for _name, _cfg in {

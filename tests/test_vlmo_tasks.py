@@ -137,3 +137,53 @@ def test_base_plus_layout_loads_and_equals_official(golden, tmp_path):
         torch.testing.assert_close(retrieval.embed_texts(ids, pad), golden["plus_itc_text"], atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="absolute positions"):
         load_task_checkpoint(VlmoVqaModel(build_backbone("vlmo_tiny", **TOY), num_answers=7), str(path))
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def _world_vocab(manifest, path, size=256):
+    """A BERT-layout vocab.txt from the world's corpus: specials, letters and ``##`` letters (every word
+    tokenizes), then the most frequent words."""
+    from collections import Counter
+
+    from beit3_plugins.data import read_text_lines
+
+    words = Counter(w for line in read_text_lines(manifest.path("text_corpus")) for w in
+                    "".join(c if c.isalnum() else " " for c in line.lower()).split())
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "'", "-"]
+    pieces += letters + ["##" + c for c in letters]
+    pieces += [w for w, _ in words.most_common() if w not in pieces][: size - len(pieces)]
+    path.write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    return path
+
+
+def _train(task, root, vocab, out, *extra):
+    import csv
+
+    from beit3_plugins.vl_tasks.train import compose_config, run
+
+    cfg = compose_config([f"task={task}", "model=vlmo_tiny", "preset=cpu_tiny", f"data.root={root}",
+                          f"data.tokenizer={vocab}", f"train.output_dir={out}", "train.tensorboard=false",
+                          "+model.overrides.embed_dim=32", "+model.overrides.ffn_dim=64",
+                          "+model.overrides.vocab_size=256", *extra])
+    result = run(cfg)
+    losses = [float(r["value"]) for r in csv.DictReader(open(out / "metrics.csv"))
+              if r["split"] == "train" and r["name"] == "loss"]
+    weights = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    return result, losses, weights
+
+
+def test_trainer_fine_tunes_a_released_vlmo_nlvr2_file_with_wordpiece(data_world, tasks_file, tmp_path):
+    """model=vlmo_tiny, WordPiece text, the released-layout NLVR2 file (its heads and pair type row loaded, its
+    64 px table resampled to the preset's 32 px) fine-tuned by the same trainer: the loss falls."""
+    root, manifest = data_world
+    vocab = _world_vocab(manifest, tmp_path / "vocab.txt")
+    result, losses, weights = _train("nlvr2", root, vocab, tmp_path / "nlvr2", f"model.checkpoint={tasks_file}",
+                                     "train.max_steps=20", "train.epochs=10", "train.log_every=1", "train.lr=3e-4")
+    released = torch.load(tasks_file, weights_only=True)
+    assert result["steps"] == 20 and "nlvr2_classifier.3.weight" in weights and "second_image_type" in weights
+    assert weights["backbone.norm.shared.weight"].shape == (32,)          # VLMo's final norm kept on
+    # started from the file's head (the update is small next to the file's random 0.3-scale weights)
+    start = released["nlvr2_classifier.0.weight"]
+    assert (weights["nlvr2_classifier.0.weight"] - start).abs().mean() < 0.1 * start.abs().mean()
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
