@@ -30,7 +30,7 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 @dataclasses.dataclass
 class WordPieceTokenizerConfig:
-    vocab_path: str = ""      # BERT's vocab.txt (one piece per line; bert-base-uncased for the VLMo files)
+    model_path: str = ""      # BERT's vocab.txt (one piece per line; bert-base-uncased for the VLMo files)
     max_length: int = 40      # sequence length including [CLS] and [SEP] (VLMo's max_text_len)
     lowercase: bool = True    # uncased BERT (VLMo); False for cased vocabularies (then accents are kept)
 
@@ -46,12 +46,12 @@ class BertWordPieceTokenizer:
 
     def __init__(self, cfg: Union[WordPieceTokenizerConfig, str, os.PathLike]) -> None:
         if not isinstance(cfg, WordPieceTokenizerConfig):
-            cfg = WordPieceTokenizerConfig(vocab_path=str(cfg))
+            cfg = WordPieceTokenizerConfig(model_path=str(cfg))
         if cfg.max_length < 2:
             raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {cfg.max_length}")
         self.cfg = cfg
         self.max_length = cfg.max_length
-        path = Path(cfg.vocab_path)
+        path = Path(cfg.model_path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: WordPiece vocabulary (BERT's vocab.txt) not found")
         self._load(path.read_text(encoding="utf-8"), str(path))
@@ -84,7 +84,7 @@ class BertWordPieceTokenizer:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.cfg = state["cfg"]
         self.max_length = self.cfg.max_length
-        self._load(state["vocab_text"], self.cfg.vocab_path)
+        self._load(state["vocab_text"], self.cfg.model_path)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -171,5 +171,5 @@ class BertWordPieceTokenizer:
         return " ".join(words)
 
     def __repr__(self) -> str:
-        return (f"BertWordPieceTokenizer({self.cfg.vocab_path!r}, vocab_size={self.vocab_size}, "
+        return (f"BertWordPieceTokenizer({self.cfg.model_path!r}, vocab_size={self.vocab_size}, "
                 f"max_length={self.max_length})")

@@ -33,7 +33,7 @@ def vocab(tmp_path_factory):
 
 
 def test_ids_equal_bert_uncased_reference(vocab):
-    ours = BertWordPieceTokenizer(WordPieceTokenizerConfig(vocab_path=str(vocab), max_length=12))
+    ours = BertWordPieceTokenizer(WordPieceTokenizerConfig(model_path=str(vocab), max_length=12))
     ref = transformers.BertTokenizer(str(vocab), do_lower_case=True)
     for text in TEXTS:
         assert ours.tokenize(text) == ref.convert_tokens_to_ids(ref.tokenize(text)), text
@@ -48,7 +48,7 @@ def test_ids_equal_bert_uncased_reference(vocab):
 
 
 def test_registered_picklable_decodes_and_rejects_bad_vocab(vocab, tmp_path):
-    tok = TOKENIZERS.build("wordpiece", vocab_path=str(vocab), max_length=16)
+    tok = TOKENIZERS.build("wordpiece", model_path=str(vocab), max_length=16)
     assert isinstance(tok, BertWordPieceTokenizer) and tok.vocab_size == len(PIECES)
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 2, 3, 4, 5)
     clone = pickle.loads(pickle.dumps(tok))

@@ -279,12 +279,8 @@ def _tokenizer(cfg):
 
     # the model config names its tokenizer kind (BEiT-3: sentencepiece, VLMo: BERT WordPiece); data.tokenizer
     # is that tokenizer's file (beit3.spm / vocab.txt)
-    kind = str(cfg.model.get("tokenizer", "sentencepiece"))
-    path_field = {"sentencepiece": "model_path", "wordpiece": "vocab_path"}.get(kind)
-    if path_field is None:
-        raise ValueError(f"model.tokenizer={kind!r}: expected 'sentencepiece' or 'wordpiece'")
-    return TOKENIZERS.build(kind, **{path_field: str(cfg.data.tokenizer),
-                                     "max_length": int(cfg.task.get("max_text_len", 64))})
+    return TOKENIZERS.build(str(cfg.model.get("tokenizer", "sentencepiece")), model_path=str(cfg.data.tokenizer),
+                            max_length=int(cfg.task.get("max_text_len", 64)))
 
 
 def _batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int, shuffle: bool = True):
