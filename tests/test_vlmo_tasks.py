@@ -187,3 +187,20 @@ def test_trainer_fine_tunes_a_released_vlmo_nlvr2_file_with_wordpiece(data_world
     start = released["nlvr2_classifier.0.weight"]
     assert (weights["nlvr2_classifier.0.weight"] - start).abs().mean() < 0.1 * start.abs().mean()
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
+
+
+def test_zoo_lists_the_18_published_vlmo_files():
+    """microsoft/unilm vlmo/README.md: 3 pretrained, 3 stage-2, and VQA / NLVR2 / COCO / Flickr30k for base,
+    base-plus and large; BERT-uncased WordPiece text."""
+    from beit3_plugins.zoo import get_pretrained, list_pretrained
+
+    files = [get_pretrained(n) for n in list_pretrained(family="vlmo") if get_pretrained(n).task != "tokenizer"]
+    assert len(files) == 18
+    counts = {t: sum(e.task == t for e in files) for t in {e.task for e in files}}
+    assert counts == {"pretrain": 6, "vqa": 3, "nlvr2": 3, "retrieval": 6}
+    for e in files:
+        assert e.weights.url == "https://github.com/wenhui0924/vlmo_ckpts/releases/download/vlmo/" + e.name + ".pt"
+        assert e.tokenizer.kind == "wordpiece" and e.normalize_output
+        assert e.backbone in ("vlmo_base", "vlmo_base_plus", "vlmo_large") and e.backbone.replace("vlmo_", "") in e.name
+    assert get_pretrained("vlmo_base_plus_patch16_480_vqa").image_size == 480
+    assert get_pretrained("vlmo_large_patch16_384_f30k").base == "vlmo_large_patch16_384_coco"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .generation import generate, unilm_mask

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from beit3_plugins.registry import HEADS
+from beit3_plugins.vl_tasks.registry import HEADS
 
 __all__ = ["Pooler", "MlpClassifier", "VqaClassifier", "TwoLayerMLP", "ImageClassifier", "ContrastiveHeads", "ItmHead",
            "MlmHead", "init_head_weights"]

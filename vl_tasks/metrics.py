@@ -26,7 +26,7 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from beit3_plugins.data.readers import normalize_answer
-from beit3_plugins.registry import METRICS
+from beit3_plugins.vl_tasks.registry import METRICS
 
 __all__ = ["vqa_accuracy", "vqa_question_accuracy", "recall_at_k", "caption_tokenize", "bleu", "cider",
            "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]

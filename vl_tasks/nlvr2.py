@@ -15,7 +15,7 @@ from torch import nn
 
 from beit3_plugins.data import Nlvr2Config, Nlvr2Dataset
 from beit3_plugins.backbones import Routing, is_vlmo
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import MlpClassifier, Pooler, TwoLayerMLP
