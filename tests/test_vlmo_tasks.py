@@ -204,3 +204,38 @@ def test_zoo_lists_the_18_published_vlmo_files():
         assert e.backbone in ("vlmo_base", "vlmo_base_plus", "vlmo_large") and e.backbone.replace("vlmo_", "") in e.name
     assert get_pretrained("vlmo_base_plus_patch16_480_vqa").image_size == 480
     assert get_pretrained("vlmo_large_patch16_384_f30k").base == "vlmo_large_patch16_384_coco"
+
+
+def test_vqa_pipeline_runs_a_vlmo_file_with_wordpiece(data_world, tmp_path):
+    """pipeline("vqa") over a VLMo task file (settings of the published vlmo_base VQA entry, tiny backbone):
+    VLMo's task model and the WordPiece tokenizer are used, scores equal that model's own."""
+    from PIL import Image
+
+    from beit3_plugins.pipelines import PIPELINES, create_model_and_transforms
+    from beit3_plugins.transforms import build_image_transform
+    from beit3_plugins.vl_tasks.base import encode_texts
+
+    _, manifest = data_world
+    vocab = _world_vocab(manifest, tmp_path / "vocab.txt")
+    torch.manual_seed(0)
+    ref = VlmoVqaModel(build_backbone("vlmo_tiny", img_size=64), num_answers=4).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    path = tmp_path / "vlmo_tiny_vqa.pth"
+    torch.save(ref.state_dict(), path)
+    answers = ["yes", "no", "red", "two"]
+    model, transform, tok = create_model_and_transforms(str(path), like="vlmo_base_patch16_480_vqa", backbone="vlmo_tiny",
+                                                        image_size=64, head={"num_answers": 4}, tokenizer=str(vocab))
+    pipe = PIPELINES["vqa"](model, transform, tok, device=torch.device("cpu"), dtype=torch.float32, batch_size=4,
+                            answers=answers)
+    assert isinstance(pipe.model, VlmoVqaModel) and type(pipe.tokenizer).__name__ == "BertWordPieceTokenizer"
+    image = Image.new("RGB", (80, 64), (200, 30, 30))
+    out = pipe(image, "what colour is the circle?", top_k=4)
+    pixels = build_image_transform("vl", train=False, image_size=64)(image)[None]
+    ids, pad = encode_texts(pipe.tokenizer, ["what colour is the circle?"], 40)
+    with torch.no_grad():
+        scores = torch.sigmoid(ref.logits(pixels, ids, pad))[0]
+    assert [o["answer"] for o in out] == [answers[i] for i in scores.argsort(descending=True).tolist()]
+    torch.testing.assert_close(torch.tensor([o["score"] for o in out]), scores.sort(descending=True).values,
+                               atol=1e-5, rtol=0)
