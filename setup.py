@@ -58,7 +58,8 @@ EXTRAS = {
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
     "hub": ["huggingface_hub"],
-    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0"],
+    # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -75,7 +76,7 @@ setup(
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
                   "beit3_plugins.segmentation.configs": ["_base_/*.py"],
                   "beit3_plugins.pretraining.configs": ["*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "safetensors", "tqdm",
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
                               "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,

@@ -251,11 +251,14 @@ def augmentation_of(cfg):
 
 
 def build_model(cfg, task, device: torch.device):
-    from beit3_plugins.backbones import build_backbone
+    from beit3_plugins.backbones import build_backbone, is_vlmo
+    from beit3_plugins.registry import BACKBONES
 
     overrides = dict(_plain(cfg.model.get("overrides", {})) or {})
     overrides.setdefault("img_size", int(task.cfg.image_size))
-    overrides.setdefault("normalize_output", task.normalize_output)
+    # every VLMo head reads the output of VLMo's final norm (transformer.norm), whatever the task
+    vlmo = is_vlmo(BACKBONES.get(cfg.model.name).config)
+    overrides.setdefault("normalize_output", True if vlmo else task.normalize_output)
     overrides.setdefault("drop_path_rate", float(cfg.train.drop_path))
     overrides.setdefault("checkpoint_activations", bool(cfg.train.activation_checkpointing))
     backbone = build_backbone(cfg.model.name, **overrides)
@@ -272,10 +275,12 @@ def build_model(cfg, task, device: torch.device):
 def _tokenizer(cfg):
     if not cfg.data.get("tokenizer"):
         return None
-    from beit3_plugins.tokenizer import Beit3Tokenizer, SentencePieceTokenizerConfig
+    from beit3_plugins.registry import TOKENIZERS
 
-    return Beit3Tokenizer(SentencePieceTokenizerConfig(model_path=str(cfg.data.tokenizer),
-                                                       max_length=int(cfg.task.get("max_text_len", 64))))
+    # the model config names its tokenizer kind (BEiT-3: sentencepiece, VLMo: BERT WordPiece); data.tokenizer
+    # is that tokenizer's file (beit3.spm / vocab.txt)
+    return TOKENIZERS.build(str(cfg.model.get("tokenizer", "sentencepiece")), model_path=str(cfg.data.tokenizer),
+                            max_length=int(cfg.task.get("max_text_len", 64)))
 
 
 def _batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int, shuffle: bool = True):
