@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
 from beit3_plugins.data.datasets import RecordDataset
 from beit3_plugins.data.readers import read_coco_captions
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .generation import generate, unilm_mask

@@ -24,7 +24,7 @@ from torch import nn
 
 from beit3_plugins.data import ImageFolderConfig, ImageFolderDataset, ImageOptions
 from beit3_plugins.data.datasets import RecordDataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ImageClassifier, Pooler, init_head_weights
@@ -74,6 +74,8 @@ class _ImageFolderTask(VlTask):
 
 
 class ImageClassifierModel(TaskModel):
+    released_head_map = {"fc_norm.": "classifier.fc_norm.", "head.": "classifier.head."}
+
     def __init__(self, backbone: nn.Module, num_classes: int, label_smoothing: float, mixup=None) -> None:
         super().__init__(backbone)
         self.classifier = ImageClassifier(self.dim, num_classes)

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from beit3_plugins.registry import HEADS
+from beit3_plugins.vl_tasks.registry import HEADS
 
 __all__ = ["Pooler", "VqaClassifier", "TwoLayerMLP", "ImageClassifier", "ContrastiveHeads", "ItmHead",
            "MlmHead", "init_head_weights"]

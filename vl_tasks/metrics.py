@@ -23,7 +23,7 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from beit3_plugins.registry import METRICS
+from beit3_plugins.vl_tasks.registry import METRICS
 
 logger = logging.getLogger(__name__)
 

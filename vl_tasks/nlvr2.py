@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit3_plugins.data import Nlvr2Config, Nlvr2Dataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import TwoLayerMLP

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ContrastiveHeads, ItmHead

@@ -25,7 +25,7 @@ from torch import nn
 from beit3_plugins.data import AnswerVocab, VqaV2Dataset
 from beit3_plugins.data.readers import read_vg_qa
 from beit3_plugins.data.datasets import RecordDataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import Pooler, VqaClassifier
