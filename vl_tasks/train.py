@@ -403,6 +403,7 @@ def run(cfg) -> Dict[str, Any]:
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             batch = to_device(batch, device)
+            batch["global_step"] = global_step  # step-dependent losses (captioning's drop-worst)
             with autocast:
                 outputs = train_model(batch)
             loss = outputs["loss"]
