@@ -8,6 +8,7 @@ img2dataset users expect); member names are the sample keys only, never source p
 carries no directory component. ``--world DIR`` does all three for the synthetic data world and holds
 out the last ``--hold-out-lines`` text lines in ``text-valid.txt``.
 
+``--fairseq-dict SPM`` writes the ``dict.txt`` that makes ``fairseq-preprocess`` ids equal the tokenizer's.
 For real corpora use img2dataset (``--output_format webdataset``) and ``fairseq-preprocess``; see
 docs/pretraining.md.
 """
@@ -24,7 +25,8 @@ from beit3_plugins.data.readers import read_text_lines
 
 from .data import list_images, read_pairs
 
-__all__ = ["write_pair_shards", "write_image_shards", "write_text_shards", "make_world_shards", "cli_main"]
+__all__ = ["write_pair_shards", "write_image_shards", "write_text_shards", "write_fairseq_dict", "make_world_shards",
+           "cli_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,17 @@ def write_text_shards(lines: Sequence[str], out: Path, per_shard: int, prefix: s
     return names
 
 
+def write_fairseq_dict(spm_model: str, path: Path) -> Path:
+    """fairseq ``dict.txt`` whose ids are the tokenizer's (piece of fairseq id 4, 5, ... in order), for
+    ``fairseq-preprocess --srcdict`` on text encoded into pieces (``spm_encode --output_format=piece``)."""
+    from beit3_plugins.tokenizer import Beit3Tokenizer
+
+    tok = Beit3Tokenizer(spm_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{tok.id_to_piece(i)} 1\n" for i in range(4, tok.num_pieces + 1)), encoding="utf-8")
+    return path
+
+
 def make_world_shards(world: Path, out: Path, per_shard: int, hold_out_lines: int = 60) -> Dict[str, str]:
     """Shards of the data world's training data (Karpathy train+restval pairs, imagenet/train and
     coco/train2014 images, text minus the held-out tail); returns kind -> brace pattern."""
@@ -110,6 +123,7 @@ def cli_main(argv=None) -> int:
     parser.add_argument("--splits", default="train,restval", help="Karpathy splits for --captions")
     parser.add_argument("--image-folder", action="append", default=[], help="image folder -> images-*.tar (repeatable)")
     parser.add_argument("--text", action="append", default=[], help="text file, one sentence a line -> text-*.txt")
+    parser.add_argument("--fairseq-dict", metavar="SPM", help="write OUT/dict.txt for fairseq-preprocess --srcdict")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s | %(name)s | %(message)s")
     if args.samples_per_shard <= 0:
@@ -128,6 +142,8 @@ def cli_main(argv=None) -> int:
     if args.text:
         lines = [line for path in args.text for line in read_text_lines(path)]
         written["text"] = _pattern(write_text_shards(lines, out, args.samples_per_shard))
+    if args.fairseq_dict:
+        written["fairseq_dict"] = str(write_fairseq_dict(args.fairseq_dict, out / "dict.txt"))
     if not written:
         parser.error("nothing to write: give --world, --captions, --image-folder or --text")
     for kind, pattern in written.items():

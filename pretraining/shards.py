@@ -65,6 +65,7 @@ class BlockOrder:
         self.n, self.block, self.seed, self.stream = int(n), int(block), int(seed), int(stream)
         self.shuffle, self.resample = shuffle, resample
         self.num_blocks = -(-self.n // self.block)
+        self.full_blocks = self.n // self.block       # a partial last block keeps the last slot
         self.cache_blocks = cache_blocks
         self.epoch = None
         self.set_epoch(1)
@@ -76,15 +77,15 @@ class BlockOrder:
         self._inner: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
         if self.shuffle and not self.resample:
             rng = np.random.default_rng([self.seed, self.stream, self.epoch, 0])
-            self._blocks = rng.permutation(self.num_blocks).astype(np.int64)
+            self._blocks = rng.permutation(self.full_blocks).astype(np.int64)
         else:
             self._blocks = None
 
     def block_at(self, slot: int) -> int:
-        if not self.shuffle:
+        if not self.shuffle or slot >= self.full_blocks:
             return slot
         if self.resample:
-            return int(np.random.default_rng([self.seed, self.stream, self.epoch, 1, slot]).integers(self.num_blocks))
+            return int(np.random.default_rng([self.seed, self.stream, self.epoch, 1, slot]).integers(self.full_blocks))
         return int(self._blocks[slot])
 
     def _within(self, block: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from fairseq.data import FairseqDataset
 from beit3_plugins.pretraining.data import collate_images, collate_pairs, collate_text
 from beit3_plugins.pretraining.shards import BlockOrder
 
-__all__ = ["MixedModalityDataset", "KINDS"]
+__all__ = ["MixedModalityDataset", "BinarizedTextSource", "KINDS"]
 
 KINDS = ("text", "image", "pair")
 _COLLATE = {"text": collate_text, "image": collate_images, "pair": collate_pairs}
@@ -109,3 +109,50 @@ class MixedModalityDataset(FairseqDataset):
                 skips[reason] = skips.get(reason, 0) + n
         return {"id": torch.tensor([s["id"] for s in samples]), "net_input": net_input, "nsentences": count,
                 "ntokens": count, "skips": skips}
+
+
+class BinarizedTextSource:
+    """MLM examples from ``fairseq-preprocess`` output (``PREFIX.bin`` / ``PREFIX.idx``, mmap): O(1) random
+    access, nothing read into memory. The ``dict.txt`` beside it must be the tokenizer's own (written by
+    ``beit3-plugins make-shards --fairseq-dict``), so fairseq ids are the tokenizer's ids; checked at start."""
+
+    block_size = 4096
+
+    def __init__(self, prefix: str, tokenizer, max_len: int, model_vocab_size: int, masking, skips) -> None:
+        import os
+
+        from fairseq.data import MMapIndexedDataset
+
+        from beit3_plugins.pretraining.data import EmptyCorpusError, _TextEncoder, _TextMasker
+
+        if not MMapIndexedDataset.exists(prefix):
+            raise FileNotFoundError(f"{prefix}: no fairseq mmap dataset ({prefix}.bin / {prefix}.idx)")
+        dict_path = os.path.join(os.path.dirname(prefix), "dict.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(f"{dict_path}: fairseq-preprocess's dictionary is missing beside {prefix}")
+        with open(dict_path, encoding="utf-8") as handle:
+            pieces = [line.rsplit(" ", 1)[0] for _, line in zip(range(200), handle)]
+        expected = [tokenizer.id_to_piece(4 + i) for i in range(min(len(pieces), tokenizer.num_pieces - 3))]
+        if pieces[: len(expected)] != expected:
+            raise ValueError(f"{dict_path}: not the tokenizer's dictionary (ids would not match); binarize with "
+                             f"fairseq-preprocess --srcdict from `beit3-plugins make-shards --fairseq-dict SPM`")
+        self.data = MMapIndexedDataset(prefix)
+        if not len(self.data):
+            raise EmptyCorpusError(f"{prefix}: no sentences")
+        self.tokenizer, self.max_len, self.skips = tokenizer, max_len, skips
+        _TextEncoder(tokenizer, max_len, model_vocab_size, skips)      # vocabulary check
+        self.mask_text = _TextMasker(tokenizer, masking)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, index: int, rng) -> Dict[str, np.ndarray]:
+        tokens = self.data[int(index) % len(self.data)].numpy().astype(np.int64)
+        if len(tokens) and tokens[-1] == self.tokenizer.eos_id:
+            tokens = tokens[:-1]
+        if len(tokens) > self.max_len - 2:
+            self.skips.add("truncated_text", f"sentence {index}")
+            tokens = tokens[: self.max_len - 2]
+        ids = np.concatenate([[self.tokenizer.bos_id], tokens, [self.tokenizer.eos_id]]).astype(np.int64)
+        inputs, targets = self.mask_text(ids, rng)
+        return {"ids": inputs, "targets": targets}

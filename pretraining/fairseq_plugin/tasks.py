@@ -23,7 +23,7 @@ from beit3_plugins.pretraining.data import (EmptyCorpusError, ImageSource, PairS
 from beit3_plugins.pretraining.shards import SKIP_REASONS, ShardLimits, ShardSet, expand_shards, is_shard_spec
 from beit3_plugins.pretraining.masking import BlockMaskingConfig, TokenMaskingConfig
 
-from .datasets import MixedModalityDataset
+from .datasets import BinarizedTextSource, MixedModalityDataset
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class Beit3MdmTaskConfig(FairseqDataclass):
     data: str = field(default="", metadata={"help": "data directory; the paths below are relative to it"})
     spm_model: str = field(default="", metadata={"help": "sentencepiece model (beit3.spm or train-spm output)"})
     text_data: str = field(default="text/corpus.txt", metadata={
-        "help": "text files, one sentence per line (comma-separated), or text shards (brace pattern)"})
+        "help": "text files, one sentence per line (comma-separated), text shards (brace/glob pattern), or the "
+                "prefix of fairseq-preprocess output (PREFIX.bin/.idx, dict.txt from make-shards --fairseq-dict)"})
     image_data: str = field(default="imagenet/train", metadata={
         "help": "image folders (comma-separated, recursive) or WebDataset tar shards (*.tar, brace pattern)"})
     pair_data: str = field(default="coco/dataset_coco.json", metadata={
@@ -134,7 +135,10 @@ class Beit3MdmTask(FairseqTask):
         vocab = self.model_vocab_size()
         transform = self.transform(train)
         text_spec = cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data
-        sharded_text = is_shard_spec(text_spec)
+        binarized = os.path.isfile(self._path(cfg, text_spec) + ".idx")   # fairseq-preprocess output prefix
+        if binarized and not train and not cfg.valid_text_data:
+            raise ValueError(f"binarized text {cfg.text_data}: set --valid-text-data (held-out text) for validation")
+        sharded_text = binarized or is_shard_spec(text_spec)
         if sharded_text and not train and not cfg.valid_text_data:
             raise ValueError(f"text shards {cfg.text_data}: set --valid-text-data (held-out text) for validation")
         text_lines: List[str] = []
@@ -154,6 +158,9 @@ class Beit3MdmTask(FairseqTask):
                                        whole_word=cfg.whole_word_masking)
 
         def text_source():
+            if binarized:
+                return BinarizedTextSource(self._path(cfg, text_spec), self.tokenizer, cfg.max_text_len, vocab,
+                                           text_mask, self.skips)
             if sharded_text:
                 return ShardedTextSource(self.shard_set(text_spec, "text"), self.tokenizer, cfg.max_text_len, vocab,
                                          text_mask)
@@ -234,13 +241,16 @@ class Beit3MdmTask(FairseqTask):
         every rank computes the same one; a checkpoint restores it on resume)."""
         import torch
 
-        folders = self._paths(self.cfg.image_data)
-        paths = list_images(folders)
-        if not paths:
-            raise ValueError(f"no images in {folders} to initialise the VQ-KD codebook")
-        source = ImageSource(paths[:64], self.transform(False), self.grid, skips=self.skips)
+        if is_shard_spec(self.cfg.image_data):
+            source = ShardedImageSource(self.shard_set(self.cfg.image_data, "tar"), self.transform(False), self.grid)
+        else:
+            folders = self._paths(self.cfg.image_data)
+            paths = list_images(folders)
+            if not paths:
+                raise ValueError(f"no images in {folders} to initialise the VQ-KD codebook")
+            source = ImageSource(paths[:64], self.transform(False), self.grid, skips=self.skips)
         rng = np.random.default_rng(self.cfg.seed)
-        images = torch.stack([source.load(i, rng)[0] for i in range(len(source))])
+        images = torch.stack([source.load(i, rng)[0] for i in range(min(64, len(source)))])
         bins = tok.init_codebook(images, seed=self.cfg.seed)
         logger.info(f"VQ-KD codebook initialised by k-means on {len(images)} images: "
                     f"{int((bins > 0).sum())}/{len(bins)} codes used")
