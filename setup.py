@@ -42,7 +42,7 @@ EXTRAS = {
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
-    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -69,6 +69,7 @@ setup(
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
             "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
+            "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
         ],
     },
 )

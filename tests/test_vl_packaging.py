@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "beit3_plugins", "backbones", "detection", "segmentation", "vl_tasks", "configs"]
+SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "configs"]
 
 
 def test_wheel_ships_vl_configs_and_composes(tmp_path):
