@@ -336,8 +336,7 @@ class ShardSet:
         self._cache: "collections.OrderedDict[int, object]" = collections.OrderedDict()
         self._cache_size = cache
         if missing == "error":
-            local = [n for n in self.names[:1000] if "://" not in n]
-            absent = [n for n in local if not os.path.isfile(n)]
+            absent = [n for n in self.names if "://" not in n and not os.path.isfile(n)]  # URLs: when opened
             if absent:
                 raise MissingShardError(f"{len(absent)} shard(s) not found, first: {absent[0]} "
                                         f"(pass missing shards = skip to count them instead)")
