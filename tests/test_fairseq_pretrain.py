@@ -41,8 +41,8 @@ def model_weights(path):
     return checkpoint_utils.load_checkpoint_to_cpu(str(path))["model"]
 
 
-def test_tiny_recipe_learns_and_exports(data_world, tiny_spm, tmp_path):
-    """The shipped tiny recipe through fairseq-hydra-train: held-out masked-token accuracy for text and
+def test_tiny_recipe_learns_and_exports(data_world, world_shards, tiny_spm, tmp_path):
+    """The shipped tiny recipe through fairseq-hydra-train, reading shards (make-shards output): held-out masked-token accuracy for text and
     for image codes ends well above chance (the most frequent target), and the export loads."""
     from beit3_plugins.backbones import build_backbone
     from beit3_plugins.pretraining.fairseq_plugin.export import export_checkpoint, heldout_accuracy, load_pretrain_checkpoint
