@@ -55,7 +55,7 @@ EXTRAS = {
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
-    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -1,5 +1,10 @@
-"""Backbones (installed as ``beit3_plugins.backbones``): the Multiway Transformer and its registered variants."""
+"""Backbones (installed as ``beit3_plugins.backbones``): the Multiway Transformer, its registered variants,
+checkpoint conversion and the parameter-group rules every trainer uses."""
 from .multiway import (KVCache, Layout, Modality, MultiwayConfig, MultiwayOutput, MultiwayTransformer,  # noqa: F401
-                       Routing)
-from .vlmo import VlmoBaseConfig, VlmoLargeConfig, VlmoTinyConfig  # noqa: F401 - registers vlmo_*
-from .beit3 import build_backbone, checkpoint_filter_fn, split_heads, to_released_state_dict  # noqa: F401
+                       Routing, unilm_attention_mask)
+from .variants import (Beit3BaseConfig, Beit3GiantConfig, Beit3LargeConfig, Beit3TinyConfig,  # noqa: F401
+                       VlmoBaseConfig, VlmoLargeConfig, VlmoTinyConfig, build_backbone)
+from .conversion import (ConvertedCheckpoint, checkpoint_filter_fn, convert_checkpoint,  # noqa: F401
+                         detect_source_format, export_state_dict, load_pretrained, split_heads,
+                         to_released_state_dict)
+from .param_groups import layer_decay_settings, no_weight_decay_names, param_groups_layer_decay  # noqa: F401

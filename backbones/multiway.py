@@ -25,7 +25,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -38,11 +38,13 @@ from .relative_position import RelativePositionBias, TokenSpan
 __all__ = [
     "Layout", "Modality", "Routing", "MultiwayConfig", "MultiwayOutput", "MultiwayTransformer",
     "MultiwayBlock", "MultiwayAttention", "FeedForward", "PerModality", "KVCache", "POSITION_OFFSET",
-    "no_weight_decay_names",
+    "build_attention_mask", "unilm_attention_mask",
 ]
 
 # fairseq convention kept by the released checkpoints: position rows 0 and 1 are never used.
 POSITION_OFFSET = 2
+# the model's attributes that embed text only
+_LANGUAGE_EMBEDDINGS = ("text_embed", "text_embed_norm", "text_pos_embed")
 
 
 class Layout(str, enum.Enum):
@@ -114,7 +116,7 @@ class MultiwayConfig:
     max_text_positions: int = 1024
     layer_norm_eps: float = 1e-5
     drop_path_rate: float = 0.0
-    checkpoint_activations: bool = False
+    checkpoint_activations: bool = False   # initial value of the module's ``grad_checkpointing`` flag
     init_std: float = 0.02
     # "auto": bmm + softmax for bf16 on CPU with short sequences (2x faster there), fused SDPA otherwise; attention.py
     attention_kernel: str = AttentionKernel.AUTO.value
@@ -355,6 +357,17 @@ class MultiwayBlock(nn.Module):
         return xv + dv, xt + dt
 
 
+def unilm_attention_mask(num_vision: int, num_text: int, device=None) -> Tensor:
+    """UniLM's sequence-to-sequence mask for a fused (vision first) sequence, (N, N) bool, True = blocked:
+    image<->image full, text->image full, text->text causal, image->text blocked (BEiT-3 captioning)."""
+    n = num_vision + num_text
+    blocked = torch.zeros(n, n, dtype=torch.bool, device=device)
+    blocked[:num_vision, num_vision:] = True
+    causal = torch.ones(num_text, num_text, dtype=torch.bool, device=device).tril()
+    blocked[num_vision:, num_vision:] = ~causal
+    return blocked
+
+
 def build_attention_mask(padding_mask: Optional[Tensor], blocked: Optional[Tensor]) -> Optional[Tensor]:
     """Combine a key padding mask (B, Nk; True = pad) and a blocked-pair mask ((Nq, Nk) or (B, Nq, Nk);
     True / 1 = may not attend) into the boolean ``allowed`` mask SDPA takes, or None when nothing is masked.
@@ -386,6 +399,10 @@ class MultiwayTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
+        # timm style: a flag on the module (set_grad_checkpointing), never written back into the shared cfg
+        self.grad_checkpointing = bool(cfg.checkpoint_activations)
+        # names of sub-modules / parameters removed by prune_to_vision / prune_intermediate_layers
+        self.pruned: Tuple[str, ...] = ()
         # vision embedding: conv patchify, learnable [CLS] and [MASK] (MIM) tokens
         self.patch_embed = nn.Conv2d(cfg.in_chans, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -451,7 +468,11 @@ class MultiwayTransformer(nn.Module):
         return {n for n, _ in self.named_parameters() if n in names}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.cfg.checkpoint_activations = enable
+        """Recompute each layer's activations in backward (training only); a flag on this module."""
+        self.grad_checkpointing = enable
+
+    def _checkpointed(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
 
     # ------------------------------------------------------------------ embeddings
     def vision_position_embedding(self, grid: Tuple[int, int]) -> Optional[Tensor]:
@@ -481,6 +502,8 @@ class MultiwayTransformer(nn.Module):
         x = self.patch_embed(image)
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
+        if masked_positions is not None and self.mask_token is None:
+            raise ValueError("this model's [MASK] token was pruned (prune_to_vision): no masked image input")
         if masked_positions is not None:
             if masked_positions.shape != x.shape[:2]:
                 raise ValueError(f"masked_positions must be {tuple(x.shape[:2])}, got {tuple(masked_positions.shape)}")
@@ -501,6 +524,8 @@ class MultiwayTransformer(nn.Module):
             raise ValueError(
                 f"text of {position_start + length} tokens exceeds the {self.cfg.max_text_len}"
                 " text positions of this model; truncate it in the tokenizer (max_len)")
+        if self.text_embed is None:
+            raise ValueError("this model was pruned to its vision path (prune_to_vision): it takes no text")
         if token_ids.numel() and (int(token_ids.max()) >= self.cfg.vocab_size or int(token_ids.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): tokenizer and model vocabularies differ")
         x = self.text_embed(token_ids)
@@ -531,7 +556,7 @@ class MultiwayTransformer(nn.Module):
         wanted = {i if i >= 0 else len(self.layers) + i for i in return_intermediates}
         intermediates: List[Tensor] = []
         presents: KVCache = []
-        use_ckpt = self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled()
+        use_ckpt = self._checkpointed()
         # fused input is kept as (vision part, text part) through the layers without a VL expert, so the
         # per-modality modules need no split/concatenate around each of them (profiled: fewer copies)
         parts = (x[:, :routing.split], x[:, routing.split:]) if (
@@ -548,10 +573,8 @@ class MultiwayTransformer(nn.Module):
                 else:
                     xv, xt, present = call(*parts, layer_mask, layer_past)
                 parts = (xv, xt)
-            elif use_ckpt:
-                x, present = checkpoint(layer, x, routing, layer_mask, layer_past, use_reentrant=False)
             else:
-                x, present = layer(x, routing, layer_mask, layer_past)
+                x, present = self.run_layer(i, x, routing, layer_mask, layer_past)
             if use_cache:
                 presents.append(present)
             if i in wanted:
@@ -656,28 +679,126 @@ class MultiwayTransformer(nn.Module):
 
     forward = forward_features
 
-    # ------------------------------------------------------------------ dense prediction
-    def require_absolute_positions(self, user: str) -> None:
-        """Adapters that run the layers themselves (ViTDet windows, ViT-Adapter) add no relative bias."""
-        if self.rel_pos is not None:
-            raise NotImplementedError(
-                f"{user} runs the backbone's layers itself and adds no relative position bias, so VLMo-style "
-                "backbones (relative_position_bias=True) are not supported there; use a beit3_* backbone")
+    # ------------------------------------------------------------------ running layers (adapters)
+    def run_layer(self, index: int, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
+                  past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """Layer ``index`` on ``x``, with activation checkpointing when ``grad_checkpointing`` is on (training).
+        ``mask``: SDPA's bool ``allowed`` mask or an additive float mask, as built by :meth:`encode`."""
+        layer = self.layers[index]
+        if self._checkpointed():
+            return checkpoint(layer, x, routing, mask, past_kv, use_reentrant=False)
+        return layer(x, routing, mask, past_kv)
 
-    def forward_feature_maps(self, image: Tensor, layer_indices: Sequence[int]) -> List[Tensor]:
-        """Vision features after the given layers as (B, D, h, w) maps (ViTDet / ViT-Adapter style)."""
-        out = self.forward_vision(image, return_intermediates=layer_indices)
-        h, w = out.patch_grid
-        return [t[:, 1:].transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in out.intermediates]
+    def vision_attention_bias(self, index: int, grid: Tuple[int, int], cls_token: bool = True
+                              ) -> Optional[Tensor]:
+        """Layer ``index``'s relative position bias (heads, N, N) for image tokens on a ``grid`` of patches
+        ([CLS] first when ``cls_token``), or None for models without one (BEiT-3: absolute positions)."""
+        if self.rel_pos is None:
+            return None
+        return self.rel_pos.vision_bias(grid, cls_token=cls_token, layer=index)
+
+    def run_vision_layer(self, index: int, x: Tensor, grid: Tuple[int, int], cls_token: bool = True,
+                         key_mask: Optional[Tensor] = None) -> Tensor:
+        """Layer ``index`` on image tokens laid out on ``grid`` (h, w): a whole image (global attention) or a
+        batch of windows (ViTDet), [CLS] first when ``cls_token``. ``key_mask`` (B, N), True = a real key (the
+        padding of windows). The relative position bias for that grid (VLMo) is added here, so adapters that
+        run the layers themselves need not know whether the model has one."""
+        allowed = None if key_mask is None else key_mask.bool().reshape(x.shape[0], 1, 1, x.shape[1])
+        mask = allowed
+        bias = self.vision_attention_bias(index, grid, cls_token)
+        if bias is not None:
+            bias = bias.to(x.dtype).unsqueeze(0)
+            mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        return self.run_layer(index, x, Routing.vision(), mask)[0]
+
+    # ------------------------------------------------------------------ timm feature API
+    def forward_intermediates(self, image: Tensor, indices: Union[int, Sequence[int], None] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False, return_prefix_tokens: bool = False):
+        """timm's feature-extraction API on the vision path (``timm.models.beit.Beit.forward_intermediates``).
+
+        ``indices``: an int n takes the last n layers, a sequence takes those layers (negative from the end).
+        Intermediates are (B, D, h, w) (``NCHW``) or (B, h*w, D) (``NLC``) with [CLS] dropped (returned beside
+        them as (B, 1, D) with ``return_prefix_tokens``); ``norm`` applies the final vision norm to each.
+        Returns the intermediates, or (final hidden states, intermediates).
+        """
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.layers), indices)
+        x, (h, w) = self.embed_image(image)
+        routing = Routing.vision()
+        intermediates = []
+        for i in range(last + 1 if (stop_early or intermediates_only) else len(self.layers)):
+            x = self.run_vision_layer(i, x, (h, w))
+            if i in take:
+                out = self.norm(x, routing) if (norm and self.norm is not None) else x
+                prefix, patches = out[:, :1], out[:, 1:]
+                if output_fmt == "NCHW":
+                    patches = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+                intermediates.append((patches, prefix) if return_prefix_tokens else patches)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x, routing) if self.norm is not None else x), intermediates
+
+    # ------------------------------------------------------------------ pruning
+    def prune_to_vision(self, keep_final_norm: bool = True) -> List[str]:
+        """Remove what vision-only routing never runs, for dense-prediction adapters (unused parameters would
+        trouble DDP and waste optimizer memory): text / VL experts, the text embeddings with their norm and
+        positions, the [MASK] token (masked image modelling only), and the final norm unless
+        ``keep_final_norm``. ``Routing.vision()`` forwards are unchanged. Returns the removed parameter names;
+        :meth:`is_pruned_key` then tells a loader which checkpoint tensors belonged to removed parts."""
+        before = set(dict(self.named_parameters()))
+        removed: List[str] = []
+        for name, module in list(self.named_modules()):
+            if isinstance(module, PerModality):
+                for attr in ("text", "vl"):
+                    if getattr(module, attr) is not None:
+                        setattr(module, attr, None)
+                        removed.append(f"{name}.{attr}")
+        for attr in _LANGUAGE_EMBEDDINGS + ("mask_token",) + (() if keep_final_norm else ("norm",)):
+            if getattr(self, attr, None) is not None:
+                setattr(self, attr, None)
+                removed.append(attr)
+        self.pruned = self.pruned + tuple(removed)
+        return sorted(before - set(dict(self.named_parameters())))
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False
+                                  ) -> List[int]:
+        """timm's API: drop the layers above the last one ``indices`` takes (and the final norm with
+        ``prune_norm``); returns the taken layer indices."""
+        from timm.models._features import feature_take_indices
+
+        take, last = feature_take_indices(len(self.layers), indices)
+        removed = [f"layers.{i}" for i in range(last + 1, len(self.layers))]
+        self.layers = self.layers[: last + 1]
+        if prune_norm and self.norm is not None:
+            self.norm = None
+            removed.append("norm")
+        self.pruned = self.pruned + tuple(removed)
+        return take
+
+    def is_language_parameter(self, name: str) -> bool:
+        """Whether a parameter serves text only: a text expert, or the text embeddings with their norm and
+        positions (what VLMo's language stage trains and what ``prune_to_vision`` removes besides VL experts)."""
+        parts = name.split(".")
+        return "text" in parts or parts[0] in _LANGUAGE_EMBEDDINGS
+
+    def is_pruned_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to a part pruned from this model (so a checkpoint's tensor for it
+        is deliberately unused, not unexpected)."""
+        return any(key == p or key.startswith(p + ".") for p in self.pruned)
 
     # ------------------------------------------------------------------ parameter groups
     def layer_id(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, rest L + 1."""
+        """Depth of a parameter for layer-wise lr decay: embeddings 0, layer i -> i + 1, the rest (final norm,
+        relative position table) depth + 1. Read by :func:`.param_groups.param_groups_layer_decay`."""
         if param_name.startswith("layers."):
             return int(param_name.split(".")[1]) + 1
         if any(k in param_name for k in ("embed", "cls_token", "mask_token")):  # incl. text_embed_norm
             return 0
-        return len(self.layers) + 1
+        return self.cfg.depth + 1
 
     def parameter_groups(self) -> Dict[str, int]:
         """Parameter count per component (vision / text / VL experts, shared attention, embeddings)."""
@@ -685,15 +806,6 @@ class MultiwayTransformer(nn.Module):
         for name, p in self.named_parameters():
             counts[_component_of(name)] = counts.get(_component_of(name), 0) + p.numel()
         return counts
-
-
-def no_weight_decay_names(model: nn.Module, backbone_prefix: str = "backbone.") -> Set[str]:
-    """Parameters of ``model`` (a backbone at ``backbone_prefix`` plus heads) that the BEiT / BEiT-3 / VLMo
-    recipes exclude from weight decay: 1-D and scalar tensors (norm weights, biases, temperatures such as
-    ``logit_scale``), any ``.bias``, and what the backbone's ``no_weight_decay()`` lists (tokens, positions)."""
-    backbone = model.get_submodule(backbone_prefix.rstrip("."))
-    listed = {backbone_prefix + n for n in backbone.no_weight_decay()}
-    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in listed}
 
 
 def _component_of(name: str) -> str:

@@ -7,6 +7,6 @@ from beit3_plugins.registry import BACKBONES as ROOT_BACKBONES
 from beit3_plugins.registry import Registry
 
 BACKBONES = Registry("backbone", parent=ROOT_BACKBONES, scope="backbones",
-                     locations=["beit3_plugins.backbones.beit3", "beit3_plugins.backbones.vlmo"])
+                     locations=["beit3_plugins.backbones.variants"])
 
 __all__ = ["BACKBONES"]

@@ -89,6 +89,42 @@ class RelativePositionBias(nn.Module):
         index = torch.where(k[None, :] == 0, total - 2, index)   # text [CLS] as the key
         return torch.where((q[:, None] == 0) & (k[None, :] == 0), total - 1, index)
 
+    def _subgrid_index(self, grid: Tuple[int, int], cls_token: bool) -> Tensor:
+        """Rows of the table for image tokens on a ``grid`` no larger than the table's own: the same 2-D
+        patch distances read directly (a ViTDet window of 14 x 14 sees the distances it really has, in
+        patches), [CLS] rows laid out as timm's ``gen_relative_position_index(class_token=True)``."""
+        if tuple(grid) == self.grid:
+            return self.vision_index if cls_token else self.vision_index[1:, 1:]
+        device = self.table.device
+        ys, xs = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                                indexing="ij")
+        ys, xs = ys.reshape(-1), xs.reshape(-1)
+        index = ((ys[:, None] - ys[None, :] + self.grid[0] - 1) * (2 * self.grid[1] - 1)
+                 + (xs[:, None] - xs[None, :] + self.grid[1] - 1))
+        if not cls_token:
+            return index
+        full = index.new_empty(index.shape[0] + 1, index.shape[1] + 1)
+        full[1:, 1:] = index
+        full[0, :] = self.vision_rows - 3
+        full[:, 0] = self.vision_rows - 2
+        full[0, 0] = self.vision_rows - 1
+        return full
+
+    def vision_bias(self, grid: Tuple[int, int], cls_token: bool = True, layer: Optional[int] = None) -> Tensor:
+        """Bias (heads, N, N) of one layer (``layer``) or (depth * heads, N, N) of all, for image tokens on
+        ``grid`` ([CLS] first when ``cls_token``). Grids inside the table's own (ViTDet windows) read their
+        distances directly; larger grids, and smaller ones with a [CLS] token (another input resolution, as in
+        :meth:`forward`), read the bicubically resampled table."""
+        grid = tuple(grid)
+        heads = slice(None) if layer is None else slice(layer * self.num_heads, (layer + 1) * self.num_heads)
+        fits = grid[0] <= self.grid[0] and grid[1] <= self.grid[1]
+        if fits and (not cls_token or grid == self.grid):
+            bias = self.table[:, heads][self._subgrid_index(grid, cls_token)]
+        else:
+            bias = self._vision_block(grid)[..., heads]
+            bias = bias if cls_token else bias[1:, 1:]
+        return bias.permute(2, 0, 1)
+
     # ------------------------------------------------------------------ bias
     def forward(self, query: TokenSpan, key: TokenSpan) -> Tensor:
         """Bias of shape (depth, heads, Nq, Nk) for every layer at once (one gather, sliced per layer)."""

@@ -1,13 +1,16 @@
 """Checkpoint I/O shared by every plugin: safe loading and a readable report of what was used.
 
-Files are always read with ``torch.load(weights_only=True)``: a checkpoint can never run code on load.
+Files are always read with ``torch.load(weights_only=True)`` (or, for ``.safetensors``, with safetensors,
+which has no pickle): a checkpoint can never run code on load.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-from typing import Dict, List, Optional
+import tempfile
+from typing import IO, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +18,8 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
-           "load_with_report"]
+           "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
+           "atomic_write"]
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -32,42 +36,92 @@ class UnsafeCheckpointError(CheckpointMismatchError):
 def safe_load(path, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
-    The one place this package unpickles a file a user supplies; nothing here ever passes
-    ``weights_only=False``, so a crafted checkpoint cannot run code when it is read.
+    The one place this package unpickles a file a user supplies; weights-only loading is never turned off,
+    so a crafted checkpoint cannot run code when it is read.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if isinstance(path, (str, os.PathLike)) and str(path).endswith(".safetensors"):
+        return _load_safetensors(path, map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
+        raise unsafe_checkpoint_error(path, exc) from exc
+
+
+def _load_safetensors(path, map_location) -> Dict[str, Tensor]:
+    """A ``.safetensors`` file: tensors and a JSON header only, no pickle at all (Hugging Face's format)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError(f"{path}: reading .safetensors files needs the safetensors package "
+                          "(pip install safetensors)") from exc
+    device = map_location if isinstance(map_location, str) else "cpu"
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointMismatchError(f"{path}: not a valid .safetensors file ({type(exc).__name__}: {exc})"
+                                      ) from exc
+
+
+def unsafe_checkpoint_error(path, exc: BaseException) -> UnsafeCheckpointError:
+    """The error for a file a weights-only load refused: why, and how to re-save it safely."""
+    return UnsafeCheckpointError(
+        f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
+        "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
+        "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth').")
+
+
+FORCE_UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def refuse_forced_unsafe_loading(who: str) -> None:
+    """Fail if ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set: it turns every ``torch.load`` that does not pass
+    ``weights_only`` (fairseq's, mmengine's and fvcore's own loaders) into a full unpickler that runs code."""
+    if os.environ.get(FORCE_UNSAFE_ENV, "0").lower() in ("1", "y", "yes", "true"):
         raise UnsafeCheckpointError(
-            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
-            "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
-            "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth')."
-        ) from exc
+            f"{who}: refusing to run with {FORCE_UNSAFE_ENV} set: it makes torch.load unpickle anything, so a "
+            f"checkpoint could run code. Unset it (`unset {FORCE_UNSAFE_ENV}`); checkpoints that then fail to load "
+            "should be re-saved as tensors: torch.save({'model': model.state_dict()}, 'safe.pth').")
 
 
 @dataclasses.dataclass
 class LoadReport:
+    """What a checkpoint gave a model: the one report type of every loader in this package.
+
+    ``loaded`` / ``missing`` / ``unexpected`` are model keys; ``pruned`` are checkpoint tensors of parts the
+    model removed on purpose (e.g. the language experts of a vision-only detector); ``heads`` are the task
+    head tensors kept aside for whoever owns those heads.
+    """
+
     source: str
     loaded: List[str]
     missing: List[str]
     unexpected: List[str]
     notes: List[str] = dataclasses.field(default_factory=list)
     heads: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    pruned: List[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing[:20])}"
-                         + (" ..." if len(self.missing) > 20 else ""))
-        if self.unexpected:
-            lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected[:20])}"
-                         + (" ..." if len(self.unexpected) > 20 else ""))
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("not used (pruned from the model)", self.pruned)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
         if self.heads:
             lines.append(f"  task heads kept aside: {', '.join(sorted(self.heads))}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def to_json(self) -> Dict:
+        """Names only (head tensors by name), for a report file next to a training run."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["heads"] = sorted(self.heads)
+        return out
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
 
 
 def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tensor]:
@@ -84,7 +138,8 @@ def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tens
 
 def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bool = True,
                      source: str = "<state dict>", notes: Optional[List[str]] = None) -> LoadReport:
-    """Load ``state_dict`` into ``model``; shape mismatches always raise, missing keys raise if strict."""
+    """Load ``state_dict`` into ``model``; shape mismatches always raise, missing or unexpected keys raise if
+    strict (callers put task heads and deliberately unused tensors aside first, see ``LoadReport``)."""
     own = model.state_dict()
     wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                    for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
@@ -94,7 +149,33 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
     report = LoadReport(source=source, loaded=sorted(k for k in state_dict if k in own),
                         missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
                         notes=list(notes or []))
-    if strict and report.missing:
-        raise CheckpointMismatchError(f"{source}: missing keys for {type(model).__name__}:\n{report.summary()}")
+    if strict and (report.missing or report.unexpected):
+        what = " and ".join(w for w, keys in (("missing", report.missing), ("unexpected", report.unexpected)) if keys)
+        raise CheckpointMismatchError(f"{source}: {what} keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
+    ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

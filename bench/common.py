@@ -3,7 +3,7 @@
 The references are the official implementation (torchscale's ``BEiT3``, the code the released checkpoints
 come from) and timm's ``beit3_*`` vision port. All three get the same weights: a torchscale model is
 initialised, perturbed so that no LayerNorm is trivial, saved in the released key layout, and converted
-into ours with our ``checkpoint_filter_fn`` and into timm with timm's own ``checkpoint_filter_fn``.
+into ours with our ``load_pretrained`` and into timm with timm's own ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from beit3_plugins.backbones import checkpoint_filter_fn
-from beit3_plugins.checkpoint import load_with_report
+from beit3_plugins.backbones import load_pretrained
 from beit3_plugins.registry import BACKBONES
 
 
@@ -72,9 +71,8 @@ def build_models(config_name: str = "beit3_base", seed: int = 0, with_timm: bool
             p.add_(torch.randn_like(p) * 0.02)
     released = {"beit3." + k: v for k, v in official.state_dict().items()}
     ours = BACKBONES.build(config_name, **overrides)
-    sd, heads, _ = checkpoint_filter_fn({"model": released}, ours)
-    report = load_with_report(ours, sd, strict=True)
-    assert not report.missing and not report.unexpected and not heads
+    report = load_pretrained(ours, {"model": released}, strict=True)
+    assert not report.missing and not report.unexpected and not report.heads
     tm = None
     if with_timm:
         from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter

@@ -9,10 +9,9 @@ require("pycocotools", "detectron2", "beit3_plugins.detection (COCO evaluation)"
 
 from .config import add_beit3_config
 from .backbone import (Beit3ViTDet, Beit3ViTDetSpec, build_beit3_net, build_beit3_vitdet_backbone,
-                       build_simple_feature_pyramid, default_global_attn_indexes, strip_to_vision)
-from .init import BackboneInitReport, load_backbone_weights
+                       build_simple_feature_pyramid, default_global_attn_indexes)
 from .soft_nms import SoftNMSCascadeROIHeads, batched_soft_nms, soft_nms, soft_nms_inference_single_image
-from .optimizer import beit3_lr_decay_rate, beit3_optimizer_params, build_beit3_optimizer
+from .optimizer import beit3_optimizer_params, build_beit3_optimizer
 from .data import (ResumableTrainingStream, SeededMapper, build_resumable_train_loader, build_train_mapper,
                    lsj_augmentations, register_coco_datasets)
 from .engine import Beit3DetectionTrainer, SafeDetectionCheckpointer, SeedPerIteration
@@ -20,9 +19,8 @@ from .visualize import visualize_predictions
 
 __all__ = [
     "add_beit3_config", "Beit3ViTDet", "Beit3ViTDetSpec", "build_beit3_net", "build_beit3_vitdet_backbone",
-    "build_simple_feature_pyramid", "default_global_attn_indexes", "strip_to_vision", "BackboneInitReport",
-    "load_backbone_weights", "SoftNMSCascadeROIHeads", "batched_soft_nms", "soft_nms",
-    "soft_nms_inference_single_image", "beit3_lr_decay_rate", "beit3_optimizer_params", "build_beit3_optimizer",
+    "build_simple_feature_pyramid", "default_global_attn_indexes", "SoftNMSCascadeROIHeads", "batched_soft_nms",
+    "soft_nms", "soft_nms_inference_single_image", "beit3_optimizer_params", "build_beit3_optimizer",
     "ResumableTrainingStream", "SeededMapper", "build_resumable_train_loader", "build_train_mapper",
     "lsj_augmentations", "register_coco_datasets", "Beit3DetectionTrainer", "SafeDetectionCheckpointer",
     "SeedPerIteration", "visualize_predictions",

@@ -3,12 +3,15 @@
 Paper: "Exploring Plain Vision Transformer Backbones for Object Detection" (ViTDet, Li et al., 2022), as
 used by "Image as a Foreign Language" (BEiT-3, Wang et al., 2022) for COCO detection.
 
-The Multiway Transformer is built through our ``BACKBONES`` registry and run on its vision experts only:
+The Multiway Transformer is built through our ``BACKBONES`` registry, pruned to its vision path
+(``prune_to_vision``: a detector never routes tokens to the text / vision-language experts, and DDP would
+complain about unused parameters) and run layer by layer through the backbone's own ``run_vision_layer``:
 most layers see non-overlapping windows of the patch grid, a few see the whole image (global attention).
-The [CLS] token is dropped after the embedding (a dense predictor has no use for it; ViTDet does the same
-with its pretrained [CLS] position). The single stride-``patch`` map feeds detectron2's own
-``SimpleFeaturePyramid``. Text / vision-language experts and text embeddings are removed, because a
-detector never routes tokens to them (and DDP would complain about unused parameters).
+The backbone adds whatever position bias it has for that window or grid, so VLMo (relative position bias)
+works as BEiT-3 does. The [CLS] token is dropped after the embedding (a dense predictor has no use for it;
+ViTDet does the same with its pretrained [CLS] position). The single stride-``patch`` map feeds
+detectron2's own ``SimpleFeaturePyramid``. This module only translates: window partitioning (detectron2's
+helpers) and the yacs / LazyConfig spec.
 """
 from __future__ import annotations
 
@@ -18,23 +21,20 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, SimpleFeaturePyramid
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
-from beit3_plugins.backbones import MultiwayTransformer, Routing
-from beit3_plugins.backbones.multiway import PerModality
+from beit3_plugins.backbones import MultiwayTransformer, Routing, load_pretrained
+from beit3_plugins.checkpoint import LoadReport
 from beit3_plugins.registry import BACKBONES
-
-from .init import BackboneInitReport, load_backbone_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Beit3ViTDet", "build_beit3_vitdet_backbone", "strip_to_vision", "default_global_attn_indexes"]
+__all__ = ["Beit3ViTDet", "build_beit3_vitdet_backbone", "default_global_attn_indexes"]
 
 
 def default_global_attn_indexes(depth: int, num_global: int = 4) -> List[int]:
@@ -43,22 +43,6 @@ def default_global_attn_indexes(depth: int, num_global: int = 4) -> List[int]:
     num_global = max(1, min(num_global, depth))
     step = depth / num_global
     return sorted({int(round(step * (i + 1))) - 1 for i in range(num_global)})
-
-
-def strip_to_vision(model: MultiwayTransformer) -> List[str]:
-    """Remove what vision routing never uses (text / VL experts, text embeddings, [MASK]); return the
-    names of removed parameters. The model keeps working for ``Routing.vision()``."""
-    before = set(dict(model.named_parameters()))
-    for module in model.modules():
-        if isinstance(module, PerModality):
-            module.text = None
-            module.vl = None
-    model.text_embed = None
-    for name in ("text_pos_embed", "mask_token"):
-        if hasattr(model, name):
-            delattr(model, name)
-            model.register_parameter(name, None)
-    return sorted(before - set(dict(model.named_parameters())))
 
 
 class Beit3ViTDet(Backbone):
@@ -72,27 +56,26 @@ class Beit3ViTDet(Backbone):
                  global_attn_indexes: Sequence[int] = (2, 5, 8, 11), out_feature: str = "last_feat",
                  final_norm: bool = True, checkpoint_activations: bool = False) -> None:
         super().__init__()
-        beit3.require_absolute_positions("the ViTDet backbone")
         depth = len(beit3.layers)
         bad = [i for i in global_attn_indexes if not 0 <= i < depth]
         if bad:
             raise ValueError(f"global_attn_indexes {bad} outside the backbone's {depth} layers")
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1 patch, got {window_size}")
-        self.removed_parameters = strip_to_vision(beit3)
+        self.removed_parameters = beit3.prune_to_vision(keep_final_norm=final_norm)
         # [CLS] is dropped before the first layer, so it never gets a gradient; frozen, DDP does not flag it
         beit3.cls_token.requires_grad_(False)
         self.beit3 = beit3
         self.window_size = int(window_size)
         self.global_attn_indexes = tuple(sorted(set(int(i) for i in global_attn_indexes)))
         self.final_norm = final_norm and beit3.norm is not None
-        self.checkpoint_activations = checkpoint_activations
+        beit3.set_grad_checkpointing(checkpoint_activations)
         self._out_feature = out_feature
         patch = beit3.cfg.patch_size
         self._out_features = [out_feature]
         self._out_feature_channels = {out_feature: beit3.cfg.embed_dim}
         self._out_feature_strides = {out_feature: patch}
-        self.init_report: Optional[BackboneInitReport] = None
+        self.init_report: Optional[LoadReport] = None
 
     @property
     def num_layers(self) -> int:
@@ -110,11 +93,6 @@ class Beit3ViTDet(Backbone):
         keep = windows.reshape(windows.shape[0], 1, 1, ws * ws) > 0.5
         return keep.repeat(batch, 1, 1, 1)
 
-    def _run_layer(self, layer: nn.Module, x: Tensor, mask: Optional[Tensor]) -> Tensor:
-        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, x, Routing.vision(), mask, use_reentrant=False)[0]
-        return layer(x, Routing.vision(), mask)[0]
-
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         tokens, (h, w) = self.beit3.embed_image(x)
         batch, dim = tokens.shape[0], tokens.shape[-1]
@@ -123,12 +101,14 @@ class Beit3ViTDet(Backbone):
         window_mask = None
         if any(i not in self.global_attn_indexes for i in range(self.num_layers)):
             window_mask = self._window_key_mask((h, w), batch, x.device)
-        for i, layer in enumerate(self.beit3.layers):
+        for i in range(self.num_layers):
             if i in self.global_attn_indexes:
-                x = self._run_layer(layer, x.reshape(batch, h * w, dim), None).reshape(batch, h, w, dim)
+                out = self.beit3.run_vision_layer(i, x.reshape(batch, h * w, dim), (h, w), cls_token=False)
+                x = out.reshape(batch, h, w, dim)
             else:
                 windows, padded = window_partition(x, ws)
-                out = self._run_layer(layer, windows.reshape(-1, ws * ws, dim), window_mask)
+                out = self.beit3.run_vision_layer(i, windows.reshape(-1, ws * ws, dim), (ws, ws), cls_token=False,
+                                                  key_mask=window_mask)
                 x = window_unpartition(out.reshape(-1, ws, ws, dim), ws, padded, (h, w))
         if self.final_norm:
             x = self.beit3.norm(x, Routing.vision())
@@ -147,12 +127,12 @@ class Beit3ViTDetSpec:
     global_attn_indexes: List[int] = field(default_factory=list)   # empty: default_global_attn_indexes
     checkpoint_activations: bool = False
     final_norm: bool = True
-    weights: str = ""                       # released BEiT-3 file or our export ("" = random init)
+    weights: str = ""                       # released BEiT-3 / VLMo file or our export ("" = random init)
     strict_init: bool = True
 
 
 def build_beit3_net(spec: Beit3ViTDetSpec) -> Beit3ViTDet:
-    """Build the registered backbone, strip it to vision, load init weights (with a key report)."""
+    """Build the registered backbone, prune it to vision, load init weights (with the key report)."""
     overrides = dict(img_size=spec.img_size, drop_path_rate=spec.drop_path_rate)
     if spec.patch_size:
         overrides["patch_size"] = spec.patch_size
@@ -164,8 +144,7 @@ def build_beit3_net(spec: Beit3ViTDetSpec) -> Beit3ViTDet:
     net = Beit3ViTDet(beit3, window_size=spec.window_size, global_attn_indexes=indexes,
                       final_norm=spec.final_norm, checkpoint_activations=spec.checkpoint_activations)
     if spec.weights:
-        net.init_report = load_backbone_weights(net.beit3, spec.weights, strict=spec.strict_init,
-                                                removed=net.removed_parameters)
+        net.init_report = load_pretrained(net.beit3, spec.weights, strict=spec.strict_init)
         logger.info("BEiT-3 backbone initialisation:\n%s", net.init_report.summary())
     return net
 

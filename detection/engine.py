@@ -14,7 +14,7 @@ from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from beit3_plugins.checkpoint import CheckpointMismatchError, safe_load
+from beit3_plugins.checkpoint import CheckpointMismatchError, atomic_write, safe_load
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
 from .optimizer import build_beit3_optimizer
@@ -28,6 +28,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     """Loads checkpoints with ``torch.load(weights_only=True)``: a checkpoint file can never run code.
 
     Pickled model-zoo files (``.pkl``, ``.pyth``) are refused; re-save their tensors as a ``.pth`` state dict.
+    Saves are atomic (:func:`beit3_plugins.checkpoint.atomic_write`); fvcore writes the file in place.
     """
 
     def _load_file(self, filename):
@@ -39,6 +40,23 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, f):
         return safe_load(f)
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's ``save`` (model + checkpointables + extra data -> ``<name>.pth``, then ``last_checkpoint``),
+        with both files written atomically: a run killed while saving resumes from the last whole checkpoint."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda handle: torch.save(data, handle))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda handle: handle.write(last_filename_basename.encode()))
 
 
 class SeedPerIteration(HookBase):

@@ -3,15 +3,19 @@ and a Cascade R-CNN ROI head that uses it at inference, as the BEiT-3 COCO resul
 
 detectron2 only has hard NMS. Soft-NMS keeps overlapping boxes but decays their scores:
 
-* ``linear``:   s_i <- s_i * (1 - IoU(M, b_i))          if IoU(M, b_i) > iou_threshold, else unchanged
+* ``linear``:   s_i <- s_i * (1 - IoU(M, b_i))          if IoU(M, b_i) >= iou_threshold, else unchanged
 * ``gaussian``: s_i <- s_i * exp(-IoU(M, b_i)^2 / sigma)
-* ``hard``:     s_i <- 0                                 if IoU(M, b_i) > iou_threshold (= classic NMS)
+* ``hard``:     s_i <- 0                                 if IoU(M, b_i) >= iou_threshold (= classic NMS)
 
-where M is the current highest-scoring box; boxes whose score falls below ``min_score`` are dropped.
+where M is the current highest-scoring box; boxes whose score falls below ``min_score`` (or to 0) are dropped.
+These are the rules of ``mmcv.ops.soft_nms`` (its ``naive`` method is our ``hard``), the compiled op the
+batched form runs per class when mmcv is installed: soft-NMS is quadratic in the boxes it sees, and Cascade
+R-CNN feeds thousands per image, so the batched form never lets one class's boxes meet another's. Without
+mmcv a pure-torch loop (same rules, no host synchronisation per kept box) runs instead.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -21,65 +25,144 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 from torchvision.ops import box_iou
 
-__all__ = ["SOFT_NMS_METHODS", "soft_nms", "batched_soft_nms", "soft_nms_inference_single_image",
-           "SoftNMSCascadeROIHeads"]
+__all__ = ["SOFT_NMS_METHODS", "SOFT_NMS_BACKENDS", "soft_nms", "batched_soft_nms",
+           "soft_nms_inference_single_image", "SoftNMSCascadeROIHeads"]
 
 SOFT_NMS_METHODS = ("linear", "gaussian", "hard")
+SOFT_NMS_BACKENDS = ("auto", "mmcv", "torch")
+_MMCV_METHOD = {"linear": "linear", "gaussian": "gaussian", "hard": "naive"}
+_SYNC_EVERY = 32  # the torch loop checks "anything left?" once per this many picks, not per box
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, method: str = "linear", iou_threshold: float = 0.3,
-             sigma: float = 0.5, min_score: float = 1e-3) -> Tuple[Tensor, Tensor]:
-    """Soft-NMS over one set of (N, 4) xyxy boxes.
-
-    Returns (kept indices into ``boxes`` in selection order, their decayed scores); selection order is
-    non-increasing in decayed score.
-    """
+def _check_args(boxes: Tensor, scores: Tensor, method: str, sigma: float) -> None:
     if method not in SOFT_NMS_METHODS:
         raise ValueError(f"unknown soft-NMS method {method!r}; choose one of {SOFT_NMS_METHODS}")
     if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"expected boxes (N, 4) and scores (N,), got {tuple(boxes.shape)}, {tuple(scores.shape)}")
     if method == "gaussian" and sigma <= 0:
         raise ValueError(f"gaussian soft-NMS needs sigma > 0, got {sigma}")
+
+
+def _mmcv_soft_nms():
+    """mmcv's compiled CPU op, or None when mmcv (with ops) is not installed."""
+    try:
+        from mmcv.ops import soft_nms as mmcv_soft_nms
+    except ImportError:
+        return None
+    return mmcv_soft_nms
+
+
+def _resolve_backend(backend: str):
+    if backend not in SOFT_NMS_BACKENDS:
+        raise ValueError(f"unknown soft-NMS backend {backend!r}; choose one of {SOFT_NMS_BACKENDS}")
+    op = _mmcv_soft_nms() if backend in ("auto", "mmcv") else None
+    if backend == "mmcv" and op is None:
+        raise ImportError("soft-NMS backend 'mmcv' needs mmcv built with ops (pip install 'beit3-plugins[mmseg]')")
+    return op
+
+
+def _soft_nms_torch(boxes: Tensor, scores: Tensor, method: str, iou_threshold: float, sigma: float,
+                    min_score: float) -> Tuple[Tensor, Tensor]:
+    """The selection loop on ``boxes``' device; kept picks are written into preallocated tensors so no
+    step waits for the host (one check of "anything left?" per ``_SYNC_EVERY`` picks)."""
     n = boxes.shape[0]
-    if n == 0:
-        return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
     ious = box_iou(boxes.float(), boxes.float())
     current = scores.float().clone()
-    alive = current >= min_score
-    keep_idx: List[Tensor] = []
-    keep_scores: List[Tensor] = []
-    neg_inf = torch.tensor(float("-inf"), device=scores.device)
-    for _ in range(n):
-        if not bool(alive.any()):
+    alive = (current >= min_score) & (current > 0)
+    picked = torch.zeros(n, dtype=torch.long, device=boxes.device)
+    picked_scores = current.new_zeros(n)
+    picked_valid = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    neg_inf = current.new_tensor(float("-inf"))
+    for step in range(n):
+        if step % _SYNC_EVERY == 0 and step and not bool(alive.any()):
             break
-        best = int(torch.argmax(torch.where(alive, current, neg_inf)))
-        keep_idx.append(torch.tensor(best, device=boxes.device))
-        keep_scores.append(current[best].clone())
+        best = torch.argmax(torch.where(alive, current, neg_inf))
+        picked[step] = best
+        picked_scores[step] = current[best]
+        picked_valid[step] = alive[best]
         alive[best] = False
         iou = ious[best]
         if method == "linear":
-            decay = torch.where(iou > iou_threshold, 1.0 - iou, torch.ones_like(iou))
+            decay = torch.where(iou >= iou_threshold, 1.0 - iou, torch.ones_like(iou))
         elif method == "gaussian":
             decay = torch.exp(-(iou * iou) / sigma)
         else:
-            decay = (iou <= iou_threshold).float()
+            decay = (iou < iou_threshold).float()
         current = torch.where(alive, current * decay, current)
         alive &= (current >= min_score) & (current > 0)  # a zero score (hard suppression) is gone
-    if not keep_idx:
+    return picked[picked_valid], picked_scores[picked_valid].to(scores.dtype)
+
+
+def _soft_nms_mmcv(op, boxes: Tensor, scores: Tensor, method: str, iou_threshold: float, sigma: float,
+                   min_score: float) -> Tuple[Tensor, Tensor]:
+    """mmcv's op on CPU tensors. Boxes under ``min_score`` are dropped first (mmcv would keep its first pick
+    whatever its score) and picks decayed to exactly 0 after (mmcv keeps them at 0 when ``min_score`` is 0):
+    both make it follow the rules above exactly."""
+    start = (scores >= min_score) & (scores > 0)
+    index = start.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return index, scores.new_zeros(0)
+    dets, inds = op(boxes[index].float().contiguous(), scores[index].float().contiguous(),
+                    iou_threshold=float(iou_threshold), sigma=float(sigma), min_score=float(min_score),
+                    method=_MMCV_METHOD[method], offset=0)
+    new_scores = dets[:, 4]
+    positive = new_scores > 0
+    return index[inds[positive].long()], new_scores[positive].to(scores.dtype)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, method: str = "linear", iou_threshold: float = 0.3,
+             sigma: float = 0.5, min_score: float = 1e-3, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Soft-NMS over one set of (N, 4) xyxy boxes.
+
+    Returns (kept indices into ``boxes`` in selection order, their decayed scores); selection order is
+    non-increasing in decayed score. ``backend``: "mmcv" (compiled CPU op), "torch", or "auto" (mmcv if
+    installed).
+    """
+    _check_args(boxes, scores, method, sigma)
+    if boxes.shape[0] == 0:
         return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
-    return torch.stack(keep_idx), torch.stack(keep_scores).to(scores.dtype)
+    op = _resolve_backend(backend)
+    if op is None:
+        return _soft_nms_torch(boxes, scores, method, iou_threshold, sigma, min_score)
+    keep, kept_scores = _soft_nms_mmcv(op, boxes.cpu(), scores.cpu(), method, iou_threshold, sigma, min_score)
+    return keep.to(boxes.device), kept_scores.to(scores.device)
 
 
-def batched_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, **kwargs) -> Tuple[Tensor, Tensor]:
+def batched_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, method: str = "linear",
+                     iou_threshold: float = 0.3, sigma: float = 0.5, min_score: float = 1e-3,
+                     backend: str = "auto") -> Tuple[Tensor, Tensor]:
     """Soft-NMS within each category of ``idxs`` independently (boxes of other categories never decay a
-    score). Returns (kept indices, decayed scores) sorted by decayed score, highest first."""
+    score). Returns (kept indices, decayed scores) sorted by decayed score, highest first.
+
+    Each category runs on its own boxes only, so the cost is the sum of the per-class squares, not the square
+    of all boxes. The grouping costs one host synchronisation per image (the class sizes); with mmcv the image's
+    boxes move to the CPU once and the results move back once.
+    """
+    _check_args(boxes, scores, method, sigma)
+    if idxs.shape != scores.shape:
+        raise ValueError(f"expected idxs (N,) like scores, got {tuple(idxs.shape)} and {tuple(scores.shape)}")
     if boxes.numel() == 0:
         return boxes.new_zeros(0, dtype=torch.long), scores.new_zeros(0)
-    # the torchvision trick: shift each category's boxes so that categories cannot overlap
-    offsets = idxs.to(boxes) * (boxes.max() - boxes.min() + 1)
-    keep, new_scores = soft_nms(boxes + offsets[:, None], scores, **kwargs)
+    op = _resolve_backend(backend)
+    device = boxes.device
+    work_boxes, work_scores, work_idxs = (boxes.cpu(), scores.cpu(), idxs.cpu()) if op is not None else (
+        boxes, scores, idxs)
+    by_class = torch.argsort(work_idxs, stable=True)
+    _, counts = torch.unique_consecutive(work_idxs[by_class], return_counts=True)
+    keeps: List[Tensor] = []
+    kept_scores: List[Tensor] = []
+    for members in torch.split(by_class, counts.tolist()):
+        if op is not None:
+            keep, new_scores = _soft_nms_mmcv(op, work_boxes[members], work_scores[members], method,
+                                              iou_threshold, sigma, min_score)
+        else:
+            keep, new_scores = _soft_nms_torch(work_boxes[members], work_scores[members], method,
+                                               iou_threshold, sigma, min_score)
+        keeps.append(members[keep])
+        kept_scores.append(new_scores)
+    keep, new_scores = torch.cat(keeps), torch.cat(kept_scores)
     order = torch.argsort(new_scores, descending=True, stable=True)
-    return keep[order], new_scores[order]
+    return keep[order].to(device), new_scores[order].to(device)
 
 
 def soft_nms_inference_single_image(boxes: Tensor, scores: Tensor, image_shape: Tuple[int, int],

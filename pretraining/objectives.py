@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beit3_plugins.backbones import MultiwayTransformer
-from beit3_plugins.backbones.multiway import Layout, no_weight_decay_names
+from beit3_plugins.backbones import MultiwayTransformer, export_state_dict as backbone_export_state_dict
+from beit3_plugins.backbones import no_weight_decay_names
 
 from .masking import IGNORE_INDEX
 from .vqkd import VQKDTokenizer
@@ -111,8 +111,9 @@ def sample_hard_negatives(sim: Tensor, positive: Tensor, generator: Optional[tor
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def stage_trainable(name: str, stage: str) -> bool:
-    """Whether parameter ``name`` (of :class:`MaskedDataModel`) trains in a stagewise-pretraining stage.
+def stage_trainable(name: str, stage: str, language: bool) -> bool:
+    """Whether parameter ``name`` (of :class:`MaskedDataModel`) trains in a stagewise-pretraining stage;
+    ``language``: it serves text only (the backbone says which of its own: ``is_language_parameter``).
 
     "language" (VLMo stage 2): only the language expert, text embeddings and the MLM head learn;
     attention and the vision expert stay frozen. "vision" (stage 1): everything but the language-only
@@ -122,19 +123,21 @@ def stage_trainable(name: str, stage: str) -> bool:
         raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     if name.startswith("tokenizer."):
         return False
-    textual = (".text." in name or name.startswith(("backbone.text_embed", "backbone.text_pos_embed", "mlm_head")))
     if stage == "language":
-        return textual
+        return language
     if stage == "vision":
-        return not textual and not name.startswith(("language_head", "itm_head"))
+        return not language and not name.startswith(("language_head", "itm_head"))
     return True
 
 
 def apply_stage(model: nn.Module, stage: str) -> Dict[str, int]:
     """Set ``requires_grad`` per :func:`stage_trainable`; returns counts of trainable / frozen tensors."""
     counts = {"trainable": 0, "frozen": 0}
+    backbone = model.backbone
     for name, p in model.named_parameters():
-        flag = stage_trainable(name, stage)
+        language = name.startswith("mlm_head") or (
+            name.startswith("backbone.") and backbone.is_language_parameter(name[len("backbone."):]))
+        flag = stage_trainable(name, stage, language)
         p.requires_grad_(flag)
         counts["trainable" if flag else "frozen"] += 1
     return counts
@@ -312,11 +315,4 @@ class MaskedDataModel(nn.Module):
 def export_state_dict(model: MaskedDataModel) -> Dict[str, Tensor]:
     """The backbone checkpoint other plugins load: released key layout (decoupled backbones) or our own
     layout (shared backbones, which have no released layout), plus the heads."""
-    from beit3_plugins.backbones import to_released_state_dict
-
-    heads = model.head_state_dict()
-    if model.backbone.cfg.layout == Layout.DECOUPLED.value:
-        return to_released_state_dict(model.backbone, heads)
-    sd = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-    sd.update(heads)
-    return sd
+    return backbone_export_state_dict(model.backbone, model.head_state_dict())[0]

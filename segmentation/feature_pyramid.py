@@ -48,15 +48,10 @@ class BEiT3FeaturePyramid(Beit3VisionTrunk):
         self.fpn2 = nn.ConvTranspose2d(dim, dim, 2, 2)
         self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(2, 2)
-        # layers above the last output would be unused parameters (DDP); they are not built into the graph
-        self.used_depth = self.out_indices[-1] + 1
+        # layers above the last output would be unused parameters (DDP): the backbone prunes them (timm's API)
+        self.beit3.prune_intermediate_layers(self.out_indices)
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         self.check_input(image, 2 * self.patch_size)
-        x, (h, w) = self.beit3.embed_image(image)
-        maps = []
-        for index in range(self.used_depth):
-            x = self.run_layer(index, x)
-            if index in self.out_indices:
-                maps.append(x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w))
+        maps = self.beit3.forward_intermediates(image, self.out_indices, intermediates_only=True)
         return tuple(op(m) for op, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps))

@@ -31,6 +31,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from beit3_plugins.backbones import MultiwayTransformer
+
 from .vision_backbone import Beit3VisionTrunk
 
 __all__ = ["BEiT3ViTAdapter", "SpatialPriorModule", "Injector", "Extractor", "InteractionBlock",
@@ -193,14 +195,14 @@ class InteractionBlock(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def forward(self, x: Tensor, c: Tensor, trunk: Beit3VisionTrunk, layers: Sequence[int],
+    def forward(self, x: Tensor, c: Tensor, backbone: MultiwayTransformer, layers: Sequence[int], grid: Grid,
                 inject: DeformInputs, extract: DeformInputs, prior_grids: Sequence[Grid]
                 ) -> Tuple[Tensor, Tensor]:
         cls_token, patches = x[:, :1], x[:, 1:]
         patches = self._maybe_cp(lambda q, f: self.injector(q, f, inject), patches, c)
         x = torch.cat([cls_token, patches], 1)
         for index in layers:
-            x = trunk.run_layer(index, x)
+            x = backbone.run_vision_layer(index, x, grid)
         patches = x[:, 1:]
         for extractor in [self.extractor, *self.extra_extractors]:
             c = self._maybe_cp(lambda q, f, e=extractor: e(q, f, extract, prior_grids), c, patches)
@@ -295,7 +297,7 @@ class BEiT3ViTAdapter(Beit3VisionTrunk):
         extract = DeformInputs(prior_grids, [grid], batch, image.device)
         vit_maps = []
         for block, (first, last) in zip(self.interactions, self.interaction_indexes):
-            x, c = block(x, c, self, range(first, last + 1), inject, extract, prior_grids)
+            x, c = block(x, c, self.beit3, range(first, last + 1), grid, inject, extract, prior_grids)
             vit_maps.append(x[:, 1:].transpose(1, 2).reshape(batch, -1, *grid))
         sizes = [h * w for h, w in prior_grids]
         c2, c3, c4 = [t.transpose(1, 2).reshape(batch, -1, *g)

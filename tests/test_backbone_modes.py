@@ -148,7 +148,7 @@ def test_any_resolution_and_feature_maps():
     model = BACKBONES.build("beit3_tiny").eval()
     with torch.no_grad():
         out = model.forward_vision(torch.randn(1, 3, 96, 48))
-        maps = model.forward_feature_maps(torch.randn(2, 3, 96, 48), [1, 3])
+        maps = model.forward_intermediates(torch.randn(2, 3, 96, 48), [1, 3], intermediates_only=True)
     assert out.patch_grid == (12, 6) and out.hidden.shape == (1, 1 + 72, 64)
     assert [m.shape for m in maps] == [(2, 64, 12, 6)] * 2
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from beit3_plugins.backbones import build_backbone, checkpoint_filter_fn, to_released_state_dict
-from beit3_plugins.checkpoint import CheckpointMismatchError, load_with_report
+from beit3_plugins.backbones import build_backbone, checkpoint_filter_fn, load_pretrained, to_released_state_dict
+from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.registry import BACKBONES
 
 from torchscale.architecture.config import EncoderConfig  # noqa: E402  (required: installed by setup)
@@ -33,9 +33,9 @@ def pair():
     ref = reference_model()
     released = {"beit3." + k: v for k, v in ref.state_dict().items()}
     ours = BACKBONES.build("beit3_tiny").eval()
-    sd, heads, notes = checkpoint_filter_fn({"model": released}, ours)
-    report = load_with_report(ours, sd, strict=True)
-    assert not report.missing and not report.unexpected and not heads
+    report = load_pretrained(ours, {"model": released}, strict=True)
+    assert not report.missing and not report.unexpected and not report.heads
+    assert set(checkpoint_filter_fn({"model": released}, ours)) == set(ours.state_dict())  # timm's contract
     return ref, ours
 
 

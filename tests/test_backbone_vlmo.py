@@ -261,3 +261,31 @@ def test_text_longer_than_the_relative_table_is_a_clear_error():
     with pytest.raises(ValueError, match="64 text positions"):
         model.forward_text(torch.randint(4, VOCAB, (1, SPAN + 1)))
     assert math.isfinite(model.forward_text(torch.randint(4, VOCAB, (1, SPAN))).hidden.sum().item())
+
+
+def test_strict_loading_refuses_a_vl_expert_the_model_has_no_place_for(vlmo_checkpoint, tmp_path):
+    """A file whose VL experts start one layer earlier than the model's ``vl_expert_start`` must not load
+    "successfully" with layer 2's vision-language expert silently dropped."""
+    _, path = vlmo_checkpoint
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    earlier = {k.replace("blocks.3.", "blocks.2."): v.clone() for k, v in state.items()
+               if k.startswith("transformer.blocks.3.") and ("_vl." in k)}
+    assert {"transformer.blocks.2.mlp_vl.fc1.weight", "transformer.blocks.2.norm2_vl.weight"} <= set(earlier)
+    bad = tmp_path / "vlmo_vl_from_2.ckpt"
+    torch.save({"state_dict": {**state, **earlier}}, bad)
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)unexpected.*layers\.2\.ffn\.vl\.fc1\.weight"):
+        build_backbone("vlmo_tiny", checkpoint=str(bad))
+    loose = build_backbone("vlmo_tiny", checkpoint=str(bad), strict=False).load_report
+    assert "layers.2.norm2.vl.weight" in loose.unexpected and "pooler.dense.weight" in loose.heads
+    assert "pooler.dense.weight" not in loose.unexpected                 # heads are kept aside, not unexpected
+    fits = build_backbone("vlmo_tiny", checkpoint=str(bad), vl_expert_start=2)
+    assert not fits.load_report.missing and not fits.load_report.unexpected
+    torch.testing.assert_close(fits.layers[2].ffn.vl.fc1.weight, earlier["transformer.blocks.2.mlp_vl.fc1.weight"])
+    # a model pruned to its vision path still refuses it: layer 2's VL expert is not a part it pruned
+    pruned = BACKBONES.build("vlmo_tiny")
+    pruned.prune_to_vision()
+    from beit3_plugins.backbones import load_pretrained
+
+    with pytest.raises(CheckpointMismatchError, match=r"layers\.2\.ffn\.vl"):
+        load_pretrained(pruned, str(bad))
+    assert "layers.3.ffn.vl.fc1.weight" in load_pretrained(pruned, str(path)).pruned

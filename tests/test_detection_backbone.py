@@ -1,4 +1,5 @@
 """The ViTDet wrapper of our backbone: window / global attention, padding masks, pyramid, lr decay, init."""
+import json
 from pathlib import Path
 
 import pytest
@@ -59,14 +60,18 @@ def test_padded_windows_match_attention_over_each_window_alone():
     assert torch.allclose(out, x, atol=1e-5)
 
 
-def test_activation_checkpointing_gives_same_outputs_and_gradients():
+@pytest.mark.parametrize("name, expert", [("beit3_tiny", "vision"), ("vlmo_tiny", "shared")])
+def test_activation_checkpointing_gives_same_outputs_and_gradients(name, expert):
     image = torch.randn(1, 3, 64, 64)
     results = []
     for ckpt in (False, True):
-        net = _net(checkpoint_activations=ckpt).train()
+        torch.manual_seed(0)
+        net = det.Beit3ViTDet(BACKBONES.build(name), window_size=4, global_attn_indexes=(1, 3),
+                              checkpoint_activations=ckpt).train()
+        assert net.beit3.grad_checkpointing is ckpt
         out = net(image)["last_feat"]
         out.square().mean().backward()
-        results.append((out.detach(), net.beit3.layers[0].attn.qkv.vision.weight.grad.clone()))
+        results.append((out.detach(), getattr(net.beit3.layers[0].attn.qkv, expert).weight.grad.clone()))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
@@ -79,8 +84,6 @@ def test_vision_only_parameters_and_bad_settings():
     assert any(".text." in n for n in net.removed_parameters)
     with pytest.raises(ValueError, match="outside"):
         det.Beit3ViTDet(_tiny(), window_size=4, global_attn_indexes=(7,))
-    with pytest.raises(NotImplementedError, match="relative position bias"):
-        det.Beit3ViTDet(BACKBONES.build("vlmo_tiny"))
     assert det.default_global_attn_indexes(12) == [2, 5, 8, 11]
     assert det.default_global_attn_indexes(24) == [5, 11, 17, 23]
 
@@ -146,14 +149,14 @@ def test_init_from_released_checkpoint_reports_keys(tmp_path):
     net = det.build_beit3_net(spec)
     report = net.init_report
     own = set(net.beit3.state_dict())
-    assert set(report.used) == own and not report.missing
-    assert "layers.0.ffn.text.fc1.weight" in report.ignored and "text_embed.weight" in report.ignored
-    assert report.heads == ["mlm_head.weight"]
+    assert set(report.loaded) == own and not report.missing and not report.unexpected
+    assert "layers.0.ffn.text.fc1.weight" in report.pruned and "text_embed.weight" in report.pruned
+    assert sorted(report.heads) == ["mlm_head.weight"]
     assert any("8x8 to a 16x16" in n for n in report.notes)
     assert torch.equal(net.beit3.layers[2].attn.qkv.vision.weight, source.layers[2].attn.qkv.vision.weight)
     assert torch.equal(net.beit3.patch_embed.weight, source.patch_embed.weight)
     report.write(str(tmp_path / "report.json"))
-    assert "ignored" in (tmp_path / "report.json").read_text()
+    assert "layers.0.ffn.text.fc1.weight" in json.loads((tmp_path / "report.json").read_text())["pruned"]
 
 
 def test_init_strict_missing_key_and_pickled_objects_fail(tmp_path):
@@ -185,3 +188,39 @@ def test_paper_scale_configs_build_on_the_meta_device(config, backbone_params_m)
     assert sum(p.numel() for p in model.backbone.net.parameters()) / 1e6 == pytest.approx(backbone_params_m, abs=0.1)
     feats = model.backbone(torch.zeros(1, 3, 1280, 1280, device="meta"))
     assert {k: v.shape[-1] for k, v in feats.items()} == {"p2": 320, "p3": 160, "p4": 80, "p5": 40, "p6": 20}
+
+
+def test_vlmo_windows_get_their_relative_bias_and_padding_masks():
+    """VLMo in ViTDet: a 6 x 6 grid in 4 x 4 windows (padded to 8 x 8). Reference: every window on its own,
+    unpadded, with the bias its cells have in the whole grid (read from the encoder's own bias, [CLS] dropped)."""
+    from beit3_plugins.backbones.relative_position import TokenSpan
+
+    torch.manual_seed(0)
+    vlmo = BACKBONES.build("vlmo_tiny", img_size=48).eval()
+    with torch.no_grad():
+        vlmo.rel_pos.table.normal_()
+    net = det.Beit3ViTDet(vlmo, window_size=4, global_attn_indexes=(3,)).eval()
+    net.final_norm = False
+    image = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        out = net(image)["last_feat"][0].permute(1, 2, 0)  # (6, 6, D)
+        whole = vlmo.rel_pos(TokenSpan(37, (6, 6)), TokenSpan(37, (6, 6)))[:, :, 1:, 1:]  # (depth, H, 36, 36)
+        tokens, (h, w) = vlmo.embed_image(image)
+        x = tokens[0, 1:].reshape(h, w, -1)
+        for i, layer in enumerate(vlmo.layers):
+            if i == 3:
+                x = layer(x.reshape(1, 36, -1), Routing.vision(), whole[i][None])[0].reshape(6, 6, -1)
+                continue
+            new = torch.empty_like(x)
+            for r0 in range(0, h, 4):
+                for c0 in range(0, w, 4):
+                    win = x[r0:r0 + 4, c0:c0 + 4]
+                    rows, cols = win.shape[:2]
+                    cells = [(r0 + r) * 6 + c0 + c for r in range(rows) for c in range(cols)]
+                    bias = whole[i][:, cells][:, :, cells][None]
+                    y = layer(win.reshape(1, rows * cols, -1), Routing.vision(), bias)[0]
+                    new[r0:r0 + rows, c0:c0 + cols] = y.reshape(rows, cols, -1)
+            x = new
+    assert torch.allclose(out, x, atol=1e-5)
+    names = [n for n, _ in net.named_parameters()]
+    assert "beit3.rel_pos.table" in names and not [n for n in names if ".vl." in n or "text_embed" in n]

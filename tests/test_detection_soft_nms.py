@@ -117,3 +117,47 @@ def test_cascade_heads_hard_mode_reproduces_detectron2_inference(tiny_detector_c
     assert torch.equal(ours.pred_classes, theirs.pred_classes[order])
     # soft-NMS keeps overlapping boxes that hard NMS removed (with lower scores), up to the per-image cap
     assert len(soft) >= len(theirs)
+
+
+def _random_detections(n, num_classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen) * 200
+    wh = torch.rand(n, 2, generator=gen) * 60 + 2
+    return torch.cat([xy, xy + wh], 1), torch.rand(n, generator=gen), torch.randint(0, num_classes, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian", "hard"])
+def test_batched_soft_nms_keeps_what_mmcv_keeps_per_class(method):
+    """Reference: ``mmcv.ops.soft_nms`` (mmcv 2.1.0's compiled op) called directly on each class's boxes.
+    Ours must keep the same boxes with the same decayed scores, with both backends."""
+    from mmcv.ops import soft_nms as mmcv_soft_nms
+
+    boxes, scores, classes = _random_detections(600, 7, seed=1)
+    expected = {}
+    for c in classes.unique().tolist():
+        members = (classes == c).nonzero().squeeze(1)
+        dets, inds = mmcv_soft_nms(boxes[members], scores[members], iou_threshold=0.3, sigma=0.5, min_score=0.05,
+                                   method={"hard": "naive"}.get(method, method))
+        for i, s in zip(members[inds].tolist(), dets[:, 4].tolist()):
+            if s > 0:
+                expected[i] = s
+    assert 50 < len(expected) < 600  # soft-NMS really decayed and dropped boxes here
+    for backend in ("mmcv", "torch"):
+        keep, kept_scores = batched_soft_nms(boxes, scores, classes, method=method, iou_threshold=0.3, sigma=0.5,
+                                             min_score=0.05, backend=backend)
+        assert sorted(keep.tolist()) == sorted(expected), backend
+        assert kept_scores.tolist() == pytest.approx([expected[i] for i in keep.tolist()], abs=1e-5), backend
+        assert torch.all(kept_scores[:-1] >= kept_scores[1:])
+
+
+def test_batched_soft_nms_per_class_matches_one_class_at_a_time():
+    boxes, scores, classes = _random_detections(300, 4, seed=2)
+    keep, kept_scores = batched_soft_nms(boxes, scores, classes, backend="torch")
+    for c in range(4):
+        members = (classes == c).nonzero().squeeze(1)
+        alone, alone_scores = soft_nms(boxes[members], scores[members], backend="torch")
+        mine = classes[keep] == c
+        assert keep[mine].tolist() == members[alone].tolist()
+        assert torch.allclose(kept_scores[mine], alone_scores)
+    with pytest.raises(ValueError, match="unknown soft-NMS backend"):
+        batched_soft_nms(boxes, scores, classes, backend="cuda-magic")

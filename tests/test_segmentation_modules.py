@@ -57,9 +57,9 @@ def test_injector_starts_closed_so_the_trunk_sees_pretrained_features():
     """init_values=0: before training the ViT tokens equal the plain backbone's (adapter adds nothing)."""
     model = _adapter().eval()
     image = torch.randn(1, 3, 64, 64)
-    x, _ = model.beit3.embed_image(image)
+    x, grid = model.beit3.embed_image(image)
     for i in range(4):
-        x = model.run_layer(i, x)
+        x = model.beit3.run_vision_layer(i, x, grid)
     captured = []
     hook = model.interactions[3].extractor.register_forward_hook(lambda m, a, o: captured.append(a[1]))
     with torch.no_grad():
@@ -76,8 +76,6 @@ def test_bad_inputs_and_configs_give_clear_errors():
         _adapter(interaction_indexes=[[0, 0], [1, 1], [2, 2], [2, 3]])
     with pytest.raises(UnknownComponentError, match="beit3_tiny"):
         _adapter(backbone="beit3_tinny")
-    with pytest.raises(NotImplementedError, match="relative position bias"):
-        _adapter(backbone="vlmo_tiny")
 
 
 def test_feature_pyramid_scales():
@@ -102,8 +100,8 @@ def test_pretrained_released_checkpoint_with_key_report(tmp_path):
     model.init_weights()
     report = model.load_report
     assert report.missing == [] and "mim_head.weight" in report.heads
-    assert any("language-branch" in n for n in report.notes)
-    assert any("final output norm" in n for n in report.notes)
+    assert "layers.0.ffn.text.fc1.weight" in report.pruned and "text_embed.weight" in report.pruned
+    assert "norm.vision.weight" in report.pruned and not report.unexpected  # the dense head has its own norms
     theirs = source.state_dict()
     for key, value in model.beit3.state_dict().items():
         torch.testing.assert_close(value, theirs[key], msg=key)
@@ -314,6 +312,27 @@ def test_mask2former_segmentor_trains_a_step_with_no_unused_parameter():
     find_unused_parameters), and the loss is finite."""
     _, model = _segmentor()
     _assert_one_step_trains_every_parameter(model)
+
+
+def test_vlmo_trunk_segmentor_trains_a_step_with_no_unused_parameter():
+    """VLMo (relative position bias) as the ViT-Adapter trunk: its pruned vision path, relative table
+    included, all get gradients; the bias reaches the trunk's layers (changing the table changes the output)."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    _segmentor()  # registers the modules
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.merge_from_dict({"model.backbone.backbone": "vlmo_tiny"})
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    assert model.backbone.beit3.rel_pos is not None
+    _assert_one_step_trains_every_parameter(model)
+    trunk = model.backbone.eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = trunk(image)[2]
+        trunk.beit3.rel_pos.table.normal_()
+        assert not torch.allclose(trunk(image)[2], before, atol=1e-4)
 
 
 def test_paper_scale_config_reads_as_documented(monkeypatch):

@@ -107,7 +107,7 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
 "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate opendatalab || \
   "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate
 "${PIP[@]}" install -q 'timm>=1.0.9' sentencepiece 'hydra-core==1.3.2' 'omegaconf==2.3.0' pycocotools \
-  pycocoevalcap tensorboard pytest pytest-timeout
+  pycocoevalcap tensorboard pytest pytest-timeout hypothesis
 
 # The official BEiT-3 implementation (torchscale) is the reference in tests and benchmarks. Its metadata
 # pins timm==0.6.13 but it runs with timm 1.x, so it goes in without its declared dependencies.

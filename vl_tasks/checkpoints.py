@@ -3,8 +3,8 @@ and this trainer's own checkpoints.
 
 Released task files (``beit3_base_patch16_480_vqa.pth``, ``..._nlvr2.pth``, ``..._coco_retrieval.pth``,
 ``beit3_base_itc_patch16_224.pth``, ``..._coco_captioning.pth``, ``..._in1k.pth``) hold ``beit3.*`` backbone
-keys plus the head keys of ``heads.py``; the backbone part goes through the backbone's
-``checkpoint_filter_fn`` (q/k/v fusion, position resampling), the head part through the task model's
+keys plus the head keys of ``heads.py``; the backbone part goes through the backbone's one loader
+``load_pretrained`` (q/k/v fusion, position resampling, heads kept aside), the head part through the task model's
 ``released_head_map``. Head weights the task does not use (``mim_head`` of a pretraining file, say) are
 reported, never silently dropped; heads of the wrong shape raise.
 """
@@ -15,8 +15,8 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from beit3_plugins.backbones import checkpoint_filter_fn
-from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file, load_with_report
+from beit3_plugins.backbones import load_pretrained
+from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file
 
 __all__ = ["load_task_checkpoint", "map_released_heads"]
 
@@ -50,15 +50,17 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> Load
         if wrong:
             raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model:\n  " + "\n  ".join(wrong))
         missing_backbone = [k for k in own if k.startswith("backbone.") and k not in state]
-        if strict_backbone and missing_backbone:
-            raise CheckpointMismatchError(f"{path}: missing backbone keys {missing_backbone[:10]}")
+        unexpected_backbone = [k for k in state if k.startswith("backbone.") and k not in own]
+        if strict_backbone and (missing_backbone or unexpected_backbone):
+            raise CheckpointMismatchError(f"{path}: missing backbone keys {missing_backbone[:10]}, unexpected "
+                                          f"backbone keys {unexpected_backbone[:10]}")
         result = model.load_state_dict(state, strict=False)
         report = LoadReport(source=path, loaded=sorted(k for k in state if k in own),
                             missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys))
         model.load_report = report
         return report
-    backbone_sd, heads, notes = checkpoint_filter_fn(state, model.backbone)
-    report = load_with_report(model.backbone, backbone_sd, strict=strict_backbone, source=path, notes=notes)
+    report = load_pretrained(model.backbone, state, strict=strict_backbone, source=path)
+    heads = report.heads
     mapped = map_released_heads(model, heads)
     usable = {k: v for k, v in mapped.items() if not k.startswith("__unused__")}
     unused = sorted(k[len("__unused__"):] for k in mapped if k.startswith("__unused__"))

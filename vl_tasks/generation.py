@@ -12,17 +12,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from beit3_plugins.backbones import unilm_attention_mask as unilm_mask  # the backbone owns its mask rules
+
 __all__ = ["unilm_mask", "generate"]
-
-
-def unilm_mask(num_vision: int, num_text: int, device=None) -> Tensor:
-    """(N, N) bool, True = blocked: image<->image full, text->image full, text->text causal, image->text blocked."""
-    n = num_vision + num_text
-    blocked = torch.zeros(n, n, dtype=torch.bool, device=device)
-    blocked[:num_vision, num_vision:] = True
-    causal = torch.ones(num_text, num_text, dtype=torch.bool, device=device).tril()
-    blocked[num_vision:, num_vision:] = ~causal
-    return blocked
 
 
 def _drop_last(past_kv):

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
+from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.backbones import build_backbone  # noqa: F401 - documented loader of the export
 from beit3_plugins.pretraining.masking import IGNORE_INDEX
 
@@ -64,16 +65,10 @@ def _core_from_state(path: str):
 
 def export_checkpoint(fairseq_checkpoint: str, out_path: str) -> Dict[str, object]:
     """Write the backbone checkpoint; returns a summary (backbone name, layout, #tensors)."""
-    from beit3_plugins.backbones import to_released_state_dict
-    from beit3_plugins.backbones.multiway import Layout
+    from beit3_plugins.backbones import export_state_dict
 
     name, backbone, heads = _core_from_state(fairseq_checkpoint)
-    if backbone.cfg.layout == Layout.DECOUPLED.value:
-        sd, layout = to_released_state_dict(backbone, heads), "released"
-    else:
-        sd = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-        sd.update(heads)
-        layout = "beit3_plugins"
+    sd, layout = export_state_dict(backbone, heads)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     torch.save({"model": sd}, out_path)
     summary = {"backbone": name, "layout": layout, "tensors": len(sd), "heads": sorted(heads), "path": out_path}
@@ -146,7 +141,7 @@ def cli_main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s | %(name)s | %(message)s")
     try:
         summary = export_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exc:
         parser.error(str(exc))
     print(json.dumps(summary))
     if args.eval_data:

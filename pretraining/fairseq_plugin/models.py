@@ -1,7 +1,7 @@
 """fairseq model ``beit3_pretrain``: a registered Multiway backbone plus the pretraining heads.
 
 Architectures (``--arch``) are the backbone registry names: the arch only picks the backbone; sizes come
-from the backbone's own config dataclass (``beit3_plugins.backbones.beit3``), so fairseq never holds a
+from the backbone's own config dataclass (``beit3_plugins.backbones.variants``), so fairseq never holds a
 second copy of them.
 """
 

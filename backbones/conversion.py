@@ -1,0 +1,397 @@
+"""Checkpoint conversion for every Multiway variant: one dispatcher per source format, one loader.
+
+Source formats (the layouts are facts of the public code; see ``docs/backbones.md``):
+
+* ``beit3``: the released BEiT-3 files (microsoft/unilm ``beit3/`` on torchscale): keys ``beit3.*`` with
+  ``A`` (vision) / ``B`` (language) branches and separate q/k/v projections;
+* ``vlmo``: the released VLMo files (microsoft/unilm ``vlmo/``): ``transformer.blocks.N.*`` with shared
+  attention, ``q_bias``/``v_bias``, ``norm2_{text,imag,vl}`` / ``mlp_{text,imag,vl}`` experts, ``gamma_1``/
+  ``gamma_2`` layer scales, one ``relative_position_bias_table``, BERT text embeddings and a modality-type
+  table;
+* ``ours``: this package's own state dicts (optionally under a ``backbone.`` / ``backbone.net.beit3.`` /
+  ``backbone.beit3.`` prefix, i.e. a whole task model, detector or segmentor checkpoint).
+
+Structure after timm's ``vision_transformer.checkpoint_filter_fn``: :func:`convert_checkpoint` recognises
+the format, hands it to that format's ``_convert_*`` function, then fits what depends on the model's size
+(vision position table, relative position table, patch embedding, text positions) to the model.
+:func:`checkpoint_filter_fn` keeps timm's contract (state dict in, state dict out);
+:func:`load_pretrained` is the one loader every adapter calls and returns the one
+:class:`~beit3_plugins.checkpoint.LoadReport`.
+
+VLMo folds, exactly (they are constants per modality): BERT's token-type vector 0 into the word embeddings,
+and VLMo's modality-type vectors into the text embedding norm's bias (text) and the patch projection bias
+and [CLS] token (image). k has no bias in VLMo; the fused q/k/v bias gets zeros there (a key bias shifts
+every score of a query equally, so softmax ignores it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file, load_with_report
+
+from .multiway import POSITION_OFFSET, Layout, MultiwayTransformer
+from .relative_position import fit_table_to_model
+
+__all__ = [
+    "ConvertedCheckpoint", "SOURCE_FORMATS", "detect_source_format", "convert_checkpoint", "checkpoint_filter_fn",
+    "load_pretrained", "to_released_state_dict", "export_state_dict", "split_heads", "HEAD_KEYS",
+    "VLMO_HEAD_PREFIXES",
+]
+
+
+@dataclasses.dataclass
+class ConvertedCheckpoint:
+    """A checkpoint in this model's key layout: backbone tensors, task heads kept aside, what was done."""
+
+    state_dict: Dict[str, Tensor]
+    heads: Dict[str, Tensor]
+    notes: List[str]
+    source_format: str
+
+
+# ---------------------------------------------------------------------------------------------- key tables
+# Keys of the released BEiT-3 files that are task heads, not backbone (kept aside for the task plugins).
+HEAD_KEYS = ("mlm_head.", "mim_head.", "vision_head.", "language_head.", "itm_head.", "logit_scale", "head.", "pooler.",
+             "fc_norm.")
+# Task heads of the released VLMo checkpoints.
+VLMO_HEAD_PREFIXES = ("pooler.", "mlm_score.", "itm_score.", "itc_", "logit_scale", "logit_vl_scale",
+                      "vqa_classifier.", "nlvr2_classifier.")
+
+_BEIT3_EXPERT = {"A": "vision", "B": "text", "C": "vl"}
+_BEIT3_EXPERT_BACK = {ours: released for released, ours in _BEIT3_EXPERT.items()}
+_VLMO_EXPERT = {"imag": "vision", "text": "text", "vl": "vl"}
+
+# One table per format, for both directions where there are two: (our key, source key). Placeholders: {i}
+# layer index, {e} expert, {fc} fc1/fc2, {p} weight/bias. Tensors that are not 1:1 renames (q/k/v, position
+# tables, folded type vectors) are handled beside the tables.
+_BEIT3_KEY_TABLE = [
+    ("text_embed.weight", "text_embed.weight"),
+    ("mask_token", "vision_embed.mask_token"),
+    ("cls_token", "vision_embed.cls_token"),
+    ("patch_embed.{p}", "vision_embed.proj.{p}"),
+    ("layers.{i}.attn.proj.{e}.{p}", "encoder.layers.{i}.self_attn.out_proj.{e}.{p}"),
+    ("layers.{i}.attn.inner_norm.{e}.{p}", "encoder.layers.{i}.self_attn.inner_attn_ln.{e}.{p}"),
+    ("layers.{i}.norm1.{e}.{p}", "encoder.layers.{i}.self_attn_layer_norm.{e}.{p}"),
+    ("layers.{i}.ffn.{e}.{fc}.{p}", "encoder.layers.{i}.ffn.{e}.{fc}.{p}"),
+    ("layers.{i}.ffn.{e}.norm.{p}", "encoder.layers.{i}.ffn.{e}.ffn_layernorm.{p}"),
+    ("layers.{i}.norm2.{e}.{p}", "encoder.layers.{i}.final_layer_norm.{e}.{p}"),
+    ("norm.{e}.{p}", "encoder.layer_norm.{e}.{p}"),
+]
+_VLMO_KEY_TABLE = [
+    ("text_embed.weight", "text_embeddings.word_embeddings.weight"),
+    ("text_embed_norm.{p}", "text_embeddings.LayerNorm.{p}"),
+    ("patch_embed.{p}", "transformer.patch_embed.proj.{p}"),
+    ("cls_token", "transformer.cls_token"),
+    ("layers.{i}.norm1.shared.{p}", "transformer.blocks.{i}.norm1.{p}"),
+    ("layers.{i}.attn.qkv.shared.weight", "transformer.blocks.{i}.attn.qkv.weight"),
+    ("layers.{i}.attn.proj.shared.{p}", "transformer.blocks.{i}.attn.proj.{p}"),
+    ("layers.{i}.gamma_attn", "transformer.blocks.{i}.gamma_1"),
+    ("layers.{i}.gamma_ffn", "transformer.blocks.{i}.gamma_2"),
+    ("layers.{i}.norm2.{e}.{p}", "transformer.blocks.{i}.norm2_{e}.{p}"),
+    ("layers.{i}.ffn.{e}.{fc}.{p}", "transformer.blocks.{i}.mlp_{e}.{fc}.{p}"),
+    ("norm.shared.{p}", "transformer.norm.{p}"),
+    ("rel_pos.table", "relative_position_bias_table"),
+]
+_PLACEHOLDER = {"i": r"\d+", "fc": "fc1|fc2", "p": "weight|bias"}
+_BEIT3_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.([ABC])\.(weight|bias)$")
+_OUR_QKV = re.compile(r"^layers\.(\d+)\.attn\.qkv\.(\w+)\.(weight|bias)$")
+# VLMo's buffers and tables this model rebuilds or does not use.
+_VLMO_UNUSED = ("text_embeddings.position_ids", "text_embeddings.position_embeddings.weight",
+                "relative_position_index", "text_relative_position_index", "text_imag_relative_position_index")
+_VLMO_FOLDED = ("token_type_embeddings.weight", "text_embeddings.token_type_embeddings.weight")
+# Prefixes under which our own backbone sits in a whole-model checkpoint (longest first).
+_OUR_PREFIXES = ("backbone.net.beit3.", "backbone.beit3.", "core.backbone.", "backbone.")
+
+
+def _template_regex(template: str, experts: str) -> "re.Pattern":
+    pattern = re.escape(template)
+    for name, alternatives in {**_PLACEHOLDER, "e": experts}.items():
+        pattern = pattern.replace(re.escape("{%s}" % name), f"(?P<{name}>{alternatives})")
+    return re.compile(f"^{pattern}$")
+
+
+_BEIT3_TO_OURS = [(_template_regex(released, "A|B|C"), ours) for ours, released in _BEIT3_KEY_TABLE]
+_OURS_TO_BEIT3 = [(_template_regex(ours, "vision|text|vl"), released) for ours, released in _BEIT3_KEY_TABLE]
+_VLMO_TO_OURS = [(_template_regex(vlmo, "imag|text|vl"), ours) for ours, vlmo in _VLMO_KEY_TABLE]
+
+
+def _translate(key: str, rules, experts: Mapping[str, str]) -> Optional[str]:
+    """Rename ``key`` with the first matching rule (experts renamed through ``experts``), or None."""
+    for pattern, target in rules:
+        match = pattern.match(key)
+        if match:
+            groups = match.groupdict()
+            if "e" in groups:
+                groups["e"] = experts[groups["e"]]
+            return target.format(**groups)
+    return None
+
+
+def split_heads(state_dict: Dict[str, Tensor], prefixes: Tuple[str, ...] = HEAD_KEYS
+                ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Separate task-head weights (``mlm_head``, ``logit_scale``, ...) from backbone weights."""
+    heads = {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
+    rest = {k: v for k, v in state_dict.items() if k not in heads}
+    return rest, heads
+
+
+def _unknown_note(keys: List[str]) -> List[str]:
+    return [f"not converted (unknown to the backbone): {sorted(keys)}"] if keys else []
+
+
+# ---------------------------------------------------------------------------------------------- formats
+def _is_vlmo(sd: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith(("transformer.blocks.", "module.transformer.blocks.")) for k in sd)
+
+
+def _is_released_beit3(sd: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("beit3.") for k in sd)
+
+
+def _convert_released_beit3(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
+    """Released BEiT-3 keys -> ours: ``beit3.`` stripped, A/B -> vision/text, q/k/v fused, tables unsqueezed."""
+    out: Dict[str, Tensor] = {}
+    qkv: Dict[Tuple[str, str, str], Dict[str, Tensor]] = {}
+    heads: Dict[str, Tensor] = {}
+    unconverted = []
+    for key, value in state_dict.items():
+        if not key.startswith("beit3."):
+            if key.startswith(HEAD_KEYS):
+                heads[key] = value
+            else:
+                unconverted.append(key)
+            continue
+        key = key[len("beit3."):]
+        match = _BEIT3_QKV.match(key)
+        if match:
+            layer, which, expert, kind = match.groups()
+            qkv.setdefault((layer, expert, kind), {})[which] = value
+        elif key == "encoder.embed_positions.A.weight":
+            out["vision_pos_embed"] = value.unsqueeze(0)
+        elif key == "encoder.embed_positions.B.weight":
+            out["text_pos_embed"] = value.unsqueeze(0)
+        else:
+            renamed = _translate(key, _BEIT3_TO_OURS, _BEIT3_EXPERT)
+            if renamed is None:
+                unconverted.append("beit3." + key)
+            else:
+                out[renamed] = value
+    for (layer, expert, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointMismatchError(f"layer {layer} expert {expert}: incomplete q/k/v projections "
+                                          f"{sorted(parts)}")
+        out[f"layers.{layer}.attn.qkv.{_BEIT3_EXPERT[expert]}.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return ConvertedCheckpoint(out, heads, _unknown_note(unconverted), "beit3")
+
+
+def _check_vlmo_architecture(model: MultiwayTransformer) -> None:
+    cfg = model.cfg
+    wanted = {"layout": Layout.SHARED.value, "relative_position_bias": True, "text_embed_norm": True,
+              "shared_final_norm": True, "sub_ln": False}
+    wrong = {k: getattr(cfg, k) for k, v in wanted.items() if getattr(cfg, k) != v}
+    if wrong or cfg.layer_scale_init is None:
+        raise ValueError(f"a VLMo checkpoint needs a VLMo architecture (vlmo_base, vlmo_large, vlmo_tiny); this "
+                         f"model's config differs in {wrong or {'layer_scale_init': None}}")
+
+
+def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
+    """Released VLMo keys -> ours (type vectors folded, q/v biases fused with a zero k bias)."""
+    _check_vlmo_architecture(model)
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if "transformer.pos_embed" in state_dict:
+        raise NotImplementedError("this VLMo checkpoint uses absolute positions (VLMo base-plus); only the relative "
+                                  "position models (VLMo base and large) convert")
+    missing_folded = [k for k in _VLMO_FOLDED if k not in state_dict]
+    if missing_folded:
+        raise CheckpointMismatchError(f"VLMo checkpoint without {missing_folded}: cannot fold the type embeddings")
+    notes: List[str] = []
+    out: Dict[str, Tensor] = {}
+    heads: Dict[str, Tensor] = {}
+    q_v_bias: Dict[str, Dict[str, Tensor]] = {}
+    unconverted = []
+    for key, value in state_dict.items():
+        if key.startswith(VLMO_HEAD_PREFIXES):
+            heads[key] = value
+        elif key.startswith(_VLMO_UNUSED) or key in _VLMO_FOLDED:
+            continue  # folded below or rebuilt by this model
+        elif key.endswith((".attn.q_bias", ".attn.v_bias")):
+            layer = key.split(".")[2]
+            q_v_bias.setdefault(layer, {})[key.rsplit(".", 1)[1][0]] = value
+        else:
+            renamed = _translate(key, _VLMO_TO_OURS, _VLMO_EXPERT)
+            if renamed is None:
+                unconverted.append(key)
+            else:
+                out[renamed] = value
+    for layer, parts in q_v_bias.items():
+        out[f"layers.{layer}.attn.qkv.shared.bias"] = torch.cat([parts["q"], torch.zeros_like(parts["q"]), parts["v"]])
+
+    modality_type = state_dict["token_type_embeddings.weight"]          # row 0 text, row 1 image (2: NLVR2)
+    if modality_type.shape[0] > 2:
+        heads["token_type_embeddings.weight"] = modality_type
+        notes.append("token_type_embeddings has rows beyond text/image (NLVR2's second image); rows 0 and 1 are "
+                     "folded into the backbone, the full table is kept with the heads")
+    bert_type = state_dict["text_embeddings.token_type_embeddings.weight"][0]
+    out["text_embed.weight"] = out["text_embed.weight"] + bert_type
+    out["text_embed_norm.bias"] = out["text_embed_norm.bias"] + modality_type[0]
+    out["patch_embed.bias"] = out["patch_embed.bias"] + modality_type[1]
+    out["cls_token"] = out["cls_token"] + modality_type[1]
+    if model.mask_token is not None:
+        # VLMo has no masked image modeling: keep this model's [MASK] token
+        out["mask_token"] = model.mask_token.detach().clone()
+        notes.append("VLMo has no [MASK] image token: mask_token keeps its initial value")
+    notes.append("token-type vectors folded into text_embed / text_embed_norm.bias / patch_embed.bias / cls_token")
+    return ConvertedCheckpoint(out, heads, notes + _unknown_note(unconverted), "vlmo")
+
+
+def _convert_ours(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
+    """Our own layout; under a whole-model prefix everything outside the backbone is kept aside as heads."""
+    present = [p for p in _OUR_PREFIXES if any(k.startswith(p) for k in state_dict)]
+    if not present:
+        out, heads = split_heads(dict(state_dict))
+        return ConvertedCheckpoint(out, heads, [], "ours")
+    prefix = present[0]
+    out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    heads = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    notes = [f"backbone read from the {prefix[:-1]!r} part of a whole-model checkpoint"] if prefix != "backbone." else []
+    return ConvertedCheckpoint(out, heads, notes, "ours")
+
+
+# Recognised in this order: (name, recogniser, converter).
+SOURCE_FORMATS: List[Tuple[str, Callable[[Mapping[str, Tensor]], bool],
+                           Callable[[Dict[str, Tensor], MultiwayTransformer], ConvertedCheckpoint]]] = [
+    ("vlmo", _is_vlmo, _convert_vlmo),
+    ("beit3", _is_released_beit3, _convert_released_beit3),
+    ("ours", lambda sd: True, _convert_ours),
+]
+
+
+def detect_source_format(state_dict: Mapping[str, Tensor]) -> str:
+    """``vlmo``, ``beit3`` (released BEiT-3) or ``ours``."""
+    return next(name for name, recognises, _ in SOURCE_FORMATS if recognises(state_dict))
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def _fit_to_model(sd: Dict[str, Tensor], model: MultiwayTransformer, notes: List[str]) -> Dict[str, Tensor]:
+    """Resample what depends on image or text size to this model: absolute vision positions (first 3 rows
+    kept, grid bicubic), the relative position table, the patch embedding (FlexiViT-style, e.g. giant's 14
+    px patches into a 16 px model) and the text position table (truncated)."""
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    cfg = model.cfg
+    table = sd.get("vision_pos_embed")
+    if table is not None and table.shape[1] != cfg.num_vision_positions:
+        prefix = 1 + POSITION_OFFSET
+        old_grid = int(round((table.shape[1] - prefix) ** 0.5))
+        if old_grid ** 2 + prefix != table.shape[1]:
+            raise CheckpointMismatchError(f"vision position table of {table.shape[1]} rows is not a square grid + "
+                                          f"{prefix}")
+        sd["vision_pos_embed"] = resample_abs_pos_embed(
+            table.float(), new_size=[cfg.grid_size] * 2, old_size=[old_grid] * 2, num_prefix_tokens=prefix,
+            antialias=False).to(table.dtype)
+        notes.append(f"vision positions resampled from a {old_grid}x{old_grid} to a "
+                     f"{cfg.grid_size}x{cfg.grid_size} patch grid")
+    if "rel_pos.table" in sd and cfg.relative_position_bias:
+        sd["rel_pos.table"] = fit_table_to_model(sd["rel_pos.table"], cfg.grid_size, cfg.relative_text_span, notes)
+    weight = sd.get("patch_embed.weight")
+    target = (cfg.patch_size, cfg.patch_size)
+    if weight is not None and weight.dim() == 4 and tuple(weight.shape[-2:]) != target:
+        sd["patch_embed.weight"] = resample_patch_embed(weight.float(), list(target)).to(weight.dtype)
+        notes.append(f"patch embedding resampled from {tuple(weight.shape[-2:])} to {target} pixels")
+    text = sd.get("text_pos_embed")
+    if text is not None and text.shape[1] > cfg.max_text_positions:
+        sd["text_pos_embed"] = text[:, : cfg.max_text_positions]
+        notes.append(f"text positions truncated from {text.shape[1]} to {cfg.max_text_positions}")
+    return sd
+
+
+def convert_checkpoint(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
+    """Any supported checkpoint (a ``{"model": ...}`` container or the state dict) -> this model's layout."""
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    source = detect_source_format(state_dict)
+    converter = next(convert for name, _, convert in SOURCE_FORMATS if name == source)
+    converted = converter(dict(state_dict), model)
+    converted.state_dict = _fit_to_model(converted.state_dict, model, converted.notes)
+    return converted
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> Dict[str, Tensor]:
+    """timm's contract: a checkpoint's state dict -> the state dict ``model.load_state_dict`` takes.
+
+    Task heads and notes are dropped here; :func:`convert_checkpoint` returns them, :func:`load_pretrained`
+    reports them.
+    """
+    return convert_checkpoint(state_dict, model).state_dict
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_pretrained(model: MultiwayTransformer, checkpoint: Union[str, Dict[str, Tensor]], strict: bool = True,
+                    source: Optional[str] = None) -> LoadReport:
+    """The one loader: read (safely), convert, load, report.
+
+    ``checkpoint`` is a file (read with ``weights_only=True``) or a state dict. Tensors of parts this model
+    has pruned (:meth:`MultiwayTransformer.prune_to_vision`) are reported as ``pruned``; task heads as
+    ``heads``. With ``strict``, a missing backbone tensor or an *unexpected* one (a backbone tensor this
+    model has no place for, e.g. a vision-language expert in a layer the config gives none) raises
+    :class:`CheckpointMismatchError`. Shape mismatches always raise.
+    """
+    if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
+        source = source or str(checkpoint)
+        checkpoint = load_state_dict_file(checkpoint)
+    source = source or "<state dict>"
+    converted = convert_checkpoint(checkpoint, model)
+    own = set(model.state_dict())
+    pruned = sorted(k for k in converted.state_dict if k not in own and model.is_pruned_key(k))
+    usable = {k: v for k, v in converted.state_dict.items() if k not in pruned}
+    report = load_with_report(model, usable, strict=strict, source=source, notes=converted.notes)
+    report.heads = converted.heads
+    report.pruned = pruned
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- export
+def to_released_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str, Tensor]] = None
+                           ) -> Dict[str, Tensor]:
+    """This backbone's weights in the released BEiT-3 key layout (inverse of the ``beit3`` conversion)."""
+    if model.cfg.layout != Layout.DECOUPLED.value:
+        raise ValueError("only the decoupled layout has a released BEiT-3 key layout")
+    dim = model.cfg.embed_dim
+    out: Dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().clone()
+        if key == "vision_pos_embed":
+            out["beit3.encoder.embed_positions.A.weight"] = value[0]
+            continue
+        if key == "text_pos_embed":
+            out["beit3.encoder.embed_positions.B.weight"] = value[0]
+            continue
+        match = _OUR_QKV.match(key)
+        if match:
+            layer, expert, kind = match.groups()
+            for name, part in zip("qkv", value.split(dim, 0)):
+                out[f"beit3.encoder.layers.{layer}.self_attn.{name}_proj.{_BEIT3_EXPERT_BACK[expert]}.{kind}"] = \
+                    part.clone()
+            continue
+        renamed = _translate(key, _OURS_TO_BEIT3, _BEIT3_EXPERT_BACK)
+        if renamed is None:
+            raise KeyError(f"no released name for {key}")
+        out["beit3." + renamed] = value
+    out.update(heads or {})
+    return out
+
+
+def export_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str, Tensor]] = None
+                      ) -> Tuple[Dict[str, Tensor], str]:
+    """The checkpoint other plugins load, and its layout name: ``released`` (decoupled backbones, the
+    released BEiT-3 keys) or ``beit3_plugins`` (shared backbones, which have no released layout); heads added."""
+    if model.cfg.layout == Layout.DECOUPLED.value:
+        return to_released_state_dict(model, heads), "released"
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd.update(heads or {})
+    return sd, "beit3_plugins"

@@ -1,0 +1,128 @@
+"""Registered variants of the Multiway Transformer: BEiT-3 (tiny/base/large/giant) and VLMo (tiny/base/large).
+
+Each registered name has its own config dataclass (fairseq / timm style): ``BACKBONES.build("beit3_base",
+drop_path_rate=0.1)`` or ``build_backbone("vlmo_base", checkpoint=...)``. The architecture switches are fields
+of :class:`~.multiway.MultiwayConfig`; a variant is only a set of defaults. Sources: the released BEiT-3 code
+(microsoft/unilm ``beit3/``: base/large, decoupled layout), the BEiT-3 paper (giant: shared attention, VL
+experts in the top layers) and the released VLMo code (microsoft/unilm ``vlmo/``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from beit3_plugins.backbones.registry import BACKBONES
+
+from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
+
+__all__ = [
+    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig",
+    "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "build_backbone",
+]
+
+
+# ---------------------------------------------------------------------------------------------- BEiT-3
+@dataclass
+class Beit3TinyConfig(MultiwayConfig):
+    """Released (decoupled) layout at toy size, for tests and the CPU demo."""
+
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    ffn_dim: int = 256
+    img_size: int = 64
+    patch_size: int = 8
+    vocab_size: int = 1024
+    max_text_positions: int = 66
+
+
+@dataclass
+class Beit3BaseConfig(MultiwayConfig):
+    pass  # MultiwayConfig's defaults are BEiT-3 base (768 wide, 12 layers, 12 heads, FFN 3072)
+
+
+@dataclass
+class Beit3LargeConfig(MultiwayConfig):
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 4096
+
+
+@dataclass
+class Beit3GiantConfig(MultiwayConfig):
+    """The paper's giant model: shared attention, V/L experts everywhere, VL experts in the top 3 layers."""
+
+    embed_dim: int = 1408
+    depth: int = 40
+    num_heads: int = 16
+    ffn_dim: int = 6144
+    patch_size: int = 14
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 37
+
+
+# ---------------------------------------------------------------------------------------------- VLMo
+@dataclass
+class _VlmoArchitecture:
+    """What makes a Multiway Transformer VLMo, whatever its size (mixed into the sized configs below)."""
+
+    layout: str = Layout.SHARED.value
+    sub_ln: bool = False
+    layer_scale_init: Optional[float] = 0.1
+    layer_norm_eps: float = 1e-6
+    shared_final_norm: bool = True
+    absolute_positions: bool = False
+    relative_position_bias: bool = True
+    relative_text_span: int = 196
+    text_embed_norm: bool = True
+
+
+@dataclass
+class VlmoBaseConfig(_VlmoArchitecture, MultiwayConfig):
+    """VLMo-Base: 12 layers, VL expert from layer 10, BERT's uncased vocabulary."""
+
+    vl_expert_start: Optional[int] = 10
+    vocab_size: int = 30522
+    max_text_positions: int = 196 + POSITION_OFFSET
+
+
+@dataclass
+class VlmoLargeConfig(VlmoBaseConfig):
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 4096
+    vl_expert_start: Optional[int] = 21
+
+
+@dataclass
+class VlmoTinyConfig(_VlmoArchitecture, Beit3TinyConfig):
+    """VLMo's architecture at the size of ``beit3_tiny``, for tests and the CPU demo."""
+
+    vl_expert_start: Optional[int] = 3
+    relative_text_span: int = 64
+
+
+for _name, _cfg in {
+    "beit3_tiny": Beit3TinyConfig, "beit3_base": Beit3BaseConfig, "beit3_large": Beit3LargeConfig,
+    "beit3_giant": Beit3GiantConfig,
+    "vlmo_tiny": VlmoTinyConfig, "vlmo_base": VlmoBaseConfig, "vlmo_large": VlmoLargeConfig,
+}.items():
+    BACKBONES.register(_name, config=_cfg)(MultiwayTransformer)
+
+
+def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = True, **overrides
+                   ) -> MultiwayTransformer:
+    """Build a registered backbone, optionally loading a released BEiT-3 / VLMo file or our own export.
+
+    The load report (:class:`beit3_plugins.checkpoint.LoadReport`: loaded, missing, unexpected keys, task
+    heads kept aside, resampling notes) is attached as ``model.load_report`` and logged; with ``strict`` a
+    missing or unexpected backbone key raises (see :func:`.conversion.load_pretrained`).
+    """
+    from .conversion import load_pretrained
+
+    model = BACKBONES.build(name, **overrides)
+    if checkpoint is not None:
+        model.load_report = load_pretrained(model, checkpoint, strict=strict)
+    return model

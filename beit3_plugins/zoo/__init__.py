@@ -1,0 +1,22 @@
+"""Model zoo (core, framework-free): the published BEiT-3 family files with their settings, and their
+cached, checked download. Building models from entries happens above the core (``beit3_plugins.pipelines``
+and ``build_backbone(..., pretrained=name)``)."""
+from .download import (CACHE_ENV, MIRROR_ENV, OFFLINE_ENV, ZooDownloadError, cache_dir,  # noqa: F401
+                       download_file, resolve_url)
+from .entries import (TASK_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
+                      get_pretrained, list_pretrained, register_pretrained)
+
+__all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "TASK_KINDS", "ZOO", "register_pretrained", "get_pretrained",
+           "list_pretrained", "download_file", "download_pretrained", "cache_dir", "resolve_url",
+           "ZooDownloadError", "UnknownPretrainedError", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
+
+
+def download_pretrained(name: str, **kwargs) -> "dict":
+    """Download every file of zoo entry ``name``; returns ``{"weights": Path, "tokenizer": Path, ...}``."""
+    entry = get_pretrained(name)
+    paths = {"weights": download_file(entry.weights, **kwargs)}
+    if entry.tokenizer is not None and entry.tokenizer.file is not None:
+        paths["tokenizer"] = download_file(entry.tokenizer.file, **kwargs)
+    if entry.answer_vocab is not None:
+        paths["answer_vocab"] = download_file(entry.answer_vocab, **kwargs)
+    return paths
