@@ -83,6 +83,7 @@ setup(
         "beit3_plugins": LAYER_REGISTRIES,
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
         ],
     },
 )

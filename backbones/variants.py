@@ -4,7 +4,8 @@ Each registered name has its own config dataclass (fairseq / timm style): ``BACK
 drop_path_rate=0.1)`` or ``build_backbone("vlmo_base", checkpoint=...)``. The architecture switches are fields
 of :class:`~.multiway.MultiwayConfig`; a variant is only a set of defaults. Sources: the released BEiT-3 code
 (microsoft/unilm ``beit3/``: base/large, decoupled layout), the BEiT-3 paper (giant: shared attention, VL
-experts in the top layers) and the released VLMo code (microsoft/unilm ``vlmo/``).
+experts in the top layers; its base ablation layout and the standard-Transformer ablation), the VL-BEiT paper
+and the released VLMo code (microsoft/unilm ``vlmo/``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from beit3_plugins.backbones.registry import BACKBONES
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
 
 __all__ = [
-    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig",
+    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "Beit3BaseSharedConfig",
+    "Beit3BaseStandardConfig", "VlBeitBaseConfig", "Beit3TinySharedConfig", "Beit3TinyStandardConfig",
     "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "build_backbone",
 ]
 
@@ -60,6 +62,49 @@ class Beit3GiantConfig(MultiwayConfig):
     patch_size: int = 14
     layout: str = Layout.SHARED.value
     vl_expert_start: Optional[int] = 37
+
+
+@dataclass
+class Beit3BaseSharedConfig(MultiwayConfig):
+    """The paper's base ablation layout (BEiT-3 Sec. 2.1 / 3.3): shared self-attention, V/L experts in every
+    layer, vision-language experts in the top three layers (as the giant model)."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 9
+
+
+@dataclass
+class Beit3BaseStandardConfig(MultiwayConfig):
+    """The "standard Transformer" ablation (BEiT-3 Table 8a): attention, FFN and norms shared by every modality."""
+
+    layout: str = Layout.SHARED.value
+    multiway: bool = False
+
+
+@dataclass
+class VlBeitBaseConfig(MultiwayConfig):
+    """VL-BEiT base (Bao et al., 2022, Sec. 2.2): a MoME Transformer as in VLMo (shared attention, V/L experts,
+    VL experts in the top two layers as VLMo-Base) with BEiT-3's 64k sentencepiece vocabulary and absolute
+    positions. The paper gives no VL-expert depth of its own; VLMo-Base's is used."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 10
+
+
+@dataclass
+class Beit3TinySharedConfig(Beit3TinyConfig):
+    """Tiny version of the shared ablation layout (VL experts in the top layer), for tests."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 3
+
+
+@dataclass
+class Beit3TinyStandardConfig(Beit3TinyConfig):
+    """Tiny standard (non-Multiway) Transformer, for tests."""
+
+    layout: str = Layout.SHARED.value
+    multiway: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- VLMo
@@ -106,7 +151,9 @@ class VlmoTinyConfig(_VlmoArchitecture, Beit3TinyConfig):
 
 for _name, _cfg in {
     "beit3_tiny": Beit3TinyConfig, "beit3_base": Beit3BaseConfig, "beit3_large": Beit3LargeConfig,
-    "beit3_giant": Beit3GiantConfig,
+    "beit3_giant": Beit3GiantConfig, "beit3_base_shared": Beit3BaseSharedConfig,
+    "beit3_base_standard": Beit3BaseStandardConfig, "vlbeit_base": VlBeitBaseConfig,
+    "beit3_tiny_shared": Beit3TinySharedConfig, "beit3_tiny_standard": Beit3TinyStandardConfig,
     "vlmo_tiny": VlmoTinyConfig, "vlmo_base": VlmoBaseConfig, "vlmo_large": VlmoLargeConfig,
 }.items():
     BACKBONES.register(_name, config=_cfg)(MultiwayTransformer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from typing import Sequence
 
 import torch
 
@@ -29,7 +30,47 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     Pickled model-zoo files (``.pkl``, ``.pyth``) are refused; re-save their tensors as a ``.pth`` state dict.
     Saves are atomic (:func:`beit3_plugins.checkpoint.atomic_write`); fvcore writes the file in place.
+
+    ``replace_heads`` (``MODEL.REPLACE_HEADS``): module prefixes whose tensors in the *initial* weights are not
+    loaded, so those modules keep their fresh initialisation - a new classifier for another label set (the
+    Objects365 -> COCO stage). Any other tensor whose shape differs from the model's is an error naming the
+    file (fvcore would skip it with a warning and train a silently re-initialised layer). A resumed run
+    (``--resume``) loads its own checkpoint whole.
     """
+
+    def __init__(self, model, save_dir: str = "", *, replace_heads: Sequence[str] = (), **checkpointables) -> None:
+        super().__init__(model, save_dir, **checkpointables)
+        self.replace_heads = tuple(replace_heads)
+        self._initial_load = True
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        self._initial_load = not (resume and self.has_checkpoint())
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._initial_load = True
+
+    def load(self, path: str, *args, **kwargs):
+        self._source = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint):
+        weights = checkpoint["model"]
+        for key in [k for k in weights if k.startswith("module.")]:
+            weights[key[len("module."):]] = weights.pop(key)
+        if self.replace_heads and self._initial_load:
+            replaced = sorted(k for k in weights if k.startswith(self.replace_heads))
+            for key in replaced:
+                del weights[key]
+            logger.info("MODEL.REPLACE_HEADS: %d tensors not loaded, freshly initialised: %s", len(replaced), replaced)
+        own = self.model.state_dict()
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in weights.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise CheckpointMismatchError(
+                f"{getattr(self, '_source', 'checkpoint')}: tensors of the wrong shape:\n  " + "\n  ".join(wrong) +
+                "\n(a head for another label set: list its module in MODEL.REPLACE_HEADS to initialise it afresh)")
+        return super()._load_model(checkpoint)
 
     def _load_file(self, filename):
         if filename.endswith((".pkl", ".pyth")):
@@ -90,8 +131,16 @@ class Beit3DetectionTrainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
                              use_fast_impl=False)
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):  # noqa: N802 - detectron2's name for it (tools/train_net.py)
+        """COCO evaluation with multi-scale + flip TTA (``TEST.AUG.*``, see ``tta.py``)."""
+        from .tta import test_with_tta
+
+        return test_with_tta(cfg, model, cls.build_evaluator, cls.build_test_loader)
+
     def build_hooks(self):
         self.checkpointer = SafeDetectionCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR,
+                                                      replace_heads=self.cfg.MODEL.REPLACE_HEADS,
                                                       trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         if self.cfg.SOLVER.SEED_PER_ITER:
@@ -108,3 +157,4 @@ class Beit3DetectionTrainer(DefaultTrainer):
             self._trainer._data_loader_iter_obj = None
             logger.info("resumed at iteration %d; data stream restarted at batch %d", self.start_iter,
                         self.start_iter)
+

@@ -21,13 +21,15 @@ from torch import Tensor
 from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_image, read_coco_captions,
                                         read_json, read_karpathy, read_text_lines)
 
+from .augment import ColorJitter, RandAugment
 from .masking import (IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens,
                       word_start_table)
 
 __all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
-           "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES"]
+           "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES", "PAIR_MASKING"]
 
 MAX_IMAGE_RETRIES = 16
+PAIR_MASKING = ("separate", "joint", "text", "image")
 
 
 class EmptyCorpusError(ValueError):
@@ -111,7 +113,8 @@ class TextSource:
 
 @dataclasses.dataclass
 class CropFlipAugment:
-    """BEiT-style training augmentation (random resized crop, horizontal flip, then the VL normalisation)
+    """BEiT-style training augmentation (random resized crop, horizontal flip, optional colour jitter or
+    RandAugment, then the VL normalisation)
     drawing every random number from the caller's numpy Generator.
 
     fairseq prefetches batches in a background thread, so augmentations that use the process-global torch
@@ -122,6 +125,10 @@ class CropFlipAugment:
     scale: Tuple[float, float] = (0.5, 1.0)
     ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    # colour augmentation after crop and flip: BEiT's ColorJitter(x, x, x) (BEiT-3, VL-BEiT; 0 = off) and
+    # VLMo's RandAugment (None = off); see augment.py
+    color_jitter: float = 0.0
+    rand_augment: Optional[RandAugment] = None
 
     def __call__(self, image, rng: np.random.Generator) -> Tensor:
         import math
@@ -143,6 +150,10 @@ class CropFlipAugment:
                                 interpolation=InterpolationMode.BICUBIC)
         if rng.random() < self.hflip:
             image = TF.hflip(image)
+        if self.color_jitter > 0:
+            image = ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter)(image, rng)
+        if self.rand_augment is not None:
+            image = self.rand_augment(image, rng)
         return TF.normalize(TF.to_tensor(image), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 
 
@@ -186,15 +197,17 @@ class PairSource:
     """MVLM examples from (image, caption) pairs.
 
     ``separate`` masking (BEiT-3 default) corrupts one modality per pair, chosen with probability 1/2:
-    either 50% of the text tokens or a block-wise image mask. ``joint`` masking corrupts both.
+    either 50% of the text tokens or a block-wise image mask. ``joint`` masking corrupts both (VL-BEiT,
+    VLMo's MLM on pairs). ``text`` / ``image`` corrupt only that modality (BEiT-3's ablations without
+    MVLM's image / text reconstruction).
     """
 
     def __init__(self, pairs: Sequence[Tuple[str, str]], tokenizer, max_len: int, model_vocab_size: int,
                  transform: Callable, grid: Tuple[int, int], text_masking: TokenMaskingConfig = TokenMaskingConfig(0.5),
                  image_masking: BlockMaskingConfig = BlockMaskingConfig(), mode: str = "separate",
                  skips: Optional[SkipCounter] = None, name: str = "caption file") -> None:
-        if mode not in ("separate", "joint"):
-            raise ValueError(f"MVLM masking must be 'separate' or 'joint', got {mode!r}")
+        if mode not in PAIR_MASKING:
+            raise ValueError(f"MVLM masking must be one of {list(PAIR_MASKING)}, got {mode!r}")
         self.pairs = list(pairs)
         if not self.pairs:
             raise EmptyCorpusError(f"{name}: no image-caption pairs")
@@ -211,11 +224,11 @@ class PairSource:
         ids = self.encode(self.pairs[used][1])
         image_mask = self.images.masker(rng).reshape(-1)
         inputs, targets = self.mask_text(ids, rng)
-        if self.mode == "separate":
-            if rng.random() < 0.5:
-                image_mask[:] = False                                     # text is masked
-            else:
-                inputs, targets = ids.copy(), np.full_like(ids, IGNORE_INDEX)  # image is masked
+        mask_text_only = self.mode == "text" or (self.mode == "separate" and rng.random() < 0.5)
+        if mask_text_only:
+            image_mask[:] = False
+        elif self.mode in ("separate", "image"):                              # image only
+            inputs, targets = ids.copy(), np.full_like(ids, IGNORE_INDEX)
         return {"image": image, "mask": image_mask, "ids": inputs, "targets": targets, "clean_ids": ids}
 
 

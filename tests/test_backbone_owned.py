@@ -67,7 +67,8 @@ def test_prune_to_vision_every_backbone(name):
     assert removed and not [n for n in names if ".text." in n or ".vl." in n or n.startswith(("text_", "mask_token",
                                                                                               "norm."))]
     assert all(model.is_pruned_key(n) for n in removed) and not any(model.is_pruned_key(n) for n in names)
-    assert any(n.startswith("layers.0.ffn.vision.") for n in names)
+    # the standard (non-Multiway) Transformer has one FFN for every modality: it stays whole
+    assert any(n.startswith(("layers.0.ffn.vision.", "layers.0.ffn.shared.")) for n in names)
     assert not [n for n in names if model.is_language_parameter(n)]
     assert all(model.is_language_parameter(n) for n in removed if ".vl." not in n and n not in ("mask_token",)
                and not n.startswith("norm."))
@@ -117,7 +118,8 @@ def test_param_groups_every_backbone(name):
     check("backbone.patch_embed.weight", 0.5 ** (depth + 1), 0.05)
     check("backbone.patch_embed.bias", 0.5 ** (depth + 1), 0.0)
     check("backbone.layers.0.attn.qkv.%s.weight" % expert, 0.5 ** depth, 0.05)
-    check(f"backbone.layers.{depth - 1}.ffn.vision.fc1.weight", 0.5, 0.05)
+    ffn_expert = "vision" if task.backbone.cfg.multiway else "shared"   # a standard Transformer has one FFN
+    check(f"backbone.layers.{depth - 1}.ffn.{ffn_expert}.fc1.weight", 0.5, 0.05)
     check("backbone.layers.0.norm1.%s.weight" % expert, 0.5 ** depth, 0.0)
     check("head.weight", 10.0, 0.05)
     check("head.bias", 10.0, 0.0)

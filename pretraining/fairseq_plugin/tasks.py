@@ -51,8 +51,21 @@ class Beit3MdmTaskConfig(FairseqDataclass):
         "help": "mask whole words (every sentencepiece piece of a chosen word; VLMo) instead of single pieces"})
     image_mask_ratio: float = 0.4
     min_mask_block: int = 16
-    mvlm_masking: str = field(default="separate", metadata={"help": "separate (one modality per pair) or joint"})
+    mvlm_masking: str = field(default="separate", metadata={
+        "help": "separate (one modality per pair), joint (both), text (text only) or image (patches only); the "
+                "last two are BEiT-3's Table 8e/8f ablations of MVLM's text / image reconstruction"})
     train_crop_scale: float = field(default=0.5, metadata={"help": "random resized crop minimum area"})
+    color_jitter: float = field(default=0.0, metadata={
+        "help": "BEiT's ColorJitter(x, x, x) in training (BEiT-3 / VL-BEiT: 0.4); 0 = off"})
+    rand_augment_ops: int = field(default=0, metadata={"help": "VLMo's RandAugment: ops per image (VLMo: 2); 0 = off"})
+    rand_augment_magnitude: int = field(default=7, metadata={"help": "RandAugment magnitude of 10 (VLMo: 7)"})
+    # ablation switches (BEiT-3 Table 8c/e/f, VL-BEiT Table 4, VLMo Table 5): an objective switched off builds no
+    # data source / computes no loss
+    mlm: bool = field(default=True, metadata={"help": "MLM: on text-only data (mdm) / on pairs (vlmo)"})
+    mim: bool = field(default=True, metadata={"help": "MIM on image-only data (mdm)"})
+    mvlm: bool = field(default=True, metadata={"help": "MVLM on image-text pairs (mdm)"})
+    itc: bool = field(default=True, metadata={"help": "image-text contrast (vlmo)"})
+    itm: bool = field(default=True, metadata={"help": "image-text matching with hard negatives (vlmo)"})
     objective: str = field(default="mdm", metadata={"help": "mdm (BEiT-3 MLM+MIM+MVLM) or vlmo (ITC+ITM+MLM)"})
     stage: str = field(default="all", metadata={"help": "stagewise pretraining: all | vision | language"})
     seed: int = II("common.seed")
@@ -68,8 +81,11 @@ class Beit3MdmTask(FairseqTask):
         self.skips = SkipCounter()
         if cfg.objective not in ("mdm", "vlmo"):
             raise ValueError(f"unknown objective {cfg.objective!r}; choose mdm or vlmo")
-        if cfg.mvlm_masking not in ("separate", "joint"):
-            raise ValueError(f"mvlm_masking must be separate or joint, got {cfg.mvlm_masking!r}")
+        if cfg.mvlm_masking not in ("separate", "joint", "text", "image"):
+            raise ValueError(f"mvlm_masking must be separate, joint, text or image, got {cfg.mvlm_masking!r}")
+        switches = ("mlm", "mim", "mvlm") if cfg.objective == "mdm" else ("itc", "itm", "mlm")
+        if cfg.stage == "all" and not any(getattr(cfg, name) for name in switches):
+            raise ValueError(f"every {cfg.objective} objective is switched off ({', '.join(switches)})")
 
     @classmethod
     def setup_task(cls, cfg: Beit3MdmTaskConfig, **kwargs):
@@ -101,11 +117,16 @@ class Beit3MdmTask(FairseqTask):
     def transform(self, train: bool):
         """Training: random resized crop + flip drawn from the per-sample generator (thread-safe, exact
         resume); evaluation: the deterministic VL resize + normalisation."""
+        from beit3_plugins.pretraining.augment import RandAugment
         from beit3_plugins.pretraining.data import CropFlipAugment
         from beit3_plugins.transforms import build_image_transform
 
+        cfg = self.cfg
         if train:
-            return CropFlipAugment(self.cfg.image_size, scale=(self.cfg.train_crop_scale, 1.0))
+            rand_augment = (RandAugment(cfg.rand_augment_ops, cfg.rand_augment_magnitude)
+                            if cfg.rand_augment_ops > 0 else None)
+            return CropFlipAugment(cfg.image_size, scale=(cfg.train_crop_scale, 1.0), color_jitter=cfg.color_jitter,
+                                   rand_augment=rand_augment)
         return build_image_transform("vl", train=False, image_size=self.cfg.image_size)
 
     def build_sources(self, split: str):
@@ -140,15 +161,18 @@ class Beit3MdmTask(FairseqTask):
             return {"image": (image_source(), cfg.images_per_unit)}
         if cfg.stage != "all":
             raise ValueError(f"unknown stage {cfg.stage!r}; stages are all, vision, language")
-        splits = cfg.pair_splits if train else cfg.valid_pair_splits
-        pairs = read_pairs(self._path(cfg, cfg.pair_data), self._path(cfg, cfg.pair_image_root),
-                           splits=[s.strip() for s in splits.split(",") if s.strip()])
-        pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid, pair_mask,
-                                 block, mode="joint" if cfg.objective == "vlmo" else cfg.mvlm_masking,
-                                 skips=self.skips, name=f"{cfg.pair_data} ({splits})")
-        sources = {"pair": (pair_source, cfg.pairs_per_unit)}
-        if cfg.objective == "mdm":
+        sources = {}
+        if cfg.objective == "vlmo" or cfg.mvlm:
+            splits = cfg.pair_splits if train else cfg.valid_pair_splits
+            pairs = read_pairs(self._path(cfg, cfg.pair_data), self._path(cfg, cfg.pair_image_root),
+                               splits=[s.strip() for s in splits.split(",") if s.strip()])
+            pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid, pair_mask,
+                                     block, mode="joint" if cfg.objective == "vlmo" else cfg.mvlm_masking,
+                                     skips=self.skips, name=f"{cfg.pair_data} ({splits})")
+            sources["pair"] = (pair_source, cfg.pairs_per_unit)
+        if cfg.objective == "mdm" and cfg.mlm:
             sources["text"] = (text_source(), cfg.texts_per_unit)
+        if cfg.objective == "mdm" and cfg.mim:
             sources["image"] = (image_source(), cfg.images_per_unit)
         return sources
 
