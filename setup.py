@@ -10,6 +10,7 @@ dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic 
     detection/      -> beit3_plugins.detection   (detectron2 adapter)
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
+    pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
 
 Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
 the code that reads them, so a wheel install has them too.
@@ -17,7 +18,8 @@ the code that reads them, so a wheel install has them too.
 from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
-          "segmentation": "segmentation", "vl_tasks": "vl_tasks"}
+          "segmentation": "segmentation", "vl_tasks": "vl_tasks",
+          "pipelines": "pipelines"}
 # Data-only packages: config trees stay user-visible in configs/ and are installed next to their adapter so that
 # a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
 # the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
@@ -55,6 +57,7 @@ EXTRAS = {
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
+    "hub": ["huggingface_hub"],
     "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
@@ -72,7 +75,8 @@ setup(
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
                   "beit3_plugins.segmentation.configs": ["_base_/*.py"],
                   "beit3_plugins.pretraining.configs": ["*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "omegaconf>=2.3",
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "safetensors", "tqdm",
+                              "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,
     entry_points={
@@ -84,6 +88,7 @@ setup(
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
+            "predict=beit3_plugins.pipelines.cli:predict_main",
         ],
     },
 )

@@ -1,11 +1,16 @@
-"""Which attention kernel runs: PyTorch's fused ``scaled_dot_product_attention`` or two matmuls around a softmax.
+"""Which attention kernel runs: PyTorch's fused ``scaled_dot_product_attention`` or two matmuls around a softmax,
+chosen by measurement.
 
-On CPU in bf16, at BEiT-3's sequence lengths (197 image tokens plus text, a few hundred in all), PyTorch's
-fused (flash) kernel takes about twice as long as ``q @ k.T -> softmax -> @ v``, forward and backward; in fp32
-the two are level (``python -m bench.attention_kernels`` measures it; docs/benchmarks.md has the numbers).
-The matmul path keeps the attention matrix for the backward pass, O(Lq * Lk) memory per layer that the
-fused kernel avoids, so ``auto`` takes it only where it wins: bf16 on CPU with small score matrices (fp16 on
-CPU was not measured). On CUDA ``auto`` is always the fused kernel.
+Which one is faster depends on the CPU family, the dtype and whether a backward pass follows: on an AMD EPYC
+(this project's CI machine) bf16 bmm+softmax+bmm ran about twice as fast as the fused kernel forward and
+backward at BEiT-3's lengths, while on an Intel Xeon with AMX the fused kernel won bf16 *inference* (matmul at
+0.49-0.89x) and lost only forward+backward. A fixed rule tuned on one machine is wrong on the other, so
+``auto`` times both kernels once per *shape class* - (grad mode, dtype, device, head dim, Lq*Lk and B*H in
+powers of two) - at first use, on copies of the real inputs, and keeps the faster one for the rest of the
+process (``kernel_choices()`` shows the table; ``python -m bench.attention_kernels`` prints it beside the
+timings). In grad mode the matmul path stores the attention matrix for backward, so it must win by
+``TRAINING_MARGIN`` to be picked; above ``MATMUL_MAX_SCORES`` it is never tried (memory). On CUDA, while
+compiling / tracing, and for score matrices above that size ``auto`` is the fused kernel without measuring.
 
 Both kernels take the same masks (boolean, True = may attend; or an additive float bias with -inf where
 not allowed) and give the same result, including a query row with every key masked: all zeros, as SDPA
@@ -16,21 +21,30 @@ two copies of the attention matrix per call.
 from __future__ import annotations
 
 import enum
-from typing import Optional
+import math
+import threading
+import time
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AttentionKernel", "attend", "resolve_kernel", "MATMUL_MAX_SCORES"]
+__all__ = ["AttentionKernel", "attend", "resolve_kernel", "MATMUL_MAX_SCORES", "kernel_choices",
+           "clear_kernel_choices", "shape_class", "TRAINING_MARGIN"]
 
-# 'auto' uses the matmul path while Lq * Lk stays at or below this: a 512 px image (1025 tokens) with text.
-# Near 2000 tokens the fused kernel is faster again, and the saved attention matrices grow large.
+# Above this Lq * Lk the matmul path is never tried: the saved attention matrices grow large, and near 2000
+# tokens the fused kernel was faster on every machine measured.
 MATMUL_MAX_SCORES = 1100 * 1100
+# matmul must be this much faster to be picked when a backward pass will follow (it keeps the matrix);
+# for inference a smaller margin keeps timing noise from flipping near-ties
+TRAINING_MARGIN = 0.9
+INFERENCE_MARGIN = 0.97
+_REPEATS = 3
 
 
 class AttentionKernel(str, enum.Enum):
-    AUTO = "auto"        # matmul for small bf16 score matrices on CPU, fused SDPA otherwise
+    AUTO = "auto"        # the faster of the two, measured once per shape class (see the module docstring)
     SDPA = "sdpa"        # always torch's fused scaled_dot_product_attention
     MATMUL = "matmul"    # always bmm + softmax + bmm
 
@@ -58,21 +72,105 @@ def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -
     return probs @ v
 
 
-def resolve_kernel(q: Tensor, k: Tensor, kernel: AttentionKernel = AttentionKernel.AUTO) -> AttentionKernel:
-    """The kernel ``attend`` runs for these queries and keys: ``auto`` becomes ``matmul`` for bf16 on CPU
-    with a small score matrix (where it is about twice as fast), ``sdpa`` otherwise (in fp32 on CPU the two
-    are level, and only the fused kernel avoids storing the attention matrix)."""
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+_RUN = {AttentionKernel.SDPA: _sdpa, AttentionKernel.MATMUL: _matmul_attention}
+
+# shape class -> measured choice; filled at first use, read-only afterwards (one lock for the first writes)
+_CHOICES: Dict[Tuple, AttentionKernel] = {}
+_TIMES: Dict[Tuple, Tuple[float, float]] = {}
+_LOCK = threading.Lock()
+
+
+def _log2_bucket(n: int) -> int:
+    return int(math.log2(max(1, n)))
+
+
+def _training(q: Tensor, k: Tensor, v: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v))
+
+
+def shape_class(q: Tensor, k: Tensor, training: bool) -> Tuple:
+    """The key a measured choice is kept under: (grad mode, dtype, device, head dim, log2 Lq*Lk, log2 B*H)."""
+    batch_heads = q.numel() // max(1, q.shape[-1] * q.shape[-2])
+    return ("train" if training else "infer", str(q.dtype).replace("torch.", ""), q.device.type, q.shape[-1],
+            _log2_bucket(q.shape[-2] * k.shape[-2]), _log2_bucket(batch_heads))
+
+
+def kernel_choices() -> Dict[Tuple, Tuple[str, float, float]]:
+    """Shape class -> (chosen kernel, sdpa seconds, matmul seconds) measured so far in this process."""
+    return {key: (_CHOICES[key].value, *_TIMES.get(key, (float("nan"), float("nan")))) for key in _CHOICES}
+
+
+def clear_kernel_choices() -> None:
+    """Forget the measurements (benchmarks and tests that change threads or want a fresh decision)."""
+    with _LOCK:
+        _CHOICES.clear()
+        _TIMES.clear()
+
+
+def _time_kernel(kernel: AttentionKernel, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                 training: bool) -> None:
+    run = _RUN[kernel]
+    if training:
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            out = run(q, k, v, mask)
+            torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    else:
+        with torch.no_grad():
+            run(q, k, v, mask)
+
+
+def _measure(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], training: bool) -> Tuple[float, float]:
+    """(sdpa, matmul) best-of-``_REPEATS`` seconds on detached copies, the two kernels interleaved after a warm-up."""
+    q, k, v = q.detach(), k.detach(), v.detach()
+    mask = mask.detach() if mask is not None else None
+    best = {AttentionKernel.SDPA: float("inf"), AttentionKernel.MATMUL: float("inf")}
+    for kernel in best:  # warm-up (allocator, one-time kernel setup)
+        _time_kernel(kernel, q, k, v, mask, training)
+    for _ in range(_REPEATS):
+        for kernel in best:
+            start = time.perf_counter()
+            _time_kernel(kernel, q, k, v, mask, training)
+            best[kernel] = min(best[kernel], time.perf_counter() - start)
+    return best[AttentionKernel.SDPA], best[AttentionKernel.MATMUL]
+
+
+def _static_choice() -> bool:
+    """True where timing is impossible or meaningless: compiling, scripting, tracing."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
+        return True
+    return torch.jit.is_scripting() or torch.jit.is_tracing()
+
+
+def resolve_kernel(q: Tensor, k: Tensor, kernel: AttentionKernel = AttentionKernel.AUTO, v: Optional[Tensor] = None,
+                   mask: Optional[Tensor] = None) -> AttentionKernel:
+    """The kernel ``attend`` runs for these inputs: an explicit choice is kept; ``auto`` is the fused kernel on
+    CUDA, for large score matrices and while compiling, else the measured faster one of the shape class."""
     kernel = AttentionKernel(kernel)
     if kernel != AttentionKernel.AUTO:
         return kernel
-    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-    small = q.shape[-2] * k.shape[-2] <= MATMUL_MAX_SCORES
-    return AttentionKernel.MATMUL if cpu_bf16 and small else AttentionKernel.SDPA
+    if q.device.type != "cpu" or q.shape[-2] * k.shape[-2] > MATMUL_MAX_SCORES or _static_choice():
+        return AttentionKernel.SDPA
+    training = _training(q, k, v)
+    key = shape_class(q, k, training)
+    choice = _CHOICES.get(key)
+    if choice is None:
+        sdpa_s, matmul_s = _measure(q, k, k if v is None else v, mask, training)
+        margin = TRAINING_MARGIN if training else INFERENCE_MARGIN
+        choice = AttentionKernel.MATMUL if matmul_s < margin * sdpa_s else AttentionKernel.SDPA
+        with _LOCK:
+            _CHOICES.setdefault(key, choice)
+            _TIMES.setdefault(key, (sdpa_s, matmul_s))
+        choice = _CHOICES[key]
+    return choice
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None,
            kernel: AttentionKernel = AttentionKernel.AUTO) -> Tensor:
     """Multi-head attention of (B, H, Lq, D) queries over (B, H, Lk, D) keys/values with the chosen kernel."""
-    if resolve_kernel(q, k, kernel) == AttentionKernel.MATMUL:
-        return _matmul_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _RUN[resolve_kernel(q, k, kernel, v, mask)](q, k, v, mask)

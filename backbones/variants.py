@@ -159,9 +159,12 @@ for _name, _cfg in {
     BACKBONES.register(_name, config=_cfg)(MultiwayTransformer)
 
 
-def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = True, **overrides
-                   ) -> MultiwayTransformer:
+def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = True,
+                   pretrained: Optional[str] = None, **overrides) -> MultiwayTransformer:
     """Build a registered backbone, optionally loading a released BEiT-3 / VLMo file or our own export.
+
+    ``pretrained``: a zoo name (``list_pretrained()``; downloaded and cached, its resolution and final-norm
+    setting applied unless overridden) or a local file, as timm's ``pretrained=True``.
 
     The load report (:class:`beit3_plugins.checkpoint.LoadReport`: loaded, missing, unexpected keys, task
     heads kept aside, resampling notes) is attached as ``model.load_report`` and logged; with ``strict`` a
@@ -169,6 +172,11 @@ def build_backbone(name: str, checkpoint: Optional[str] = None, strict: bool = T
     """
     from .conversion import load_pretrained
 
+    if pretrained is not None:
+        from beit3_plugins.zoo import pretrained_weights
+
+        checkpoint, zoo_overrides = pretrained_weights(pretrained, backbone=name)
+        overrides = {**zoo_overrides, **overrides}
     model = BACKBONES.build(name, **overrides)
     if checkpoint is not None:
         model.load_report = load_pretrained(model, checkpoint, strict=strict)

@@ -19,7 +19,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
            "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
-           "atomic_write"]
+           "atomic_write", "save_safetensors", "is_safetensors", "convert_to_safetensors", "convert_cli"]
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def is_safetensors(path) -> bool:
+    return str(path).endswith(SAFETENSORS_SUFFIX)
+
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -41,7 +48,7 @@ def safe_load(path, map_location="cpu"):
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if isinstance(path, (str, os.PathLike)) and str(path).endswith(".safetensors"):
+    if isinstance(path, (str, os.PathLike)) and is_safetensors(path):
         return _load_safetensors(path, map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -83,6 +90,21 @@ def refuse_forced_unsafe_loading(who: str) -> None:
             f"{who}: refusing to run with {FORCE_UNSAFE_ENV} set: it makes torch.load unpickle anything, so a "
             f"checkpoint could run code. Unset it (`unset {FORCE_UNSAFE_ENV}`); checkpoints that then fail to load "
             "should be re-saved as tensors: torch.save({'model': model.state_dict()}, 'safe.pth').")
+
+
+def save_safetensors(state_dict: Dict[str, Tensor], path, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write a flat name -> tensor dict as ``.safetensors`` (tensors made contiguous and unshared, as the
+    format requires). ``metadata`` is a str -> str dict stored in the header."""
+    from safetensors.torch import save_file
+
+    if not is_safetensors(path):
+        raise ValueError(f"a safetensors file name must end in {SAFETENSORS_SUFFIX}: {path}")
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise TypeError(f"safetensors holds tensors only; these entries are not: {not_tensors[:10]}")
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata=dict(metadata or {}))
+    return str(path)
 
 
 @dataclasses.dataclass
@@ -179,3 +201,37 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def convert_to_safetensors(src, dst) -> Dict[str, int]:
+    """Re-save a checkpoint's weights (read through :func:`load_state_dict_file`, so safely) as safetensors.
+
+    Non-tensor entries (an argparse namespace, an epoch counter) cannot be stored and are counted, never
+    silently lost: the returned dict has ``tensors`` and ``skipped`` counts; the skipped names go in the
+    file's metadata. Keys and values are unchanged, so the file loads wherever the ``.pth`` did.
+    """
+    import json
+
+    state = load_state_dict_file(str(src))
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    skipped = sorted(k for k in state if k not in tensors)
+    if not tensors:
+        raise CheckpointMismatchError(f"{src} holds no tensors to convert")
+    save_safetensors(tensors, dst, metadata={"format": "pt", "source": os.path.basename(str(src)),
+                                             "skipped_non_tensors": json.dumps(skipped)})
+    return {"tensors": len(tensors), "skipped": len(skipped)}
+
+
+def convert_cli(argv=None) -> int:
+    """``beit3-plugins convert-safetensors IN.pth OUT.safetensors``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="beit3-plugins convert-safetensors",
+                                     description="re-save a (released) .pth checkpoint as .safetensors")
+    parser.add_argument("src", help="input checkpoint (.pth; read with weights_only=True)")
+    parser.add_argument("dst", help="output file (.safetensors)")
+    args = parser.parse_args(argv)
+    counts = convert_to_safetensors(args.src, args.dst)
+    print(f"{args.dst}: {counts['tensors']} tensors" + (f", {counts['skipped']} non-tensor entries not stored"
+                                                        if counts["skipped"] else ""))
+    return 0

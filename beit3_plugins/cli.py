@@ -25,6 +25,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                    "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
     "train-spm": ("beit3_plugins.tokenizer:cli_main",
                   "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
+    "convert-safetensors": ("beit3_plugins.checkpoint:convert_cli",
+                            "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
 }
 
 

@@ -1,8 +1,10 @@
 """Attention kernels side by side: torch's fused ``scaled_dot_product_attention`` against the matmul path
 (``backbones.attention``), forward and forward+backward, fp32 and bf16, at the sequence lengths BEiT-3 meets.
 
-The numbers behind ``attention_kernel="auto"``: ``python -m bench.attention_kernels`` prints the table;
-``bench.run_all`` puts it in the report. Outputs and gradients are checked equal before timing.
+What ``attention_kernel="auto"`` decides on this machine: it measures both kernels once per (grad mode, dtype,
+shape class) at first use, so the table shows its pick for inference and for training beside the timings
+(``python -m bench.attention_kernels`` prints it; ``bench.run_all`` puts it in the report). Outputs and gradients
+are checked equal before timing.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ if __package__ in (None, ""):  # `python bench/attention_kernels.py`
 
 import torch
 
-from beit3_plugins.backbones.attention import AttentionKernel, attend, resolve_kernel
+from beit3_plugins.backbones.attention import AttentionKernel, attend, clear_kernel_choices, resolve_kernel
 from bench.common import interleaved_times, max_abs_diff, median
 
 # (batch, tokens): a fused base-size sequence at 224 px (197 + 32) at batch 1 and 8, 384 px (577), 512 px
@@ -34,13 +36,14 @@ class KernelRow:
     matmul_fwd: float
     sdpa_train: float
     matmul_train: float
-    auto: str          # what attention_kernel="auto" picks here
+    auto_inference: str   # what attention_kernel="auto" picks here without grad
+    auto_training: str    # ... and when a backward pass follows
 
     def cells(self) -> List[str]:
         ms = lambda x: f"{x * 1000:.1f} ms"  # noqa: E731
         return [str(self.batch), str(self.tokens), self.dtype, ms(self.sdpa_fwd), ms(self.matmul_fwd),
                 f"{self.sdpa_fwd / self.matmul_fwd:.2f}x", ms(self.sdpa_train), ms(self.matmul_train),
-                f"{self.sdpa_train / self.matmul_train:.2f}x", self.auto]
+                f"{self.sdpa_train / self.matmul_train:.2f}x", self.auto_inference, self.auto_training]
 
 
 def measure(shapes: Sequence[Tuple[int, int]] = SHAPES, heads: int = 12, head_dim: int = 64,
@@ -77,15 +80,19 @@ def measure(shapes: Sequence[Tuple[int, int]] = SHAPES, heads: int = 12, head_di
 
             fwd = interleaved_times({k: forward(k) for k in (AttentionKernel.SDPA, AttentionKernel.MATMUL)}, repeats)
             trn = interleaved_times({k: train(k) for k in (AttentionKernel.SDPA, AttentionKernel.MATMUL)}, repeats)
+            clear_kernel_choices()  # auto's own first-use measurement, as a fresh process makes it
+            with torch.no_grad():
+                auto_infer = resolve_kernel(q, k, v=v, mask=allowed).value
+            auto_train = resolve_kernel(q, k, v=v, mask=allowed).value
             rows.append(KernelRow(batch, tokens, name, median(fwd[AttentionKernel.SDPA]),
                                   median(fwd[AttentionKernel.MATMUL]), median(trn[AttentionKernel.SDPA]),
-                                  median(trn[AttentionKernel.MATMUL]), resolve_kernel(q, k).value))
+                                  median(trn[AttentionKernel.MATMUL]), auto_infer, auto_train))
     return rows
 
 
 def table(rows: Sequence[KernelRow], heads: int = 12, head_dim: int = 64) -> str:
     head = ["batch", "tokens", "dtype", "sdpa fwd", "matmul fwd", "matmul speed-up", "sdpa fwd+bwd",
-            "matmul fwd+bwd", "matmul speed-up", "auto picks"]
+            "matmul fwd+bwd", "matmul speed-up", "auto: inference", "auto: training"]
     lines = [f"{heads} heads of {head_dim}; the second half of each batch has its last eighth of keys masked; "
              "medians, the two kernels interleaved.", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
@@ -93,7 +100,21 @@ def table(rows: Sequence[KernelRow], heads: int = 12, head_dim: int = 64) -> str
     return "\n".join(lines) + "\n"
 
 
+def machine() -> str:
+    """CPU model name (the kernel choice depends on the CPU family)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
+    print(f"CPU: {machine()}; torch {torch.__version__}; {torch.get_num_threads()} threads\n")
     print(table(measure()))
     return 0
 

@@ -1,5 +1,5 @@
 """The two attention kernels (torch's fused SDPA and bmm + softmax + bmm) give the same results for every mask
-the backbone builds, and ``auto`` picks the matmul path exactly where it is the faster one (bf16 on CPU)."""
+the backbone builds, and ``auto`` picks the kernel measured faster, per grad mode and shape class."""
 import pytest
 import torch
 
@@ -41,13 +41,68 @@ def test_matmul_kernel_equals_sdpa_forward_and_backward(mask_name, dtype, tol):
         assert results[AttentionKernel.MATMUL][0][2, :, 3].abs().max() == 0
 
 
-def test_auto_picks_matmul_only_for_small_bf16_on_cpu():
-    small = torch.zeros(1, 1, 229, 64)
-    assert resolve_kernel(small.bfloat16(), small.bfloat16()) == AttentionKernel.MATMUL
-    assert resolve_kernel(small, small) == AttentionKernel.SDPA                # fp32: level, SDPA saves memory
+@pytest.fixture
+def fresh_choices():
+    attention.clear_kernel_choices()
+    yield
+    attention.clear_kernel_choices()
+
+
+def _slowed(monkeypatch, kernel, seconds=0.05):
+    """Make one kernel slower on a fake clock that only the kernels advance (a stand-in for a CPU family where
+    it loses; deterministic on a loaded machine): the slowed one costs ``seconds`` per call, the other 1 ms."""
+    clock = [0.0]
+    monkeypatch.setattr(attention.time, "perf_counter", lambda: clock[0])
+    for each in (AttentionKernel.SDPA, AttentionKernel.MATMUL):
+        real = attention._RUN[each]
+        cost = seconds if each == kernel else 0.001
+
+        def timed(*args, _real=real, _cost=cost):
+            clock[0] += _cost
+            return _real(*args)
+
+        monkeypatch.setitem(attention._RUN, each, timed)
+
+
+@pytest.mark.parametrize("slow,expected", [(AttentionKernel.MATMUL, AttentionKernel.SDPA),
+                                           (AttentionKernel.SDPA, AttentionKernel.MATMUL)])
+def test_auto_picks_the_measured_faster_kernel(monkeypatch, fresh_choices, slow, expected):
+    _slowed(monkeypatch, slow)
+    q = torch.randn(1, 2, 20, 8, dtype=torch.bfloat16)
+    assert resolve_kernel(q, q) == expected
+    (key, (picked, sdpa_s, matmul_s)), = attention.kernel_choices().items()
+    assert key == ("infer", "bfloat16", "cpu", 8, attention._log2_bucket(400), 1) and picked == expected.value
+    assert (sdpa_s > matmul_s) == (slow == AttentionKernel.SDPA)
+
+
+def test_choice_is_measured_once_per_grad_mode_and_shape_class(monkeypatch, fresh_choices):
+    """Inference and training are separate classes (the Xeon AMX case: fused wins forward, matmul wins fwd+bwd);
+    a repeated class reuses the measurement, a new length bucket measures again."""
+    calls = []
+    monkeypatch.setattr(attention, "_measure", lambda q, k, v, mask, training: calls.append(training) or
+                        ((1.0, 2.0) if not training else (2.0, 1.0)))
+    q = torch.randn(2, 2, 30, 8, dtype=torch.bfloat16)
+    assert resolve_kernel(q, q) == AttentionKernel.SDPA
+    assert resolve_kernel(q + 1, q) == AttentionKernel.SDPA
+    grad_q = q.clone().requires_grad_()
+    assert resolve_kernel(grad_q, q) == AttentionKernel.MATMUL
+    with torch.no_grad():
+        assert resolve_kernel(grad_q, q) == AttentionKernel.SDPA       # no backward follows: inference class
+    longer = torch.randn(2, 2, 120, 8, dtype=torch.bfloat16)
+    resolve_kernel(longer, longer)
+    assert calls == [False, True, False]
+
+
+def test_training_needs_a_clear_win_and_large_or_cuda_shapes_skip_measuring(monkeypatch, fresh_choices):
+    monkeypatch.setattr(attention, "_measure", lambda *a: (1.0, 0.95))   # matmul 5% faster: within the margin
+    grad_q = torch.randn(1, 1, 16, 8).requires_grad_()
+    assert resolve_kernel(grad_q, grad_q) == AttentionKernel.SDPA
+    assert resolve_kernel(grad_q.detach(), grad_q.detach()) == AttentionKernel.MATMUL
+    monkeypatch.setattr(attention, "_measure", lambda *a: pytest.fail("must not measure"))
     side = int(MATMUL_MAX_SCORES ** 0.5) + 1
     large = torch.zeros(1, 1, side, 64, dtype=torch.bfloat16)
     assert resolve_kernel(large, large) == AttentionKernel.SDPA
+    small = torch.zeros(1, 1, 229, 64)
     assert resolve_kernel(small, small, "matmul") == AttentionKernel.MATMUL   # an explicit choice is kept
     assert resolve_kernel(small.bfloat16(), small.bfloat16(), "sdpa") == AttentionKernel.SDPA
 
@@ -71,17 +126,23 @@ def _count_sdpa_calls(monkeypatch):
     return calls
 
 
-def test_auto_routes_bf16_autocast_through_the_matmul_path_and_fp32_through_sdpa(monkeypatch):
+def test_model_forward_follows_the_measured_choice(monkeypatch, fresh_choices):
+    """Inside the backbone (fp32 and bf16 autocast), every attention call runs the kernel measured faster."""
     model = BACKBONES.build("beit3_tiny").eval()
-    calls = _count_sdpa_calls(monkeypatch)
     image, ids = torch.randn(2, 3, 64, 64), torch.randint(4, 1000, (2, 6))
-    with torch.no_grad():
-        model.forward_fused(image, ids)
-        assert len(calls) == 2 * model.cfg.depth      # vision queries and text queries, every layer
-        calls.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    for slow, autocast in ((AttentionKernel.MATMUL, False), (AttentionKernel.SDPA, True)):
+        attention.clear_kernel_choices()
+        monkeypatch.undo()
+        _slowed(monkeypatch, slow, 0.005)
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                model.forward_fused(image, ids)
+        calls = _count_sdpa_calls(monkeypatch)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model.forward_fused(image, ids)
-        assert not calls
+        picked = {choice for choice, _, _ in attention.kernel_choices().values()}
+        assert picked == {"sdpa" if slow == AttentionKernel.MATMUL else "matmul"}
+        assert len(calls) == (2 * model.cfg.depth if slow == AttentionKernel.MATMUL else 0)
 
 
 @pytest.mark.parametrize("name", ["beit3_tiny", "vlmo_tiny"])

@@ -108,6 +108,8 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
   "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate
 "${PIP[@]}" install -q 'timm>=1.0.9' sentencepiece 'hydra-core==1.3.2' 'omegaconf==2.3.0' pycocotools \
   pycocoevalcap tensorboard pytest pytest-timeout hypothesis
+# model zoo: safetensors files, download progress bars, optional hf-hub: names
+"${PIP[@]}" install -q safetensors tqdm huggingface_hub
 
 # The official BEiT-3 implementation (torchscale) is the reference in tests and benchmarks. Its metadata
 # pins timm==0.6.13 but it runs with timm 1.x, so it goes in without its declared dependencies.

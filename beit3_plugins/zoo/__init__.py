@@ -8,7 +8,7 @@ from .entries import (TASK_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, Zo
 
 __all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "TASK_KINDS", "ZOO", "register_pretrained", "get_pretrained",
            "list_pretrained", "download_file", "download_pretrained", "cache_dir", "resolve_url",
-           "ZooDownloadError", "UnknownPretrainedError", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
+           "ZooDownloadError", "UnknownPretrainedError", "pretrained_weights", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
 
 
 def download_pretrained(name: str, **kwargs) -> "dict":
@@ -20,3 +20,22 @@ def download_pretrained(name: str, **kwargs) -> "dict":
     if entry.answer_vocab is not None:
         paths["answer_vocab"] = download_file(entry.answer_vocab, **kwargs)
     return paths
+
+
+def pretrained_weights(name_or_path: str, backbone: "str | None" = None, **kwargs):
+    """(local weights path, backbone config overrides) for a zoo name or an existing file.
+
+    A zoo entry is downloaded (cached) and contributes its resolution and final-norm setting; ``backbone``
+    (a ``BACKBONES`` name) must be the entry's. A local file contributes no overrides.
+    """
+    import os
+
+    if os.path.isfile(str(name_or_path)):
+        return str(name_or_path), {}
+    entry = get_pretrained(str(name_or_path))
+    if entry.backbone is None:
+        raise ValueError(f"zoo entry {entry.name!r} is a {entry.task} file, not backbone weights")
+    if backbone is not None and backbone != entry.backbone:
+        raise ValueError(f"zoo entry {entry.name!r} holds {entry.backbone} weights, not {backbone}; build "
+                         f"{entry.backbone!r} or pick another entry (list_pretrained())")
+    return str(download_file(entry.weights, **kwargs)), entry.backbone_overrides()

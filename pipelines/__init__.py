@@ -1,0 +1,57 @@
+"""Inference pipelines (installed as ``beit3_plugins.pipelines``): from a zoo name or a local checkpoint to
+answers in one call, Hugging Face style, over the task models of ``vl_tasks``::
+
+    from beit3_plugins import pipeline
+    vqa = pipeline("vqa", model="beit3_base_patch16_480_vqa", answers="answer2label.txt")
+    vqa("cat.jpg", "what is on the sofa?")     # [{"answer": "cat", "score": 0.97}, ...]
+
+Tasks: ``vqa``, ``captioning``, ``image-embedding``, ``text-embedding``, ``retrieval``,
+``zero-shot-classification``, ``nlvr2``, ``image-classification``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Type, Union
+
+import torch
+
+from .base import Pipeline
+from .factory import create_model_and_transforms, resolve_dtype
+from .tasks import (CaptioningPipeline, ImageClassificationPipeline, ImageEmbeddingPipeline, Nlvr2Pipeline,
+                    RetrievalPipeline, TextEmbeddingPipeline, VqaPipeline, ZeroShotClassificationPipeline)
+
+__all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "list_pipelines"]
+
+PIPELINES: Dict[str, Type[Pipeline]] = {
+    "vqa": VqaPipeline,
+    "captioning": CaptioningPipeline,
+    "image-embedding": ImageEmbeddingPipeline,
+    "text-embedding": TextEmbeddingPipeline,
+    "retrieval": RetrievalPipeline,
+    "zero-shot-classification": ZeroShotClassificationPipeline,
+    "nlvr2": Nlvr2Pipeline,
+    "image-classification": ImageClassificationPipeline,
+}
+
+
+def list_pipelines():
+    return sorted(PIPELINES)
+
+
+def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.device, None] = None,
+             dtype: Union[str, torch.dtype, None] = "float32", batch_size: int = 8, like: Optional[str] = None,
+             tokenizer: Any = None, download: Optional[dict] = None, **task_kwargs: Any) -> Pipeline:
+    """A ready pipeline for ``task`` over ``model`` (a zoo name or a checkpoint path; see
+    :func:`create_model_and_transforms` for ``like`` / ``tokenizer`` / ``download``).
+
+    ``device``: default CUDA when present, else CPU. ``dtype``: ``float32`` (default), ``bfloat16``,
+    ``float16`` or ``auto`` (bf16 where the hardware has it). Task options (``answers=`` for VQA,
+    ``class_names=`` for image classification) pass through ``task_kwargs``.
+    """
+    name = task.replace("_", "-").lower()
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline task {task!r}; one of {', '.join(sorted(PIPELINES))}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    net, transform, tok = create_model_and_transforms(model, like=like, tokenizer=tokenizer, device=device,
+                                                      download=download)
+    return PIPELINES[name](net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
+                           batch_size=batch_size, **task_kwargs)

@@ -1,0 +1,121 @@
+"""What every pipeline shares: input conversion, batching, device and dtype.
+
+Images may be file paths, PIL images, numpy arrays (H x W x 3 pixels, uint8 or floats in [0, 1]) or torch
+tensors; a float tensor of shape (3, S, S) or (N, 3, S, S) is taken as already preprocessed model input
+(the entry's transform applied), so callers holding batches skip the PIL round trip. Everything else goes
+through the entry's evaluation transform. Reduced precision (bf16/fp16) runs under ``torch.autocast`` so
+LayerNorms and softmaxes keep fp32 accumulation, as in training.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from beit3_plugins.zoo import ZooEntry
+
+__all__ = ["Pipeline", "ImageInput", "as_list", "chunks"]
+
+ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+
+
+def as_list(value: Any) -> Tuple[List[Any], bool]:
+    """(items, was_single): a lone image / string becomes a one-item list (batched tensors are split)."""
+    if isinstance(value, (list, tuple)):
+        return list(value), False
+    if isinstance(value, Tensor) and value.dim() == 4:
+        return list(value), False
+    return [value], True
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Pipeline:
+    """A task model with its transform and tokenizer; subclasses define ``__call__``.
+
+    ``task_kinds``: the zoo task kinds whose weights this pipeline can run.
+    """
+
+    task_kinds: Tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, transform: Callable, tokenizer: Any, *, device: torch.device,
+                 dtype: torch.dtype, batch_size: int = 8) -> None:
+        entry: ZooEntry = model.zoo_entry
+        if self.task_kinds and entry.task not in self.task_kinds:
+            raise ValueError(f"{type(self).__name__} runs {'/'.join(self.task_kinds)} weights; {entry.name} is a "
+                             f"{entry.task} checkpoint")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.transform, self.tokenizer = model, transform, tokenizer
+        self.entry, self.device, self.dtype, self.batch_size = entry, device, dtype, batch_size
+
+    # ------------------------------------------------------------------ inputs
+    def load_image(self, image: ImageInput):
+        from PIL import Image
+
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                with Image.open(image) as img:
+                    return img.convert("RGB")
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read image {image}: {exc}") from exc
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if isinstance(image, Tensor):
+            image = image.detach().cpu().numpy()
+            if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+                image = image.transpose(1, 2, 0)
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.stack([image] * 3, -1)
+            if image.ndim != 3 or image.shape[-1] not in (1, 3):
+                raise ValueError(f"an image array must be H x W x 3 (or H x W), got shape {image.shape}")
+            if image.dtype != np.uint8:
+                image = (np.clip(image.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+            return Image.fromarray(np.ascontiguousarray(image if image.shape[-1] == 3 else image.repeat(3, -1)))
+        raise TypeError(f"unsupported image input {type(image).__name__}; give a path, PIL image, array or tensor")
+
+    def _is_model_input(self, image: Any) -> bool:
+        size = self.entry.image_size
+        return (isinstance(image, Tensor) and image.is_floating_point() and image.dim() == 3
+                and tuple(image.shape) == (3, size, size))
+
+    def images(self, images: Sequence[ImageInput]) -> Tensor:
+        """(N, 3, S, S) model input on the pipeline's device."""
+        if isinstance(images, Tensor) and images.dim() == 4 and self._is_model_input(images[0]):
+            return images.to(self.device, non_blocking=True)
+        tensors = [image if self._is_model_input(image) else self.transform(self.load_image(image))
+                   for image in images]
+        return torch.stack(tensors).to(self.device, non_blocking=True)
+
+    def texts(self, texts: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """(ids, padding_mask) padded to the longest text (over-long texts truncated as in training)."""
+        from beit3_plugins.vl_tasks.base import encode_texts
+
+        if isinstance(texts, str):
+            texts = [texts]
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings, got {type(bad[0]).__name__}")
+        ids, pad = encode_texts(self.tokenizer, list(texts), self.entry.tokenizer.max_length
+                                if self.entry.tokenizer else 64)
+        return ids.to(self.device), pad.to(self.device)
+
+    # ------------------------------------------------------------------ running
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def inference(self):
+        return torch.inference_mode()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.entry.name!r}, device={self.device}, dtype={self.dtype})"
