@@ -139,6 +139,28 @@ def _measure(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], training: 
     return best[AttentionKernel.SDPA], best[AttentionKernel.MATMUL]
 
 
+def _measure_isolated(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], training: bool
+                      ) -> Tuple[float, float]:
+    """:func:`_measure` on a fresh thread. Autograd's saved-tensor hooks are thread-local: the first call
+    may come from inside activation checkpointing, whose hooks would count the timing runs' saved tensors as
+    the layer's, and the recompute (which finds the choice cached) would then save fewer and fail."""
+    result: Dict[str, Tuple[float, float]] = {}
+    errors: list = []
+
+    def target() -> None:
+        try:
+            result["times"] = _measure(q, k, v, mask, training)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="attention-kernel-timing")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    return result["times"]
+
+
 def _static_choice() -> bool:
     """True where timing is impossible or meaningless: compiling, scripting, tracing."""
     compiler = getattr(torch, "compiler", None)
@@ -160,7 +182,7 @@ def resolve_kernel(q: Tensor, k: Tensor, kernel: AttentionKernel = AttentionKern
     key = shape_class(q, k, training)
     choice = _CHOICES.get(key)
     if choice is None:
-        sdpa_s, matmul_s = _measure(q, k, k if v is None else v, mask, training)
+        sdpa_s, matmul_s = _measure_isolated(q, k, k if v is None else v, mask, training)
         margin = TRAINING_MARGIN if training else INFERENCE_MARGIN
         choice = AttentionKernel.MATMUL if matmul_s < margin * sdpa_s else AttentionKernel.SDPA
         with _LOCK:
