@@ -6,6 +6,7 @@ package from there (not from the editable checkout) composes a task config; ``mi
 two iterations of the installed tiny ADE20K config (``_base_`` files resolved next to it, the adapter
 imported from the installed copy).
 """
+import ast
 import os
 import shutil
 import subprocess
@@ -14,8 +15,10 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks",
-           "pipelines", "configs"]
+# every folder setup.py maps (MAPPED), read from setup.py so that a new layer cannot be left out of the copy
+_MAPPED = next(ast.literal_eval(node.value) for node in ast.walk(ast.parse((REPO / "setup.py").read_text()))
+               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MAPPED")
+SOURCES = ["setup.py", "beit3_plugins", "configs", *_MAPPED.values()]
 
 
 def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
