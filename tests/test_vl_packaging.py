@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "configs"]
+SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "pipelines",
+           "configs"]
 
 
 def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
