@@ -52,7 +52,7 @@ PACKAGES, PACKAGE_DIR = _packages()
 
 TORCH = ["torch>=2.1", "torchvision"]
 EXTRAS = {
-    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "webdataset>=1.0"],
     "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless", "shapely"],
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
@@ -88,6 +88,7 @@ setup(
         "beit3_plugins": LAYER_REGISTRIES,
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
         ],

@@ -26,7 +26,7 @@ PathLike = Union[str, os.PathLike]
 __all__ = [
     "SkipCounter", "CorruptImageError", "InvalidRecordError", "read_json", "read_jsonl", "load_image",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
-    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa",
+    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa", "read_vg_qa",
     "Nlvr2Record", "read_nlvr2", "ImageFolderRecord", "read_image_folder", "IMAGE_EXTENSIONS",
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
 ]
@@ -471,6 +471,7 @@ class VqaRecord:
     multiple_choice_answer: str = ""
     question_type: str = ""
     answer_type: str = ""
+    raw_answers: List[str] = dataclasses.field(default_factory=list)  # as annotated (the official scorer's input)
 
     def dense_target(self, num_answers: int) -> np.ndarray:
         """The (num_answers,) float32 soft-score vector a BCE head trains on."""
@@ -540,6 +541,7 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
         ann = annotations.get(q["question_id"])
         if ann is not None:
             record.answers = [normalize_answer(a["answer"]) for a in ann["answers"]]
+            record.raw_answers = [a["answer"] for a in ann["answers"]]
             record.multiple_choice_answer = normalize_answer(ann.get("multiple_choice_answer", ""))
             record.question_type = ann.get("question_type", "")
             record.answer_type = ann.get("answer_type", "")
@@ -554,6 +556,39 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
                 if drop_out_of_vocab:
                     continue
         records.append(record)
+    return records
+
+
+def read_vg_qa(qa_path: PathLike, image_dir: Optional[PathLike] = None, vocab: Optional[AnswerVocab] = None,
+               skips: Optional[SkipCounter] = None) -> List[VqaRecord]:
+    """Visual Genome QA (``question_answers.json``: ``[{"id": image_id, "qas": [{"qa_id", "image_id",
+    "question", "answer"}, ...]}, ...]``) as VQA training records: the one answer, normalised, scores 1.0.
+
+    Images are ``image_dir/<image_id>.jpg``. A question whose answer is not in ``vocab`` is dropped and counted
+    ("vg_answer_out_of_vocab"), as VQA training drops unanswerable questions.
+    """
+    what = "Visual Genome QA file (question_answers.json)"
+    data = read_json(qa_path, what)
+    if not isinstance(data, list):
+        raise ValueError(f"{qa_path}: {what} must be a JSON list of images with 'qas'")
+    records = []
+    for entry in data:
+        for qa in entry.get("qas", []):
+            missing = [k for k in ("qa_id", "question", "answer") if k not in qa]
+            if missing:
+                raise ValueError(f"{qa_path}: a question of image {entry.get('id')} lacks {missing}")
+            image_id = qa.get("image_id", entry.get("id"))
+            answer = normalize_answer(qa["answer"])
+            record = VqaRecord(question_id=qa["qa_id"], image_id=image_id, question=qa["question"],
+                               image_path=str(Path(image_dir) / f"{image_id}.jpg") if image_dir is not None else None,
+                               answers=[answer], labels=[], scores=[], raw_answers=[qa["answer"]])
+            if vocab is not None:
+                if answer not in vocab:
+                    if skips is not None:
+                        skips.add("vg_answer_out_of_vocab", f"qa {qa['qa_id']}")
+                    continue
+                record.labels, record.scores = [vocab.index[answer]], [1.0]
+            records.append(record)
     return records
 
 
