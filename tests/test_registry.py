@@ -103,7 +103,8 @@ def test_root_registries_name_no_layer_above_the_core():
     for root in (registry.BACKBONES, registry.HEADS, registry.TASKS, registry.TOKENIZERS, registry.DATASETS,
                  registry.METRICS):
         assert root.parent is None
-        assert all(m.startswith("beit3_plugins.") and m.split(".")[1] in ("tokenizer", "data") for m in root._locations), (
+        assert all(m.startswith("beit3_plugins.") and m.split(".")[1] in ("tokenizer", "wordpiece", "data")
+                   for m in root._locations), (
             root, root._locations)
 
 

@@ -2,7 +2,9 @@
 
 Golden files in ``tests/golden/vlmo/`` were produced in a separate session environment (not part of this
 repository) by running microsoft/unilm ``vlmo/`` at commit 768a3c873f598bb9b4d4dfb9267b099e35f8fe56
-(``vlmo.modules.vlmo_module.VLMo`` with timm 0.4.12, transformers 4.30.2, scipy 1.11.4, torch 2.14.1, CPU) on:
+(``vlmo.modules.vlmo_module.VLMo`` with timm 0.4.12, transformers 4.30.2, scipy 1.11.4, torch 2.14.1, CPU;
+the harness only made ``Tensor.get_device()`` return "cpu" on CPU tensors, which VLMo's ``.to(device=...)`` calls
+need off-GPU; pytorch_lightning 1.5.10 ran for real) on:
 
 * a toy ``MultiWayTransformer`` (patch 8, 64 px, width 32, depth 4, 4 heads, mlp_ratio 2, VL expert from
   layer 3, qkv bias, LayerNorm eps 1e-6), vocab 256, ``max_text_len`` 16, ``max_text_len_of_initckpt`` 64,
