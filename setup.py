@@ -52,13 +52,14 @@ PACKAGES, PACKAGE_DIR = _packages()
 
 TORCH = ["torch>=2.1", "torchvision"]
 EXTRAS = {
-    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "webdataset>=1.0"],
     "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless", "shapely"],
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
     "hub": ["huggingface_hub"],
-    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0"],
+    # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -75,7 +76,7 @@ setup(
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
                   "beit3_plugins.segmentation.configs": ["_base_/*.py"],
                   "beit3_plugins.pretraining.configs": ["*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "safetensors", "tqdm",
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
                               "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,
@@ -87,6 +88,7 @@ setup(
         "beit3_plugins": LAYER_REGISTRIES,
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
         ],

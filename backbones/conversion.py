@@ -103,6 +103,9 @@ _OUR_QKV = re.compile(r"^layers\.(\d+)\.attn\.qkv\.(\w+)\.(weight|bias)$")
 # VLMo's buffers and tables this model rebuilds or does not use.
 _VLMO_UNUSED = ("text_embeddings.position_ids", "text_embeddings.position_embeddings.weight",
                 "relative_position_index", "text_relative_position_index", "text_imag_relative_position_index")
+# Absolute position tables of VLMo base-plus -> ours.
+_VLMO_ABSOLUTE = {"transformer.pos_embed": "vision_pos_embed",
+                  "text_embeddings.position_embeddings.weight": "text_pos_embed"}
 _VLMO_FOLDED = ("token_type_embeddings.weight", "text_embeddings.token_type_embeddings.weight")
 # Prefixes under which our own backbone sits in a whole-model checkpoint (longest first).
 _OUR_PREFIXES = ("backbone.net.beit3.", "backbone.beit3.", "core.backbone.", "backbone.")
@@ -189,23 +192,23 @@ def _convert_released_beit3(state_dict: Dict[str, Tensor], model: MultiwayTransf
     return ConvertedCheckpoint(out, heads, _unknown_note(unconverted), "beit3")
 
 
-def _check_vlmo_architecture(model: MultiwayTransformer) -> None:
+def _check_vlmo_architecture(model: MultiwayTransformer, absolute_positions: bool) -> None:
     cfg = model.cfg
-    wanted = {"layout": Layout.SHARED.value, "relative_position_bias": True, "text_embed_norm": True,
-              "shared_final_norm": True, "sub_ln": False}
+    wanted = {"layout": Layout.SHARED.value, "text_embed_norm": True, "shared_final_norm": True, "sub_ln": False,
+              "absolute_positions": absolute_positions, "relative_position_bias": not absolute_positions}
     wrong = {k: getattr(cfg, k) for k, v in wanted.items() if getattr(cfg, k) != v}
-    if wrong or cfg.layer_scale_init is None:
-        raise ValueError(f"a VLMo checkpoint needs a VLMo architecture (vlmo_base, vlmo_large, vlmo_tiny); this "
-                         f"model's config differs in {wrong or {'layer_scale_init': None}}")
+    if wrong:
+        kind = ("absolute positions (vlmo_base_plus, vlmo_tiny_plus)" if absolute_positions
+                else "relative positions (vlmo_base, vlmo_large, vlmo_tiny)")
+        raise ValueError(f"this VLMo checkpoint needs a VLMo architecture with {kind}; this model's config "
+                         f"differs in {wrong}")
 
 
 def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
     """Released VLMo keys -> ours (type vectors folded, q/v biases fused with a zero k bias)."""
-    _check_vlmo_architecture(model)
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-    if "transformer.pos_embed" in state_dict:
-        raise NotImplementedError("this VLMo checkpoint uses absolute positions (VLMo base-plus); only the relative "
-                                  "position models (VLMo base and large) convert")
+    absolute = "transformer.pos_embed" in state_dict     # VLMo base-plus
+    _check_vlmo_architecture(model, absolute)
     missing_folded = [k for k in _VLMO_FOLDED if k not in state_dict]
     if missing_folded:
         raise CheckpointMismatchError(f"VLMo checkpoint without {missing_folded}: cannot fold the type embeddings")
@@ -217,6 +220,10 @@ def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> 
     for key, value in state_dict.items():
         if key.startswith(VLMO_HEAD_PREFIXES):
             heads[key] = value
+        elif absolute and key in _VLMO_ABSOLUTE:
+            # VLMo counts positions from 0; this model keeps fairseq's POSITION_OFFSET unused rows in front
+            table = value.reshape(1, -1, value.shape[-1])
+            out[_VLMO_ABSOLUTE[key]] = torch.cat([table.new_zeros(1, POSITION_OFFSET, table.shape[-1]), table], dim=1)
         elif key.startswith(_VLMO_UNUSED) or key in _VLMO_FOLDED:
             continue  # folded below or rebuilt by this model
         elif key.endswith((".attn.q_bias", ".attn.v_bias")):

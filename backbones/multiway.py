@@ -432,7 +432,9 @@ class MultiwayTransformer(nn.Module):
         )
         make_norm = lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps)  # noqa: E731
         if not cfg.normalize_output:
+            # as in the released task models (e.g. VQA): a pretrained file's final norm is deliberately unused
             self.norm = None
+            self.pruned = self.pruned + ("norm",)
         elif cfg.shared_final_norm or not cfg.multiway:
             self.norm = Shared(make_norm)
         else:

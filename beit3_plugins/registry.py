@@ -360,6 +360,6 @@ class Registry:
 BACKBONES = Registry("backbone", base="torch.nn.Module")
 HEADS = Registry("head", base="torch.nn.Module")
 TASKS = Registry("task")
-TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer"])
+TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer", "beit3_plugins.wordpiece"])
 DATASETS = Registry("dataset", locations=["beit3_plugins.data.datasets"])
 METRICS = Registry("metric")

@@ -53,7 +53,12 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--img-size", type=int, default=0, help="image size (0: the arch's default)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in {"vocab_size": args.vocab_size, "img_size": args.img_size}.items() if v}
-    summary = init_vlmo_from_beit(args.beit_checkpoint, args.output, args.arch, args.experts, **overrides)
+    from beit3_plugins.checkpoint import CheckpointMismatchError
+
+    try:
+        summary = init_vlmo_from_beit(args.beit_checkpoint, args.output, args.arch, args.experts, **overrides)
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError, CheckpointMismatchError) as exc:
+        parser.error(str(exc))  # exit 2 with the message (UnsafeCheckpointError is a CheckpointMismatchError)
     for note in summary["notes"]:
         print(f"note: {note}")
     print(f"wrote {args.output}: {summary['arch']} ({summary['parameters'] / 1e6:.2f}M parameters), "

@@ -5,6 +5,7 @@ A child process saves ``model_final`` through ``SafeDetectionCheckpointer`` (the
 operating system after half of the bytes reached the file. fvcore's own ``save`` writes in place, which
 would leave a torn ``model_final.pth``; ours must leave the first file whole and loadable.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -75,3 +76,31 @@ def test_detectron2_stops_on_a_non_finite_loss():
         trainer.storage = storage
         for trainer.iter in range(4):
             trainer.run_step()
+
+
+def _fairseq_state(updates):
+    return {"model": {"w": torch.full((4,), float(updates))}, "args": None, "cfg": None, "extra_state": {},
+            "optimizer_history": [{"criterion_name": "beit3_mdm", "optimizer_name": "beit3_adamw",
+                                   "lr_scheduler_state": {}, "num_updates": updates}]}
+
+
+def test_fairseq_resumes_past_a_torn_checkpoint_last(tmp_path):
+    """fairseq writes checkpoint_E_U.pt atomically, then copies it to checkpoint_last.pt in place; a kill
+    inside the copy (simulated: the copy holds half the bytes) must not stop the next start. fairseq's reader
+    (wrapped by the plugin) then reads the checkpoint the copy came from."""
+    import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401
+    import pytest
+    from fairseq import checkpoint_utils
+
+    older, newest = tmp_path / "checkpoint_1_3.pt", tmp_path / "checkpoint_1_6.pt"
+    torch.save(_fairseq_state(3), older)
+    torch.save(_fairseq_state(6), newest)
+    os.utime(older, ns=(1, 1))  # the newest file is the one the copy came from
+    last = tmp_path / "checkpoint_last.pt"
+    last.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(last))
+    assert state["optimizer_history"][-1]["num_updates"] == 6 and torch.equal(state["model"]["w"], torch.full((4,), 6.))
+    older.unlink()
+    newest.unlink()
+    with pytest.raises(RuntimeError, match="is torn .* no whole checkpoint"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(last))

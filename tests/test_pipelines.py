@@ -179,7 +179,7 @@ def test_wrong_task_for_weights_and_missing_heads_are_clear_errors(world, tmp_pa
     with pytest.raises(ValueError, match="runs vqa weights; twin_itc is a itc checkpoint"):
         pipeline("vqa", model="twin_itc", answers=ANSWERS)
     with pytest.raises(Exception, match="heads are not in this file"):
-        pipeline("vqa", model=str(world["cache"] / "twin_pretrain.pth"), like="twin_vqa")
+        pipeline("captioning", model=str(world["cache"] / "twin_nlvr2.pth"), like="twin_captioning")
     with pytest.raises(ValueError, match="unknown pipeline task"):
         pipeline("vqa2", model="twin_vqa")
 

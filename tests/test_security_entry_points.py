@@ -184,3 +184,39 @@ def test_safetensors(evil, force_env, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="not a valid .safetensors file") as info:
         safe_load(str(disguised))
     assert str(disguised) in str(info.value) and not marker.exists()
+
+
+def test_zoo_download(evil, force_env, tmp_path):
+    """A zoo file served over HTTP (loopback ``ZooServer``): a file that does not match the published hash
+    is discarded unread; one that does (a compromised entry) is still refused when the backbone loads it."""
+    import hashlib
+
+    from beit3_plugins.backbones import build_backbone
+    from beit3_plugins.zoo import ZooDownloadError, ZooFile, download_file
+    from zoo_server import ZooServer
+
+    path, marker = evil
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "evil.pth").write_bytes(path.read_bytes())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with ZooServer(served) as server:
+        with pytest.raises(ZooDownloadError, match="sha256"):
+            download_file(ZooFile(server.url + "/evil.pth", sha256="00" * 32), cache=tmp_path / "c1", progress=False)
+        local = download_file(ZooFile(server.url + "/evil.pth", sha256=sha), cache=tmp_path / "c2", progress=False)
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError) as info:
+        build_backbone("beit3_tiny", checkpoint=str(local))
+    _refused(info, local, marker)
+
+
+def test_init_vlmo_from_beit_cli(evil, tmp_path, capsys):
+    """``beit3-plugins init-vlmo-from-beit`` reads the BEiT file weights-only: a usage error, nothing written."""
+    from beit3_plugins.pretraining.init_vlmo import cli_main
+
+    path, marker = evil
+    with pytest.raises(SystemExit) as info:
+        cli_main([str(path), str(tmp_path / "out.pth"), "--arch", "vlmo_tiny"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "weights-only" in err and "re-save" in err and str(path) in err, err
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()

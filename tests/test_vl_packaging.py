@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks", "configs"]
+SOURCES = ["setup.py", "beit3_plugins", "backbones", "pretraining", "detection", "segmentation", "vl_tasks",
+           "pipelines", "configs"]
 
 
 def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
@@ -32,6 +33,7 @@ def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
                     "-w", str(wheels), str(src)], check=True, cwd=tmp_path)
     wheel = next(wheels.glob("beit3_plugins-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"beit3_plugins/pipelines/__init__.py", "beit3_plugins/zoo/beit3_release.py"} <= names
     for rel in ("vl_train.yaml", "task/nlvr2.yaml", "model/beit3_tiny.yaml", "preset/cpu_tiny.yaml"):
         assert f"beit3_plugins/vl_tasks/configs/{rel}" in names, sorted(n for n in names if "configs" in n)
     for rel in ("ade20k_beit3.py", "ade20k_beit3_tiny.py", "_base_/seg_runtime.py", "_base_/seg_ade20k.py"):

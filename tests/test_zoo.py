@@ -129,3 +129,20 @@ def test_entry_type_carries_vlmo_files():
     assert entry.files()[1] is vocab
     with pytest.raises(ValueError, match="unknown task"):
         ZooEntry("x", "vlmo", "vqa2", vocab, backbone="vlmo_tiny")
+
+
+def test_hf_hub_names_go_through_huggingface_hub(tmp_path, monkeypatch):
+    """``hf-hub:`` files are fetched by huggingface_hub (its cache layout), here from the loopback server."""
+    pytest.importorskip("huggingface_hub")
+    root = tmp_path / "served"
+    target = root / "someorg" / "beit3-twin" / "resolve" / "main" / "weights.safetensors"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"0123456789" * 100)
+    with ZooServer(root) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        path = download_file(ZooFile("hf-hub:someorg/beit3-twin/weights.safetensors"), cache=tmp_path / "hub")
+        assert path.read_bytes() == target.read_bytes() and str(tmp_path / "hub") in str(path)
+        assert any(r["path"].endswith("/resolve/main/weights.safetensors") for r in server.requests)
+    with pytest.raises(ValueError, match="hf-hub:<org>/<repo>/<file>"):
+        download_file(ZooFile("hf-hub:justarepo"), cache=tmp_path)

@@ -20,6 +20,20 @@ class ZooServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_HEAD(self):  # noqa: N802 - the metadata request of huggingface_hub
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                import hashlib
+
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", '"%s"' % hashlib.sha256(data).hexdigest())
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.end_headers()
+
             def do_GET(self):  # noqa: N802
                 server.requests.append({"path": self.path, "range": self.headers.get("Range")})
                 path = server.root / self.path.lstrip("/")

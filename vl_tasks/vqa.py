@@ -25,6 +25,7 @@ from torch import nn
 from beit3_plugins.data import AnswerVocab, VqaV2Dataset
 from beit3_plugins.data.readers import read_vg_qa
 from beit3_plugins.data.datasets import RecordDataset
+from beit3_plugins.backbones import is_vlmo
 from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
@@ -32,7 +33,7 @@ from .heads import Pooler, VqaClassifier
 from .losses import soft_bce
 from .metrics import vqa_accuracy
 
-__all__ = ["VqaTaskConfig", "VqaModel", "VqaTask"]
+__all__ = ["VqaTaskConfig", "VqaModel", "VlmoVqaModel", "VqaTask"]
 
 
 @dataclasses.dataclass
@@ -68,6 +69,20 @@ class VqaModel(TaskModel):
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         logits = self.logits(batch["image"], batch["ids"], batch["padding_mask"])
         return {"loss": soft_bce(logits.float(), batch["targets"])}
+
+
+class VlmoVqaModel(VqaModel):
+    """VLMo's VQA: its LayerNorm-free ``pooler`` on the fused encoder's text [CLS] (VLMo puts text first and
+    pools token 0), then ``vqa_classifier`` (same layers as BEiT-3's)."""
+
+    released_head_map = {"vqa_classifier.": "head.", "pooler.": "pooler."}
+
+    def __init__(self, backbone: nn.Module, num_answers: int) -> None:
+        super().__init__(backbone, num_answers)
+        self.pooler = Pooler(self.dim, norm=False)
+
+    def logits(self, image, ids, padding_mask):
+        return self.head(self.pooler(self.backbone.forward_fused(image, ids, padding_mask).text_tokens))
 
 
 class _VqaItems(VqaV2Dataset):
@@ -168,7 +183,8 @@ class VqaTask(ImageTextMixin, VlTask):
                 "targets": targets, "question_id": [it["question_id"] for it in items]}
 
     def build_model(self, backbone: nn.Module) -> VqaModel:
-        return VqaModel(backbone, len(self._require_vocab()))
+        model_type = VlmoVqaModel if is_vlmo(backbone.cfg) else VqaModel
+        return model_type(backbone, len(self._require_vocab()))
 
     @torch.no_grad()
     def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:

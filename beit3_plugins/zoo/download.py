@@ -6,7 +6,8 @@ file is in; here the file is streamed into ``<name>.part`` (sha256 computed whil
 HTTP ``Range`` request when a ``.part`` exists (restarted when the server ignores the range), checked
 (size, sha256 or its prefix) and only then renamed into place, so the cache never holds a half file under
 the final name. Progress bars come from ``tqdm`` (a timm dependency, always present). ``hf-hub:`` files
-go through ``huggingface_hub.hf_hub_download``, which has its own cache, resume and etag checks.
+go through ``huggingface_hub.hf_hub_download``, which has its own cache, resume and etag checks
+(``$HF_ENDPOINT`` read at each call, so a mirror or a test server can stand in for the Hub).
 
 Cache directory: ``$BEIT3_PLUGINS_CACHE``, else ``$XDG_CACHE_HOME/beit3-plugins``, else
 ``~/.cache/beit3-plugins``. ``$BEIT3_PLUGINS_MIRROR`` (a base URL) replaces the host and folder of every
@@ -192,4 +193,5 @@ def _hf_hub(url: str, cache: Union[str, os.PathLike, None]) -> Path:
     except ImportError as exc:
         raise ImportError(f"{url} needs huggingface_hub: pip install 'beit3-plugins[hub]'") from exc
     return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename=parts[2],
-                                cache_dir=None if cache is None else str(cache)))
+                                cache_dir=None if cache is None else str(cache),
+                                endpoint=os.environ.get("HF_ENDPOINT") or None))
