@@ -456,7 +456,7 @@ def vlmo_state_dict_from_beit(state_dict: Dict[str, Tensor], model: MultiwayTran
     tables are concatenated by layer into the 2-D rows of VLMo's one table (a shared BEiT table is repeated for
     every layer); text rows and the text embedding keep their initial values. Returns (state dict, notes).
     """
-    _check_vlmo_architecture(model)
+    _check_vlmo_architecture(model, absolute_positions=False)  # BEiT: relative positions only
     if experts not in BEIT_INIT_EXPERTS:
         raise ValueError(f"experts must be one of {list(BEIT_INIT_EXPERTS)}, got {experts!r}")
     if "pos_embed" in state_dict:
