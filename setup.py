@@ -1,8 +1,8 @@
 """beit3-plugins: the BEiT-3 family (BEiT-3, VLMo, VL-BEiT) as plugins for fairseq, detectron2,
 mmsegmentation and vision-language task training.
 
-The repository keeps the design card's top-level folders; on install they are mapped under one namespace
-so that nothing claims a generic top-level name:
+One mapping rule: a top-level folder ``X/`` of the repository installs as ``beit3_plugins.X`` (the ``MAPPED``
+dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic top-level name:
 
     beit3_plugins/  -> beit3_plugins             (core: registry, checkpoint I/O, tokenizer, data)
     backbones/      -> beit3_plugins.backbones
@@ -11,15 +11,28 @@ so that nothing claims a generic top-level name:
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
     pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
+
+Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
+the code that reads them, so a wheel install has them too.
 """
 from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
           "segmentation": "segmentation", "vl_tasks": "vl_tasks",
           "pipelines": "pipelines"}
-# Data-only packages: the VL trainer's Hydra config tree stays user-visible in configs/vl_tasks/ and is
-# installed as beit3_plugins/vl_tasks/configs/ so that a regular (non-editable) install finds it.
-DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks"}
+# Data-only packages: config trees stay user-visible in configs/ and are installed next to their adapter so that
+# a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
+# the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
+# `mim train mmseg <that folder>/ade20k_beit3.py`), the fairseq-hydra-train yamls as
+# beit3_plugins/pretraining/configs/.
+DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks",
+                 "beit3_plugins.segmentation.configs": "configs",
+                 "beit3_plugins.pretraining.configs": "configs/pretrain"}
+# The package's own layers declare their child registries under the plugin entry-point group, exactly as a
+# third-party plugin does; the root registries in beit3_plugins/registry.py find them without naming them.
+LAYER_REGISTRIES = ["beit3_plugins.backbones=beit3_plugins.backbones.registry",
+                    "beit3_plugins.pretraining=beit3_plugins.pretraining.registry",
+                    "beit3_plugins.vl_tasks=beit3_plugins.vl_tasks.registry"]
 
 
 def _packages():
@@ -39,13 +52,14 @@ PACKAGES, PACKAGE_DIR = _packages()
 
 TORCH = ["torch>=2.1", "torchvision"]
 EXTRAS = {
-    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0"],
+    "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0", "webdataset>=1.0"],
     "detectron2": ["detectron2==0.7.2", "pycocotools", "opencv-python-headless", "shapely"],
     "mmseg": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0", "mmsegmentation==1.2.2", "openmim==0.3.9",
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
     "hub": ["huggingface_hub"],
-    "test": ["pytest", "pytest-timeout", "torchscale==0.3.0"],
+    # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -58,10 +72,12 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.yaml", "configs/*.py"],
-                  "beit3_plugins": ["configs/**/*.yaml", "assets/*"],
-                  "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"]},
-    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "numpy", "Pillow", "safetensors", "tqdm", "omegaconf>=2.3",
+    package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.py"],
+                  "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
+                  "beit3_plugins.segmentation.configs": ["_base_/*.py"],
+                  "beit3_plugins.pretraining.configs": ["*.yaml"]},
+    install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
+                              "omegaconf>=2.3",
                               "matplotlib"],
     extras_require=EXTRAS,
     entry_points={
@@ -69,8 +85,11 @@ setup(
             "beit3-plugins=beit3_plugins.cli:main",
         ],
         # Subcommands of layers above the core (beit3_plugins.cli names none of them itself).
+        "beit3_plugins": LAYER_REGISTRIES,
         "beit3_plugins.commands": [
             "export-pretrained=beit3_plugins.pretraining.fairseq_plugin.export:cli_main",
+            "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
+            "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
         ],
     },

@@ -3,7 +3,8 @@ checkpoint conversion and the parameter-group rules every trainer uses."""
 from .multiway import (KVCache, Layout, Modality, MultiwayConfig, MultiwayOutput, MultiwayTransformer,  # noqa: F401
                        Routing, unilm_attention_mask)
 from .variants import (Beit3BaseConfig, Beit3GiantConfig, Beit3LargeConfig, Beit3TinyConfig,  # noqa: F401
-                       VlmoBaseConfig, VlmoLargeConfig, VlmoTinyConfig, build_backbone)
+                       VlmoBaseConfig, VlmoBasePlusConfig, VlmoLargeConfig, VlmoTinyConfig,
+                       VlmoTinyPlusConfig, build_backbone, is_vlmo)
 from .conversion import (ConvertedCheckpoint, checkpoint_filter_fn, convert_checkpoint,  # noqa: F401
                          detect_source_format, export_state_dict, load_pretrained, split_heads,
                          to_released_state_dict)

@@ -35,12 +35,12 @@ from torch import Tensor
 from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file, load_with_report
 
 from .multiway import POSITION_OFFSET, Layout, MultiwayTransformer
-from .relative_position import fit_table_to_model
+from .relative_position import fit_table_to_model, resize_table_to_grid
 
 __all__ = [
     "ConvertedCheckpoint", "SOURCE_FORMATS", "detect_source_format", "convert_checkpoint", "checkpoint_filter_fn",
     "load_pretrained", "to_released_state_dict", "export_state_dict", "split_heads", "HEAD_KEYS",
-    "VLMO_HEAD_PREFIXES",
+    "VLMO_HEAD_PREFIXES", "vlmo_state_dict_from_beit", "BEIT_INIT_EXPERTS",
 ]
 
 
@@ -103,6 +103,9 @@ _OUR_QKV = re.compile(r"^layers\.(\d+)\.attn\.qkv\.(\w+)\.(weight|bias)$")
 # VLMo's buffers and tables this model rebuilds or does not use.
 _VLMO_UNUSED = ("text_embeddings.position_ids", "text_embeddings.position_embeddings.weight",
                 "relative_position_index", "text_relative_position_index", "text_imag_relative_position_index")
+# Absolute position tables of VLMo base-plus -> ours.
+_VLMO_ABSOLUTE = {"transformer.pos_embed": "vision_pos_embed",
+                  "text_embeddings.position_embeddings.weight": "text_pos_embed"}
 _VLMO_FOLDED = ("token_type_embeddings.weight", "text_embeddings.token_type_embeddings.weight")
 # Prefixes under which our own backbone sits in a whole-model checkpoint (longest first).
 _OUR_PREFIXES = ("backbone.net.beit3.", "backbone.beit3.", "core.backbone.", "backbone.")
@@ -189,23 +192,23 @@ def _convert_released_beit3(state_dict: Dict[str, Tensor], model: MultiwayTransf
     return ConvertedCheckpoint(out, heads, _unknown_note(unconverted), "beit3")
 
 
-def _check_vlmo_architecture(model: MultiwayTransformer) -> None:
+def _check_vlmo_architecture(model: MultiwayTransformer, absolute_positions: bool) -> None:
     cfg = model.cfg
-    wanted = {"layout": Layout.SHARED.value, "relative_position_bias": True, "text_embed_norm": True,
-              "shared_final_norm": True, "sub_ln": False}
+    wanted = {"layout": Layout.SHARED.value, "text_embed_norm": True, "shared_final_norm": True, "sub_ln": False,
+              "absolute_positions": absolute_positions, "relative_position_bias": not absolute_positions}
     wrong = {k: getattr(cfg, k) for k, v in wanted.items() if getattr(cfg, k) != v}
-    if wrong or cfg.layer_scale_init is None:
-        raise ValueError(f"a VLMo checkpoint needs a VLMo architecture (vlmo_base, vlmo_large, vlmo_tiny); this "
-                         f"model's config differs in {wrong or {'layer_scale_init': None}}")
+    if wrong:
+        kind = ("absolute positions (vlmo_base_plus, vlmo_tiny_plus)" if absolute_positions
+                else "relative positions (vlmo_base, vlmo_large, vlmo_tiny)")
+        raise ValueError(f"this VLMo checkpoint needs a VLMo architecture with {kind}; this model's config "
+                         f"differs in {wrong}")
 
 
 def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
     """Released VLMo keys -> ours (type vectors folded, q/v biases fused with a zero k bias)."""
-    _check_vlmo_architecture(model)
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-    if "transformer.pos_embed" in state_dict:
-        raise NotImplementedError("this VLMo checkpoint uses absolute positions (VLMo base-plus); only the relative "
-                                  "position models (VLMo base and large) convert")
+    absolute = "transformer.pos_embed" in state_dict     # VLMo base-plus
+    _check_vlmo_architecture(model, absolute)
     missing_folded = [k for k in _VLMO_FOLDED if k not in state_dict]
     if missing_folded:
         raise CheckpointMismatchError(f"VLMo checkpoint without {missing_folded}: cannot fold the type embeddings")
@@ -217,6 +220,10 @@ def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> 
     for key, value in state_dict.items():
         if key.startswith(VLMO_HEAD_PREFIXES):
             heads[key] = value
+        elif absolute and key in _VLMO_ABSOLUTE:
+            # VLMo counts positions from 0; this model keeps fairseq's POSITION_OFFSET unused rows in front
+            table = value.reshape(1, -1, value.shape[-1])
+            out[_VLMO_ABSOLUTE[key]] = torch.cat([table.new_zeros(1, POSITION_OFFSET, table.shape[-1]), table], dim=1)
         elif key.startswith(_VLMO_UNUSED) or key in _VLMO_FOLDED:
             continue  # folded below or rebuilt by this model
         elif key.endswith((".attn.q_bias", ".attn.v_bias")):
@@ -395,3 +402,112 @@ def export_state_dict(model: MultiwayTransformer, heads: Optional[Dict[str, Tens
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sd.update(heads or {})
     return sd, "beit3_plugins"
+
+
+# ---------------------------------------------------------------------------------------------- BEiT -> VLMo init
+# BEiT / BEiT v2 image checkpoints (microsoft/unilm ``beit/``, ``beit2/``; timm ``beit_*``) carry ViT-like keys:
+# ``blocks.N.{norm1,attn.qkv,attn.q_bias,attn.v_bias,attn.proj,norm2,mlp.fc1,mlp.fc2,gamma_1,gamma_2}``, a
+# relative position table per layer (``blocks.N.attn.relative_position_bias_table``) or one shared by all
+# (``rel_pos_bias.relative_position_bias_table``), ``cls_token``, ``patch_embed.proj``, ``norm``. Not a loading
+# format (a BEiT file has no text side and no experts): an initialisation of a VLMo model, as VLMo's
+# stagewise pretraining starts (``beit3-plugins init-vlmo-from-beit``, ``pretraining/init_vlmo.py``).
+BEIT_INIT_EXPERTS = ("all", "vision")
+_BEIT_KEY_TABLE = [
+    ("patch_embed.{p}", "patch_embed.proj.{p}"),
+    ("cls_token", "cls_token"),
+    ("mask_token", "mask_token"),
+    ("layers.{i}.norm1.shared.{p}", "blocks.{i}.norm1.{p}"),
+    ("layers.{i}.attn.qkv.shared.weight", "blocks.{i}.attn.qkv.weight"),
+    ("layers.{i}.attn.proj.shared.{p}", "blocks.{i}.attn.proj.{p}"),
+    ("layers.{i}.gamma_attn", "blocks.{i}.gamma_1"),
+    ("layers.{i}.gamma_ffn", "blocks.{i}.gamma_2"),
+    ("layers.{i}.norm2.{e}.{p}", "blocks.{i}.norm2.{p}"),
+    ("layers.{i}.ffn.{e}.{fc}.{p}", "blocks.{i}.mlp.{fc}.{p}"),
+    ("norm.shared.{p}", "norm.{p}"),
+]
+_BEIT_TO_OURS = [(_template_regex(beit, ""), ours) for ours, beit in _BEIT_KEY_TABLE]
+_BEIT_IGNORED = ("lm_head.", "head.", "fc_norm.", "pos_embed", "rel_pos_bias.relative_position_index")
+
+
+def _beit_targets(key: str, experts: List[str], vl_start: Optional[int]) -> Optional[List[str]]:
+    """Our key(s) for a BEiT key: one per target expert for FFN / norm2 weights (VL experts only where the
+    layer has one), None for an unknown key."""
+    for pattern, target in _BEIT_TO_OURS:
+        match = pattern.match(key)
+        if match:
+            groups = match.groupdict()
+            if "{e}" not in target:
+                return [target.format(**groups)]
+            layer = int(groups["i"])
+            return [target.format(e=e, **groups) for e in experts
+                    if e != "vl" or (vl_start is not None and layer >= vl_start)]
+    return None
+
+
+def vlmo_state_dict_from_beit(state_dict: Dict[str, Tensor], model: MultiwayTransformer, experts: str = "all"
+                              ) -> Tuple[Dict[str, Tensor], List[str]]:
+    """A VLMo model's state dict initialised from a BEiT image checkpoint, as VLMo starts stagewise pretraining.
+
+    Attention, its norm, layer scales, patch embedding, [CLS] and the final norm come from BEiT. The BEiT FFN
+    (and ``norm2``) becomes the vision expert; with ``experts="all"`` (VLMo paper, Sec. 4.6: "use the parameters
+    of BEiT-Base to initialize the self-attention module and all modality experts") it is copied into the
+    language and vision-language experts too, with ``"vision"`` (the official code's ``convert_to_textpt_ckpt``
+    before text-only pretraining) they keep this model's initial values. BEiT's per-layer relative position
+    tables are concatenated by layer into the 2-D rows of VLMo's one table (a shared BEiT table is repeated for
+    every layer); text rows and the text embedding keep their initial values. Returns (state dict, notes).
+    """
+    _check_vlmo_architecture(model)
+    if experts not in BEIT_INIT_EXPERTS:
+        raise ValueError(f"experts must be one of {list(BEIT_INIT_EXPERTS)}, got {experts!r}")
+    if "pos_embed" in state_dict:
+        raise NotImplementedError("this BEiT checkpoint uses absolute positions; VLMo base / large use the relative "
+                                  "position bias only (convert a BEiT with use_rel_pos_bias)")
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if "blocks.0.attn.qkv.weight" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+        raise ValueError("not a BEiT image checkpoint: no blocks.0.attn.qkv.weight / patch_embed.proj.weight")
+    cfg, notes = model.cfg, []
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
+    if depth != cfg.depth:
+        raise ValueError(f"the BEiT checkpoint has {depth} layers, the VLMo model {cfg.depth}: pick the matching "
+                         "size (vlmo_base for BEiT-Base, vlmo_large for BEiT-Large)")
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    targets = ["vision"] + (["text"] + (["vl"] if cfg.vl_expert_start is not None else []) if experts == "all" else [])
+    q_v_bias: Dict[str, Dict[str, Tensor]] = {}
+    tables: Dict[int, Tensor] = {}
+    unconverted = []
+    for key, value in state_dict.items():
+        if key.startswith(_BEIT_IGNORED) or key.endswith(("relative_position_index", ".attn.k_bias")):
+            continue
+        if key.endswith((".attn.q_bias", ".attn.v_bias")):
+            q_v_bias.setdefault(key.split(".")[1], {})[key.rsplit(".", 1)[1][0]] = value
+            continue
+        if key.endswith("relative_position_bias_table"):
+            if key.startswith("rel_pos_bias."):
+                tables.update({i: value for i in range(cfg.depth)})
+                notes.append("BEiT's shared relative position table repeated for every layer")
+            else:
+                tables[int(key.split(".")[1])] = value
+            continue
+        renamed = _beit_targets(key, targets, cfg.vl_expert_start)
+        if renamed is None:
+            unconverted.append(key)
+        for target in renamed or ():
+            out[target] = value.clone()
+    for layer, parts in q_v_bias.items():
+        out[f"layers.{layer}.attn.qkv.shared.bias"] = torch.cat([parts["q"], torch.zeros_like(parts["q"]), parts["v"]])
+    if tables:
+        if sorted(tables) != list(range(cfg.depth)):
+            raise ValueError(f"BEiT checkpoint has relative position tables for layers {sorted(tables)}, the model "
+                             f"{cfg.depth} layers")
+        merged = torch.cat([tables[i] for i in range(cfg.depth)], dim=1)
+        side = (int(round((merged.shape[0] - 3) ** 0.5)) + 1) // 2
+        if side != cfg.grid_size:
+            notes.append(f"relative position bias resampled from a {side}x{side} to a {cfg.grid_size}x"
+                         f"{cfg.grid_size} patch grid")
+            merged = resize_table_to_grid(merged, (side, side), (cfg.grid_size, cfg.grid_size))
+        out["rel_pos.table"][: merged.shape[0]] = merged
+    notes.append(f"BEiT FFN copied into the {', '.join(targets)} expert(s); text embeddings and text position rows "
+                 "keep their initial values")
+    if unconverted:
+        notes.append(f"not converted (unknown to the backbone): {sorted(unconverted)}")
+    return out, notes

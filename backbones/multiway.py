@@ -100,6 +100,9 @@ class MultiwayConfig:
     layout: str = Layout.DECOUPLED.value
     # shared layout only: layers with index >= this own a vision-language FFN expert (None: no VL expert)
     vl_expert_start: Optional[int] = None
+    # False: a standard (non-Multiway) Transformer, one FFN and one set of norms for every modality (the
+    # "Std TRM" ablation of BEiT-3 Table 8a / VL-BEiT Table 5 / VLMo Table 5); needs the shared layout
+    multiway: bool = True
     sub_ln: bool = True                 # Magneto sub-LN: LN before out_proj and inside the FFN
     layer_scale_init: Optional[float] = None   # VLMo-style per-channel residual scaling
     normalize_output: bool = True       # final LayerNorm (per modality unless shared_final_norm)
@@ -128,6 +131,8 @@ class MultiwayConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.layout == Layout.DECOUPLED.value and self.vl_expert_start is not None:
             raise ValueError("the decoupled layout has no vision-language expert (vl_expert_start must be None)")
+        if not self.multiway and (self.layout != Layout.SHARED.value or self.vl_expert_start is not None):
+            raise ValueError("multiway=False (standard Transformer) needs layout='shared' and no VL expert")
         if self.vl_expert_start is not None and not 0 <= self.vl_expert_start <= self.depth:
             raise ValueError(f"vl_expert_start {self.vl_expert_start} outside [0, {self.depth}]")
         if not self.absolute_positions and not self.relative_position_bias:
@@ -308,8 +313,12 @@ class MultiwayBlock(nn.Module):
         make_norm = lambda: nn.LayerNorm(dim, eps=eps)  # noqa: E731
         self.norm1 = PerModality(make_norm) if decoupled else Shared(make_norm)
         self.attn = MultiwayAttention(cfg)
-        self.norm2 = PerModality(make_norm, with_vl=with_vl)
-        self.ffn = PerModality(lambda: FeedForward(dim, cfg.ffn_dim, cfg.sub_ln, eps), with_vl=with_vl)
+        make_ffn = lambda: FeedForward(dim, cfg.ffn_dim, cfg.sub_ln, eps)  # noqa: E731
+        if cfg.multiway:
+            self.norm2 = PerModality(make_norm, with_vl=with_vl)
+            self.ffn = PerModality(make_ffn, with_vl=with_vl)
+        else:
+            self.norm2, self.ffn = Shared(make_norm), Shared(make_ffn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if cfg.layer_scale_init is not None:
             self.gamma_attn = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
@@ -319,7 +328,7 @@ class MultiwayBlock(nn.Module):
 
     @property
     def has_vl_expert(self) -> bool:
-        return self.ffn.vl is not None
+        return getattr(self.ffn, "vl", None) is not None
 
     def forward(self, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
                 past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -423,8 +432,10 @@ class MultiwayTransformer(nn.Module):
         )
         make_norm = lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps)  # noqa: E731
         if not cfg.normalize_output:
+            # as in the released task models (e.g. VQA): a pretrained file's final norm is deliberately unused
             self.norm = None
-        elif cfg.shared_final_norm:
+            self.pruned = self.pruned + ("norm",)
+        elif cfg.shared_final_norm or not cfg.multiway:
             self.norm = Shared(make_norm)
         else:
             self.norm = PerModality(make_norm, with_vl=cfg.vl_expert_start is not None)

@@ -14,6 +14,13 @@ uses columns [i * H, (i + 1) * H). Its rows are laid out as
 This backbone orders a fused sequence vision first where VLMo puts text first; attention does not care
 about the order as long as the bias is built for the order used, which :meth:`RelativePositionBias.forward`
 does. Images on another grid than the config's read a bicubically resampled copy of the 2-D part.
+
+A checkpoint loaded into a model of another resolution gets its table resampled once, the way VLMo's (and
+BEiT's) own loader does it (:func:`resample_distance_grid`): the source distances are spread over the target
+range on a geometric progression and an interpolating bicubic spline (scipy's ``RectBivariateSpline`` with
+``s=0``, what ``interp2d(kind="cubic")`` computes on a rectangular grid; ``interp2d`` is gone from scipy 1.14)
+is evaluated at the integer target distances. timm's ``resize_rel_pos_bias_table`` falls back to linear
+interpolation without scipy and calls the removed ``interp2d`` with it, so it is not used for this.
 """
 from __future__ import annotations
 
@@ -22,10 +29,11 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from timm.layers import resize_rel_pos_bias_table, resize_rel_pos_bias_table_simple
+from timm.layers import resize_rel_pos_bias_table_simple
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
-__all__ = ["TokenSpan", "RelativePositionBias", "vision_distance_rows", "resize_table_to_grid", "fit_table_to_model"]
+__all__ = ["TokenSpan", "RelativePositionBias", "vision_distance_rows", "resample_distance_grid", "resize_table_to_grid",
+           "fit_table_to_model"]
 
 
 def vision_distance_rows(grid: Tuple[int, int]) -> int:
@@ -150,14 +158,58 @@ class RelativePositionBias(nn.Module):
         return bias.permute(2, 0, 1).reshape(self.depth, self.num_heads, query.size, key.size)
 
 
+def _geometric_source_distances(src: int, dst: int) -> "np.ndarray":
+    """Coordinates of ``src`` source distances (odd count, centre 0) spread over ``dst`` target distances:
+    steps 1, q, q^2, ... outward from 0, with q found by bisection so the outermost lands at ~dst // 2."""
+    import numpy as np
+
+    half = src // 2
+
+    def reach(ratio: float) -> float:  # 1 + ratio + ... + ratio^(half-1)
+        return (1.0 - ratio ** half) / (1.0 - ratio)
+
+    low, high = 1.01, 1.5
+    while high - low > 1e-6:
+        ratio = (low + high) / 2.0
+        if reach(ratio) > dst // 2:
+            high = ratio
+        else:
+            low = ratio
+    steps = [1.0]
+    for i in range(1, half):
+        steps.append(steps[-1] + ratio ** i)
+    positive = np.asarray(steps)
+    return np.concatenate([-positive[::-1], [0.0], positive])
+
+
+def resample_distance_grid(table: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int]) -> Tensor:
+    """The 2-D distance rows (``(2g - 1)^2`` of them, [CLS] rows excluded) of a (rows, columns) table moved to
+    another patch grid with VLMo's / BEiT's load-time bicubic spline (see the module docstring)."""
+    import numpy as np
+    from scipy.interpolate import RectBivariateSpline
+
+    src = (2 * old_grid[0] - 1, 2 * old_grid[1] - 1)
+    dst = (2 * new_grid[0] - 1, 2 * new_grid[1] - 1)
+    if table.shape[0] != src[0] * src[1]:
+        raise ValueError(f"expected {src[0] * src[1]} distance rows for a {old_grid} grid, got {table.shape[0]}")
+    ys, xs = _geometric_source_distances(src[0], dst[0]), _geometric_source_distances(src[1], dst[1])
+    ty, tx = dst[0] // 2, dst[1] // 2
+    target_y, target_x = np.arange(-ty, ty + 1, dtype=np.float64), np.arange(-tx, tx + 1, dtype=np.float64)
+    values = table.detach().float().cpu().numpy().astype(np.float64)
+    columns = []
+    for c in range(values.shape[1]):
+        spline = RectBivariateSpline(ys, xs, values[:, c].reshape(src), kx=3, ky=3, s=0)
+        columns.append(spline(target_y, target_x).reshape(-1))
+    out = torch.from_numpy(np.stack(columns, axis=1)).to(torch.float32)
+    return out.to(device=table.device, dtype=table.dtype)
+
+
 def resize_table_to_grid(table: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int]) -> Tensor:
-    """A checkpoint's full table moved to another patch grid (image part resampled as BEiT/VLMo do on load,
-    cross-modal and text rows kept)."""
-    old_rows = vision_distance_rows(old_grid)
-    new_rows = vision_distance_rows(new_grid)
-    vision = resize_rel_pos_bias_table(table[:old_rows].float(), new_window_size=new_grid,
-                                       new_bias_shape=(new_rows, table.shape[1]), old_window_size=old_grid)
-    return torch.cat([vision.to(table.dtype), table[old_rows:]], dim=0)
+    """A checkpoint's full table moved to another patch grid: the 2-D distance rows resampled as VLMo's loader
+    does (:func:`resample_distance_grid`), the [CLS], cross-modal and text rows kept."""
+    distance_rows = vision_distance_rows(old_grid) - 3
+    resampled = resample_distance_grid(table[:distance_rows], old_grid, new_grid)
+    return torch.cat([resampled, table[distance_rows:]], dim=0)
 
 
 def fit_table_to_model(table: Tensor, grid_size: int, text_span: int, notes: List[str]) -> Tensor:

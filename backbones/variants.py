@@ -1,23 +1,27 @@
-"""Registered variants of the Multiway Transformer: BEiT-3 (tiny/base/large/giant) and VLMo (tiny/base/large).
+"""Registered variants of the Multiway Transformer: BEiT-3 (tiny/base/large/giant) and VLMo (tiny/base/large,
+base-plus and its toy-size twin tiny-plus).
 
 Each registered name has its own config dataclass (fairseq / timm style): ``BACKBONES.build("beit3_base",
 drop_path_rate=0.1)`` or ``build_backbone("vlmo_base", checkpoint=...)``. The architecture switches are fields
 of :class:`~.multiway.MultiwayConfig`; a variant is only a set of defaults. Sources: the released BEiT-3 code
 (microsoft/unilm ``beit3/``: base/large, decoupled layout), the BEiT-3 paper (giant: shared attention, VL
-experts in the top layers) and the released VLMo code (microsoft/unilm ``vlmo/``).
+experts in the top layers; its base ablation layout and the standard-Transformer ablation), the VL-BEiT paper
+and the released VLMo code (microsoft/unilm ``vlmo/``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from beit3_plugins.registry import BACKBONES
+from beit3_plugins.backbones.registry import BACKBONES
 
 from .multiway import POSITION_OFFSET, Layout, MultiwayConfig, MultiwayTransformer
 
 __all__ = [
-    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig",
-    "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "build_backbone",
+    "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "Beit3BaseSharedConfig",
+    "Beit3BaseStandardConfig", "VlBeitBaseConfig", "Beit3TinySharedConfig", "Beit3TinyStandardConfig",
+    "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "VlmoBasePlusConfig", "VlmoTinyPlusConfig",
+    "is_vlmo", "build_backbone",
 ]
 
 
@@ -62,6 +66,49 @@ class Beit3GiantConfig(MultiwayConfig):
     vl_expert_start: Optional[int] = 37
 
 
+@dataclass
+class Beit3BaseSharedConfig(MultiwayConfig):
+    """The paper's base ablation layout (BEiT-3 Sec. 2.1 / 3.3): shared self-attention, V/L experts in every
+    layer, vision-language experts in the top three layers (as the giant model)."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 9
+
+
+@dataclass
+class Beit3BaseStandardConfig(MultiwayConfig):
+    """The "standard Transformer" ablation (BEiT-3 Table 8a): attention, FFN and norms shared by every modality."""
+
+    layout: str = Layout.SHARED.value
+    multiway: bool = False
+
+
+@dataclass
+class VlBeitBaseConfig(MultiwayConfig):
+    """VL-BEiT base (Bao et al., 2022, Sec. 2.2): a MoME Transformer as in VLMo (shared attention, V/L experts,
+    VL experts in the top two layers as VLMo-Base) with BEiT-3's 64k sentencepiece vocabulary and absolute
+    positions. The paper gives no VL-expert depth of its own; VLMo-Base's is used."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 10
+
+
+@dataclass
+class Beit3TinySharedConfig(Beit3TinyConfig):
+    """Tiny version of the shared ablation layout (VL experts in the top layer), for tests."""
+
+    layout: str = Layout.SHARED.value
+    vl_expert_start: Optional[int] = 3
+
+
+@dataclass
+class Beit3TinyStandardConfig(Beit3TinyConfig):
+    """Tiny standard (non-Multiway) Transformer, for tests."""
+
+    layout: str = Layout.SHARED.value
+    multiway: bool = False
+
+
 # ---------------------------------------------------------------------------------------------- VLMo
 @dataclass
 class _VlmoArchitecture:
@@ -104,10 +151,44 @@ class VlmoTinyConfig(_VlmoArchitecture, Beit3TinyConfig):
     relative_text_span: int = 64
 
 
+@dataclass
+class VlmoBasePlusConfig(VlmoBaseConfig):
+    """VLMo-Base-plus (``vlmo_base_plus_patch16``): 544 wide, 24 layers, absolute positions (BERT's learned
+    text positions and ViT's image positions), no relative bias and no layer scale."""
+
+    embed_dim: int = 544
+    depth: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 2176
+    vl_expert_start: Optional[int] = 21
+    layer_scale_init: Optional[float] = None
+    absolute_positions: bool = True
+    relative_position_bias: bool = False
+    max_text_positions: int = 40 + POSITION_OFFSET   # the released base-plus task files: 40 text positions
+
+
+@dataclass
+class VlmoTinyPlusConfig(VlmoTinyConfig):
+    """Base-plus's architecture (absolute positions, no layer scale) at the size of ``vlmo_tiny``."""
+
+    layer_scale_init: Optional[float] = None
+    absolute_positions: bool = True
+    relative_position_bias: bool = False
+
+
+def is_vlmo(cfg) -> bool:
+    """Whether a backbone config (instance or class) is one of the VLMo variants (task plugins pick VLMo's
+    heads with it)."""
+    return issubclass(cfg if isinstance(cfg, type) else type(cfg), _VlmoArchitecture)
+
+
 for _name, _cfg in {
     "beit3_tiny": Beit3TinyConfig, "beit3_base": Beit3BaseConfig, "beit3_large": Beit3LargeConfig,
-    "beit3_giant": Beit3GiantConfig,
+    "beit3_giant": Beit3GiantConfig, "beit3_base_shared": Beit3BaseSharedConfig,
+    "beit3_base_standard": Beit3BaseStandardConfig, "vlbeit_base": VlBeitBaseConfig,
+    "beit3_tiny_shared": Beit3TinySharedConfig, "beit3_tiny_standard": Beit3TinyStandardConfig,
     "vlmo_tiny": VlmoTinyConfig, "vlmo_base": VlmoBaseConfig, "vlmo_large": VlmoLargeConfig,
+    "vlmo_base_plus": VlmoBasePlusConfig, "vlmo_tiny_plus": VlmoTinyPlusConfig,
 }.items():
     BACKBONES.register(_name, config=_cfg)(MultiwayTransformer)
 

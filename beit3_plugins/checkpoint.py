@@ -1,7 +1,7 @@
 """Checkpoint I/O shared by every plugin: safe loading and a readable report of what was used.
 
-Files are always read with ``torch.load(weights_only=True)`` or, for ``.safetensors`` files, with the
-safetensors reader (tensors only, no pickle): a checkpoint can never run code on load.
+Files are always read with ``torch.load(weights_only=True)`` (or, for ``.safetensors``, with safetensors,
+which has no pickle): a checkpoint can never run code on load.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+import tempfile
+from typing import IO, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -17,14 +18,15 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
-           "load_with_report", "save_safetensors", "is_safetensors",
-           "convert_to_safetensors", "convert_cli"]
+           "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
+           "atomic_write", "save_safetensors", "is_safetensors", "convert_to_safetensors", "convert_cli"]
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def is_safetensors(path) -> bool:
     return str(path).endswith(SAFETENSORS_SUFFIX)
+
 
 # Containers that checkpoints of the frameworks we meet wrap their weights in.
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
@@ -46,22 +48,48 @@ def safe_load(path, map_location="cpu"):
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise UnsafeCheckpointError(f"cannot read {path} as a safetensors file ({exc})") from exc
+    if isinstance(path, (str, os.PathLike)) and is_safetensors(path):
+        return _load_safetensors(path, map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
+        raise unsafe_checkpoint_error(path, exc) from exc
+
+
+def _load_safetensors(path, map_location) -> Dict[str, Tensor]:
+    """A ``.safetensors`` file: tensors and a JSON header only, no pickle at all (Hugging Face's format)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError(f"{path}: reading .safetensors files needs the safetensors package "
+                          "(pip install safetensors)") from exc
+    device = map_location if isinstance(map_location, str) else "cpu"
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointMismatchError(f"{path}: not a valid .safetensors file ({type(exc).__name__}: {exc})"
+                                      ) from exc
+
+
+def unsafe_checkpoint_error(path, exc: BaseException) -> UnsafeCheckpointError:
+    """The error for a file a weights-only load refused: why, and how to re-save it safely."""
+    return UnsafeCheckpointError(
+        f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
+        "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
+        "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth').")
+
+
+FORCE_UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def refuse_forced_unsafe_loading(who: str) -> None:
+    """Fail if ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set: it turns every ``torch.load`` that does not pass
+    ``weights_only`` (fairseq's, mmengine's and fvcore's own loaders) into a full unpickler that runs code."""
+    if os.environ.get(FORCE_UNSAFE_ENV, "0").lower() in ("1", "y", "yes", "true"):
         raise UnsafeCheckpointError(
-            f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
-            "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
-            "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth')."
-        ) from exc
+            f"{who}: refusing to run with {FORCE_UNSAFE_ENV} set: it makes torch.load unpickle anything, so a "
+            f"checkpoint could run code. Unset it (`unset {FORCE_UNSAFE_ENV}`); checkpoints that then fail to load "
+            "should be re-saved as tensors: torch.save({'model': model.state_dict()}, 'safe.pth').")
 
 
 def save_safetensors(state_dict: Dict[str, Tensor], path, metadata: Optional[Dict[str, str]] = None) -> str:
@@ -148,6 +176,31 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
         raise CheckpointMismatchError(f"{source}: {what} keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
+    ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def convert_to_safetensors(src, dst) -> Dict[str, int]:

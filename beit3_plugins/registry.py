@@ -1,14 +1,20 @@
 """Typed component registries (fairseq/MMF style) with lazy built-ins and entry-point plugins.
 
-Every kind of component (backbones, task plugins, heads, tokenizers, datasets, metrics) has one
-:class:`Registry`. A component is registered once, optionally with a dataclass config
+Every kind of component (backbones, task plugins, heads, tokenizers, datasets, metrics) has one *root*
+:class:`Registry` here. A component is registered once, optionally with a dataclass config
 (``@BACKBONES.register("beit3_base", config=Beit3BaseConfig)``), and built from a name, a dict, a config
 dataclass instance or an OmegaConf node. Framework adapters (fairseq, detectron2, mmseg) build through
 these registries and only translate.
 
-Discovery is lazy, like mmengine's ``locations``: a registry imports its built-in modules the first time
-it is asked for a name, and loads third-party packages that declare the setuptools entry-point group
-``beit3_plugins`` (each entry point names a module whose import registers components). This module
+The layering follows mmengine's root/child registries (``mmengine/registry/registry.py``): the roots know
+no layer above the core. Their ``locations`` name core modules only (the sentencepiece tokenizer, the
+datasets). Each layer declares its own *child* registries with ``parent=`` the root, a ``scope`` and its
+own ``locations`` (``beit3_plugins.backbones.registry``, ``beit3_plugins.vl_tasks.registry``,
+``beit3_plugins.pretraining.registry``). The roots discover children without naming them: the package
+lists its layers under the setuptools entry-point group ``beit3_plugins``, the same mechanism a
+third-party plugin uses, and a lookup that misses imports those entry points. A root lookup searches its
+own entries, then every child (importing the child's ``locations`` on first need); a child lookup
+searches its own entries, then its parent. ``"scope.name"`` picks one child explicitly. This module
 imports neither torch nor any framework.
 """
 from __future__ import annotations
@@ -122,16 +128,53 @@ class Registry:
 
     Args:
         kind: what is registered ("backbone", "task", ...), used in messages.
-        base: class (or dotted path to one, resolved lazily) every built object must be an instance of.
-        locations: modules imported on first lookup so built-ins register without eager imports.
+        base: class (or dotted path to one, resolved lazily) every built object must be an instance of;
+            a child inherits its parent's base when it names none.
+        locations: modules imported on first lookup so built-ins register without eager imports. A root
+            names core modules only; a child names modules of its own layer.
+        parent: the root registry a layer's child registry hangs under (``None`` for a root).
+        scope: the child's name, used in messages and in ``"scope.name"`` lookups (e.g. ``"vl_tasks"``).
     """
 
-    def __init__(self, kind: str, base: Any = None, locations: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, base: Any = None, locations: Iterable[str] = (),
+                 parent: Optional["Registry"] = None, scope: Optional[str] = None) -> None:
+        if parent is not None and not scope:
+            raise ValueError(f"a child {kind} registry needs a scope (the layer that declares it)")
+        if parent is not None and scope in parent._children:
+            raise DuplicateComponentError(
+                f"{kind} registry scope {scope!r} is already a child of the root {parent.kind} registry")
         self.kind = kind
-        self._base = base
+        self._base = base if base is not None or parent is None else parent._base
         self._locations = list(locations)
         self._locations_imported = False
         self._entries: Dict[str, RegistryEntry] = {}
+        self.parent = parent
+        self.scope = scope
+        self._children: Dict[str, Registry] = {}
+        if parent is not None:
+            parent._children[scope] = self
+
+    # ------------------------------------------------------------------ tree
+    @property
+    def root(self) -> "Registry":
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    @property
+    def children(self) -> Dict[str, "Registry"]:
+        return dict(self._children)
+
+    def _descendants(self) -> List["Registry"]:
+        found: List[Registry] = []
+        for child in self._children.values():
+            found.append(child)
+            found.extend(child._descendants())
+        return found
+
+    def _where(self) -> str:
+        return f"{self.kind} registry" + (f" {self.scope!r}" if self.scope else " (root)")
 
     # ------------------------------------------------------------------ registration
     @property
@@ -145,7 +188,8 @@ class Registry:
         """Decorator registering a class or factory function under ``name``.
 
         With ``config`` (a dataclass type), building calls ``obj(config_instance)``; without it,
-        ``obj(**kwargs)``.
+        ``obj(**kwargs)``. A name must be unique in the whole tree of the root (among the registries
+        loaded so far), so a root lookup is never ambiguous.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
@@ -161,12 +205,15 @@ class Registry:
             if not callable(obj):
                 raise TypeError(f"{self.kind} {name!r} must be a class or callable, got {obj!r}")
             source = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-            existing = self._entries.get(name)
-            if existing is not None and not force:
-                raise DuplicateComponentError(
-                    f"{self.kind} {name!r} is already registered by {existing.source}; "
-                    f"refusing to replace it with {source} (pass force=True to override)"
-                )
+            if not force:
+                root = self.root
+                for reg in [root, *root._descendants()]:
+                    existing = reg._entries.get(name)
+                    if existing is not None:
+                        raise DuplicateComponentError(
+                            f"{self.kind} {name!r} is already registered by {existing.source} in the "
+                            f"{reg._where()}; refusing to replace it with {source} (pass force=True to override)"
+                        )
             self._entries[name] = RegistryEntry(name=name, obj=obj, config=config, source=source)
             return obj
 
@@ -181,36 +228,66 @@ class Registry:
             importlib.import_module(module)
 
     def _discover(self) -> None:
+        """Import everything that can register here: own locations, entry points, children's locations."""
         self._import_locations()
         load_entry_point_plugins()
+        for child in self._descendants():
+            child._import_locations()
+
+    def _matches(self, name: str) -> List[Tuple["Registry", RegistryEntry]]:
+        return [(reg, reg._entries[name]) for reg in [self, *self._descendants()] if name in reg._entries]
+
+    def _find(self, name: str) -> Optional[RegistryEntry]:
+        """Own entries, then children (a root) or the parent chain (a child); discovery only on a miss."""
+        self._import_locations()
+        if name in self._entries:
+            return self._entries[name]
+        scope, dot, short = name.partition(".")
+        if dot:
+            load_entry_point_plugins()
+            child = self._children.get(scope)
+            if child is not None:
+                return child._find(short)
+        self._discover()
+        matches = self._matches(name)
+        if len(matches) > 1:
+            places = ", ".join(f"{reg._where()}: {entry.source}" for reg, entry in matches)
+            raise DuplicateComponentError(
+                f"{self.kind} {name!r} is registered in several scopes ({places}); ask for 'scope.{name}'")
+        if matches:
+            return matches[0][1]
+        if self.parent is not None:
+            return self.parent._find(name)
+        return None
+
+    def _known(self) -> List[str]:
+        return sorted({n for reg in [self, *self._descendants()] for n in reg._entries})
 
     def names(self) -> List[str]:
+        """Every name this registry and its children hold (built-ins and installed plugins)."""
         self._discover()
-        return sorted(self._entries)
+        return self._known()
 
     def __contains__(self, name: str) -> bool:
-        self._import_locations()
-        if name not in self._entries:
-            load_entry_point_plugins()
-        return name in self._entries
+        try:
+            return self._find(name) is not None
+        except DuplicateComponentError:
+            return True
 
     def __len__(self) -> int:
         return len(self.names())
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+        return f"Registry({self.kind!r}, scope={self.scope!r}, {len(self._known())} entries)"
 
     def get(self, name: str) -> RegistryEntry:
-        self._import_locations()
-        if name not in self._entries:
-            load_entry_point_plugins()
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownComponentError(self._unknown_message(name)) from None
+        entry = self._find(name)
+        if entry is None:
+            raise UnknownComponentError(self._unknown_message(name))
+        return entry
 
     def _unknown_message(self, name: str) -> str:
-        known = sorted(self._entries)
+        known = self.root._known()
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         msg = f"unknown {self.kind} {name!r}."
         if close:
@@ -233,7 +310,8 @@ class Registry:
 
     def name_for_config(self, cfg: Any) -> str:
         self._discover()
-        matches = [e.name for e in self._entries.values() if e.config is type(cfg)]
+        registries = [self, *self._descendants()] + ([self.root] if self.parent is not None else [])
+        matches = sorted({e.name for reg in registries for e in reg._entries.values() if e.config is type(cfg)})
         if len(matches) != 1:
             raise UnknownComponentError(
                 f"cannot tell which {self.kind} a {type(cfg).__name__} builds "
@@ -277,9 +355,11 @@ class Registry:
         return obj
 
 
-BACKBONES = Registry("backbone", base="torch.nn.Module", locations=["beit3_plugins.backbones"])
-HEADS = Registry("head", base="torch.nn.Module", locations=["beit3_plugins.vl_tasks"])
-TASKS = Registry("task", locations=["beit3_plugins.vl_tasks"])
-TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer"])
-DATASETS = Registry("dataset", locations=["beit3_plugins.data"])
-METRICS = Registry("metric", locations=["beit3_plugins.vl_tasks.metrics"])
+# Root registries: their locations name core modules only; the layers above hang their child registries
+# under them (see the module docstring) and are found through the ``beit3_plugins`` entry-point group.
+BACKBONES = Registry("backbone", base="torch.nn.Module")
+HEADS = Registry("head", base="torch.nn.Module")
+TASKS = Registry("task")
+TOKENIZERS = Registry("tokenizer", locations=["beit3_plugins.tokenizer", "beit3_plugins.wordpiece"])
+DATASETS = Registry("dataset", locations=["beit3_plugins.data.datasets"])
+METRICS = Registry("metric")

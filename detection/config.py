@@ -8,7 +8,7 @@ __all__ = ["add_beit3_config"]
 
 
 def add_beit3_config(cfg: CN) -> CN:
-    """Add the ``MODEL.BEIT3``, ``MODEL.SFP``, ``MODEL.ROI_HEADS.SOFT_NMS``, ``SOLVER.*``, ``INPUT.LSJ`` and
+    """Add the ``MODEL.BEIT3``, ``MODEL.REPLACE_HEADS``, ``MODEL.SFP``, ``MODEL.ROI_HEADS.SOFT_NMS``, ``SOLVER.*``, ``INPUT.LSJ`` and
     ``DATASETS.COCO_INSTANCES`` keys (defaults = BEiT-3 base ViTDet at 1024 px) to a detectron2 config."""
     cfg.MODEL.BEIT3 = CN()
     cfg.MODEL.BEIT3.NAME = "beit3_base"            # any name in beit3_plugins BACKBONES
@@ -21,6 +21,10 @@ def add_beit3_config(cfg: CN) -> CN:
     cfg.MODEL.BEIT3.FINAL_NORM = True
     cfg.MODEL.BEIT3.WEIGHTS = ""                   # released BEiT-3 .pth or our pretraining export
     cfg.MODEL.BEIT3.STRICT_INIT = True             # missing backbone keys in WEIGHTS are an error
+
+    # module prefixes of MODEL.WEIGHTS not loaded (fresh init): a classifier for another label set, e.g. the
+    # Objects365 -> COCO stage; any other shape mismatch is an error (engine.SafeDetectionCheckpointer)
+    cfg.MODEL.REPLACE_HEADS = []
 
     cfg.MODEL.SFP = CN()
     cfg.MODEL.SFP.OUT_CHANNELS = 256

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from typing import Sequence
 
 import torch
 
@@ -14,7 +15,7 @@ from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from beit3_plugins.checkpoint import CheckpointMismatchError, safe_load
+from beit3_plugins.checkpoint import CheckpointMismatchError, atomic_write, safe_load
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
 from .optimizer import build_beit3_optimizer
@@ -28,7 +29,48 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     """Loads checkpoints with ``torch.load(weights_only=True)``: a checkpoint file can never run code.
 
     Pickled model-zoo files (``.pkl``, ``.pyth``) are refused; re-save their tensors as a ``.pth`` state dict.
+    Saves are atomic (:func:`beit3_plugins.checkpoint.atomic_write`); fvcore writes the file in place.
+
+    ``replace_heads`` (``MODEL.REPLACE_HEADS``): module prefixes whose tensors in the *initial* weights are not
+    loaded, so those modules keep their fresh initialisation - a new classifier for another label set (the
+    Objects365 -> COCO stage). Any other tensor whose shape differs from the model's is an error naming the
+    file (fvcore would skip it with a warning and train a silently re-initialised layer). A resumed run
+    (``--resume``) loads its own checkpoint whole.
     """
+
+    def __init__(self, model, save_dir: str = "", *, replace_heads: Sequence[str] = (), **checkpointables) -> None:
+        super().__init__(model, save_dir, **checkpointables)
+        self.replace_heads = tuple(replace_heads)
+        self._initial_load = True
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        self._initial_load = not (resume and self.has_checkpoint())
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._initial_load = True
+
+    def load(self, path: str, *args, **kwargs):
+        self._source = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint):
+        weights = checkpoint["model"]
+        for key in [k for k in weights if k.startswith("module.")]:
+            weights[key[len("module."):]] = weights.pop(key)
+        if self.replace_heads and self._initial_load:
+            replaced = sorted(k for k in weights if k.startswith(self.replace_heads))
+            for key in replaced:
+                del weights[key]
+            logger.info("MODEL.REPLACE_HEADS: %d tensors not loaded, freshly initialised: %s", len(replaced), replaced)
+        own = self.model.state_dict()
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in weights.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise CheckpointMismatchError(
+                f"{getattr(self, '_source', 'checkpoint')}: tensors of the wrong shape:\n  " + "\n  ".join(wrong) +
+                "\n(a head for another label set: list its module in MODEL.REPLACE_HEADS to initialise it afresh)")
+        return super()._load_model(checkpoint)
 
     def _load_file(self, filename):
         if filename.endswith((".pkl", ".pyth")):
@@ -39,6 +81,23 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, f):
         return safe_load(f)
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's ``save`` (model + checkpointables + extra data -> ``<name>.pth``, then ``last_checkpoint``),
+        with both files written atomically: a run killed while saving resumes from the last whole checkpoint."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda handle: torch.save(data, handle))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda handle: handle.write(last_filename_basename.encode()))
 
 
 class SeedPerIteration(HookBase):
@@ -72,8 +131,16 @@ class Beit3DetectionTrainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
                              use_fast_impl=False)
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):  # noqa: N802 - detectron2's name for it (tools/train_net.py)
+        """COCO evaluation with multi-scale + flip TTA (``TEST.AUG.*``, see ``tta.py``)."""
+        from .tta import test_with_tta
+
+        return test_with_tta(cfg, model, cls.build_evaluator, cls.build_test_loader)
+
     def build_hooks(self):
         self.checkpointer = SafeDetectionCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR,
+                                                      replace_heads=self.cfg.MODEL.REPLACE_HEADS,
                                                       trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         if self.cfg.SOLVER.SEED_PER_ITER:
@@ -90,3 +157,4 @@ class Beit3DetectionTrainer(DefaultTrainer):
             self._trainer._data_loader_iter_obj = None
             logger.info("resumed at iteration %d; data stream restarted at batch %d", self.start_iter,
                         self.start_iter)
+

@@ -70,17 +70,19 @@ def build_task_model(entry: ZooEntry, backbone: nn.Module) -> nn.Module:
     """The ``vl_tasks`` model whose heads the entry's weights fill (the bare backbone for pretraining files)."""
     from beit3_plugins.vl_tasks.captioning import CaptioningModel
     from beit3_plugins.vl_tasks.classification import ImageClassifierModel
-    from beit3_plugins.vl_tasks.nlvr2 import Nlvr2Model
-    from beit3_plugins.vl_tasks.retrieval import RetrievalModel
-    from beit3_plugins.vl_tasks.vqa import VqaModel
+    from beit3_plugins.backbones import is_vlmo
+    from beit3_plugins.vl_tasks.nlvr2 import Nlvr2Model, VlmoNlvr2Model
+    from beit3_plugins.vl_tasks.retrieval import RetrievalModel, VlmoRetrievalModel
+    from beit3_plugins.vl_tasks.vqa import VlmoVqaModel, VqaModel
 
     task = entry.task
+    vlmo = is_vlmo(backbone.cfg)     # VLMo's own head names and pooling (docs/vlmo.md)
     if task == "vqa":
-        return VqaModel(backbone, entry.head.get("num_answers", 3129))
+        return (VlmoVqaModel if vlmo else VqaModel)(backbone, entry.head.get("num_answers", 3129))
     if task == "nlvr2":
-        return Nlvr2Model(backbone)
+        return (VlmoNlvr2Model if vlmo else Nlvr2Model)(backbone)
     if task in ("itc", "retrieval"):
-        return RetrievalModel(backbone)
+        return (VlmoRetrievalModel if vlmo else RetrievalModel)(backbone)
     if task == "captioning":
         return CaptioningModel(backbone, label_smoothing=0.0)
     if task == "image_classification":

@@ -21,13 +21,17 @@ from torch import Tensor
 from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_image, read_coco_captions,
                                         read_json, read_karpathy, read_text_lines)
 
+from .augment import ColorJitter, RandAugment
 from .masking import (IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens,
                       word_start_table)
+from .shards import PackedStrings, ShardSet, caption_of, decode_image
 
-__all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "collate_text", "collate_images",
-           "collate_pairs", "list_images", "read_pairs", "MAX_IMAGE_RETRIES"]
+__all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "ShardedTextSource",
+           "ShardedImageSource", "ShardedPairSource", "collate_text", "collate_images", "collate_pairs", "list_images",
+           "read_pairs", "MAX_IMAGE_RETRIES", "PAIR_MASKING"]
 
 MAX_IMAGE_RETRIES = 16
+PAIR_MASKING = ("separate", "joint", "text", "image")
 
 
 class EmptyCorpusError(ValueError):
@@ -88,13 +92,17 @@ class _TextMasker:
 
 
 class TextSource:
-    """MLM examples from text lines: 15% of tokens chosen (or whole words), 80% <mask> / 10% random / 10% kept."""
+    """MLM examples from text lines: 15% of tokens chosen (or whole words), 80% <mask> / 10% random / 10% kept.
+
+    The lines live in one packed utf-8 buffer (:class:`~.shards.PackedStrings`), not a Python list."""
+
+    block_size = 4096   # locality unit of the epoch order (see shards.BlockOrder)
 
     def __init__(self, lines: Sequence[str], tokenizer, max_len: int, model_vocab_size: int,
                  masking: TokenMaskingConfig = TokenMaskingConfig(), skips: Optional[SkipCounter] = None,
                  name: str = "text corpus") -> None:
-        self.lines = [line for line in lines if line.strip()]
-        if not self.lines:
+        self.lines = PackedStrings([line for line in lines if line.strip()])
+        if not len(self.lines):
             raise EmptyCorpusError(f"{name}: no non-empty lines")
         self.skips = skips if skips is not None else SkipCounter()
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
@@ -103,15 +111,44 @@ class TextSource:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def text(self, index: int) -> str:
+        return self.lines[index % len(self.lines)]
+
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-        ids = self.encode(self.lines[index % len(self.lines)])
+        ids = self.encode(self.text(index))
         inputs, targets = self.mask_text(ids, rng)
         return {"ids": inputs, "targets": targets}
 
 
+class ShardedTextSource(TextSource):
+    """MLM examples from plain-text shards (one sentence per line), read line by line through an offset
+    index built when a loader worker first opens a shard; empty lines are counted, not returned."""
+
+    def __init__(self, shards: ShardSet, tokenizer, max_len: int, model_vocab_size: int,
+                 masking: TokenMaskingConfig = TokenMaskingConfig(), skips: Optional[SkipCounter] = None) -> None:
+        self.shards = shards
+        self.skips = skips if skips is not None else shards.skips
+        self.block_size = shards.samples_per_shard
+        self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
+        self.mask_text = _TextMasker(tokenizer, masking)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def text(self, index: int) -> str:
+        for step in range(MAX_IMAGE_RETRIES):
+            shard, row = self.shards.locate(index + step * self.shards.samples_per_shard)
+            if row >= 0:
+                return shard.read(row).decode("utf-8", errors="replace")
+        raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive empty or unreadable text shards near "
+                           f"{self.shards.names[(index // self.shards.samples_per_shard) % len(self.shards.names)]}"
+                           f": {self.skips.report()}")
+
+
 @dataclasses.dataclass
 class CropFlipAugment:
-    """BEiT-style training augmentation (random resized crop, horizontal flip, then the VL normalisation)
+    """BEiT-style training augmentation (random resized crop, horizontal flip, optional colour jitter or
+    RandAugment, then the VL normalisation)
     drawing every random number from the caller's numpy Generator.
 
     fairseq prefetches batches in a background thread, so augmentations that use the process-global torch
@@ -122,6 +159,10 @@ class CropFlipAugment:
     scale: Tuple[float, float] = (0.5, 1.0)
     ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    # colour augmentation after crop and flip: BEiT's ColorJitter(x, x, x) (BEiT-3, VL-BEiT; 0 = off) and
+    # VLMo's RandAugment (None = off); see augment.py
+    color_jitter: float = 0.0
+    rand_augment: Optional[RandAugment] = None
 
     def __call__(self, image, rng: np.random.Generator) -> Tensor:
         import math
@@ -143,6 +184,10 @@ class CropFlipAugment:
                                 interpolation=InterpolationMode.BICUBIC)
         if rng.random() < self.hflip:
             image = TF.hflip(image)
+        if self.color_jitter > 0:
+            image = ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter)(image, rng)
+        if self.rand_augment is not None:
+            image = self.rand_augment(image, rng)
         return TF.normalize(TF.to_tensor(image), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 
 
@@ -154,11 +199,13 @@ def _apply_transform(transform: Callable, image, rng: np.random.Generator) -> Te
 class ImageSource:
     """MIM examples: an augmented image and a block-wise mask of its patch grid."""
 
+    block_size = 4096
+
     def __init__(self, paths: Sequence[str], transform: Callable, grid: Tuple[int, int],
                  masking: BlockMaskingConfig = BlockMaskingConfig(), skips: Optional[SkipCounter] = None,
                  name: str = "image folder") -> None:
-        self.paths = list(paths)
-        if not self.paths:
+        self.paths = paths if isinstance(paths, PackedStrings) else PackedStrings(list(paths))
+        if not len(self.paths):
             raise EmptyCorpusError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
         self.transform = transform
         self.masker = BlockMaskingGenerator(grid, masking)
@@ -186,37 +233,123 @@ class PairSource:
     """MVLM examples from (image, caption) pairs.
 
     ``separate`` masking (BEiT-3 default) corrupts one modality per pair, chosen with probability 1/2:
-    either 50% of the text tokens or a block-wise image mask. ``joint`` masking corrupts both.
+    either 50% of the text tokens or a block-wise image mask. ``joint`` masking corrupts both (VL-BEiT,
+    VLMo's MLM on pairs). ``text`` / ``image`` corrupt only that modality (BEiT-3's ablations without
+    MVLM's image / text reconstruction).
+    Image paths are stored once per image, captions in one packed buffer.
     """
+
+    block_size = 4096
 
     def __init__(self, pairs: Sequence[Tuple[str, str]], tokenizer, max_len: int, model_vocab_size: int,
                  transform: Callable, grid: Tuple[int, int], text_masking: TokenMaskingConfig = TokenMaskingConfig(0.5),
                  image_masking: BlockMaskingConfig = BlockMaskingConfig(), mode: str = "separate",
                  skips: Optional[SkipCounter] = None, name: str = "caption file") -> None:
-        if mode not in ("separate", "joint"):
-            raise ValueError(f"MVLM masking must be 'separate' or 'joint', got {mode!r}")
-        self.pairs = list(pairs)
-        if not self.pairs:
+        if mode not in PAIR_MASKING:
+            raise ValueError(f"MVLM masking must be one of {list(PAIR_MASKING)}, got {mode!r}")
+        if not pairs:
             raise EmptyCorpusError(f"{name}: no image-caption pairs")
         self.skips = skips if skips is not None else SkipCounter()
-        self.images = ImageSource([p for p, _ in self.pairs], transform, grid, image_masking, self.skips, name)
+        unique: Dict[str, int] = {}
+        self.image_of = np.asarray([unique.setdefault(p, len(unique)) for p, _ in pairs], dtype=np.int64)
+        self.captions = PackedStrings([c for _, c in pairs])
+        self.images = ImageSource(PackedStrings(list(unique)), transform, grid, image_masking, self.skips, name)
         self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
         self.mask_text, self.mode = _TextMasker(tokenizer, text_masking), mode
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.captions)
+
+    def load(self, index: int, rng: np.random.Generator) -> Tuple[Tensor, str]:
+        """(transformed image, caption) of pair ``index``, or of the next pair with a readable image."""
+        for step in range(MAX_IMAGE_RETRIES):
+            i = (index + step) % len(self.captions)
+            image = load_image(self.images.paths[int(self.image_of[i])], skips=self.skips)
+            if image is not None:
+                return _apply_transform(self.images.transform, image, rng), self.captions[i]
+        raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive unreadable pair images from "
+                           f"{self.images.paths[int(self.image_of[index % len(self.captions)])]}: {self.skips.report()}")
 
     def get(self, index: int, rng: np.random.Generator) -> Dict[str, object]:
-        image, used = self.images.load(index % len(self.pairs), rng)
-        ids = self.encode(self.pairs[used][1])
+        image, caption = self.load(index, rng)
+        return self.example(image, caption, rng)
+
+    def example(self, image: Tensor, caption: str, rng: np.random.Generator) -> Dict[str, object]:
+        ids = self.encode(caption)
         image_mask = self.images.masker(rng).reshape(-1)
         inputs, targets = self.mask_text(ids, rng)
-        if self.mode == "separate":
-            if rng.random() < 0.5:
-                image_mask[:] = False                                     # text is masked
-            else:
-                inputs, targets = ids.copy(), np.full_like(ids, IGNORE_INDEX)  # image is masked
+        mask_text_only = self.mode == "text" or (self.mode == "separate" and rng.random() < 0.5)
+        if mask_text_only:
+            image_mask[:] = False
+        elif self.mode in ("separate", "image"):                              # image only
+            inputs, targets = ids.copy(), np.full_like(ids, IGNORE_INDEX)
         return {"image": image, "mask": image_mask, "ids": inputs, "targets": targets, "clean_ids": ids}
+
+
+class ShardedImageSource(ImageSource):
+    """MIM examples from WebDataset tar shards (the image member of each sample; captions ignored)."""
+
+    def __init__(self, shards: ShardSet, transform: Callable, grid: Tuple[int, int],
+                 masking: BlockMaskingConfig = BlockMaskingConfig()) -> None:
+        self.shards, self.skips, self.transform = shards, shards.skips, transform
+        self.masker = BlockMaskingGenerator(grid, masking)
+        self.block_size = shards.samples_per_shard
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def load(self, index: int, rng: np.random.Generator) -> Tuple[Tensor, int]:
+        image, _ = _read_shard_sample(self.shards, index, rng, self.transform, need_caption=False)
+        return image, index
+
+
+class ShardedPairSource(PairSource):
+    """MVLM examples from WebDataset tar shards as img2dataset writes them (``KEY.jpg`` + ``KEY.txt`` and/or
+    ``KEY.json`` with a ``caption`` field). A sample with a corrupt image or a missing or empty caption is
+    counted and replaced by the next one of the shard."""
+
+    def __init__(self, shards: ShardSet, tokenizer, max_len: int, model_vocab_size: int, transform: Callable,
+                 grid: Tuple[int, int], text_masking: TokenMaskingConfig = TokenMaskingConfig(0.5),
+                 image_masking: BlockMaskingConfig = BlockMaskingConfig(), mode: str = "separate") -> None:
+        if mode not in PAIR_MASKING:
+            raise ValueError(f"MVLM masking must be one of {list(PAIR_MASKING)}, got {mode!r}")
+        self.shards, self.skips = shards, shards.skips
+        self.block_size = shards.samples_per_shard
+        self.images = ImageSource(["unused"], transform, grid, image_masking, self.skips)
+        self.encode = _TextEncoder(tokenizer, max_len, model_vocab_size, self.skips)
+        self.mask_text, self.mode = _TextMasker(tokenizer, text_masking), mode
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def load(self, index: int, rng: np.random.Generator) -> Tuple[Tensor, str]:
+        return _read_shard_sample(self.shards, index, rng, self.images.transform, need_caption=True)
+
+
+def _read_shard_sample(shards: ShardSet, index: int, rng: np.random.Generator, transform: Callable,
+                       need_caption: bool) -> Tuple[Tensor, Optional[str]]:
+    """The first usable sample at or after ``index`` (next rows of the shard, then the next shards)."""
+    skips = shards.skips
+    for step in range(MAX_IMAGE_RETRIES):
+        shard, row = shards.locate(index + step)
+        if row < 0:                                   # empty / unreadable / missing (skip mode) shard: jump over it
+            index += shards.samples_per_shard
+            continue
+        where = f"{shard.name}:{shard.keys[row]}"
+        caption = None
+        if need_caption:
+            caption = caption_of(shard.read(row, 1), shard.read(row, 2), where, skips)
+            if caption is None:
+                continue
+        data = shard.read(row, 0)
+        if data is None:
+            skips.add("missing_image", where)
+            continue
+        image = decode_image(data, where, skips)
+        if image is not None:
+            return _apply_transform(transform, image, rng), caption
+    raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive unusable samples near index {index} of "
+                       f"{shards.names[0]}...: {skips.report()}")
 
 
 def _pad(seqs: Sequence[np.ndarray], value: int) -> Tensor:

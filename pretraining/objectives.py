@@ -25,11 +25,20 @@ from beit3_plugins.backbones import no_weight_decay_names
 from .masking import IGNORE_INDEX
 from .vqkd import VQKDTokenizer
 
-__all__ = ["ObjectiveOutput", "MaskedDataModel", "patch_pixel_targets", "masked_token_loss", "gather_with_grad",
+__all__ = ["ObjectiveOutput", "VlmoObjectives", "MaskedDataModel", "patch_pixel_targets", "masked_token_loss", "gather_with_grad",
            "sample_hard_negatives", "export_state_dict", "STAGES", "stage_trainable", "apply_stage", "MIM_TARGETS"]
 
 MIM_TARGETS = ("vqkd", "pixel")
 STAGES = ("all", "vision", "language")
+
+
+@dataclasses.dataclass(frozen=True)
+class VlmoObjectives:
+    """Which VLMo objectives a batch trains (all on: the published recipe; VLMo Table 5 turns them off)."""
+
+    itc: bool = True
+    itm: bool = True
+    mlm: bool = True
 
 
 @dataclasses.dataclass
@@ -244,26 +253,48 @@ class MaskedDataModel(nn.Module):
 
     # ------------------------------------------------------------------ VLMo
     def vlmo(self, image: Tensor, ids: Tensor, padding_mask: Tensor, mlm_ids: Tensor, mlm_targets: Tensor,
-             logs: Dict[str, float], generator: Optional[torch.Generator] = None) -> Tensor:
-        """ITC (gathered across ranks) + ITM (hard negatives from the gathered similarities) + MLM on pairs."""
+             logs: Dict[str, float], generator: Optional[torch.Generator] = None,
+             switches: "VlmoObjectives" = None) -> Tensor:
+        """ITC (gathered across ranks) + ITM (hard negatives from the gathered similarities) + MLM on pairs;
+        ``switches`` turns each one off (VLMo Table 5 ablations). ITM without ITC still mines its negatives
+        from the (then untrained) contrastive similarities."""
         if not self.vlmo_heads:
             raise ValueError("this model was built without VLMo heads (vlmo_heads=False)")
+        switches = switches or VlmoObjectives()
+        loss = image.new_zeros(())
+        if switches.itc or switches.itm:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and switches.itc):
+                logits_i2t, logits_t2i, labels = self._contrast(image, ids, padding_mask)
+            if switches.itc:
+                batch = labels.shape[0]
+                itc = (F.cross_entropy(logits_i2t.float(), labels) + F.cross_entropy(logits_t2i.float(), labels)) / 2
+                logs["itc_loss"] = float(itc.detach()) * 2 * batch
+                logs["itc_correct"] = int((logits_i2t.argmax(-1) == labels).sum() +
+                                          (logits_t2i.argmax(-1) == labels).sum())
+                logs["itc_count"] = 2 * batch
+                loss = loss + itc
+            if switches.itm:
+                loss = loss + self._itm(image, ids, padding_mask, logits_i2t, logits_t2i, labels, logs, generator)
+        if switches.mlm:
+            out = self.backbone.forward_fused(image, mlm_ids, padding_mask=padding_mask)
+            loss = loss + self._mlm(out.text_tokens, mlm_targets, "vlmo_mlm", logs)
+        return loss
+
+    def _contrast(self, image: Tensor, ids: Tensor, padding_mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Image-to-text and text-to-image logits against every rank's batch, and the positive columns."""
         vision, text = self.backbone.forward_dual(image, ids, padding_mask)
         img = F.normalize(self.vision_head(vision.vision_cls), dim=-1)
         txt = F.normalize(self.language_head(text.text_cls), dim=-1)
         all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
         batch = img.shape[0]
-        offset = _rank() * batch
-        labels = torch.arange(batch, device=img.device) + offset
-        logits_i2t = scale * img @ all_txt.t()
-        logits_t2i = scale * txt @ all_img.t()
-        itc = (F.cross_entropy(logits_i2t.float(), labels) + F.cross_entropy(logits_t2i.float(), labels)) / 2
-        logs["itc_loss"] = float(itc.detach()) * 2 * batch
-        logs["itc_correct"] = int((logits_i2t.argmax(-1) == labels).sum() + (logits_t2i.argmax(-1) == labels).sum())
-        logs["itc_count"] = 2 * batch
+        labels = torch.arange(batch, device=img.device) + _rank() * batch
+        return scale * img @ all_txt.t(), scale * txt @ all_img.t(), labels
 
-        # ITM with global hard negatives: candidates are the images/texts of every rank
+    def _itm(self, image: Tensor, ids: Tensor, padding_mask: Tensor, logits_i2t: Tensor, logits_t2i: Tensor,
+             labels: Tensor, logs: Dict[str, float], generator: Optional[torch.Generator]) -> Tensor:
+        """ITM with global hard negatives: candidates are the images/texts of every rank."""
+        batch = image.shape[0]
         with torch.no_grad():
             pos_ids, pos_pad = _pad_to_common_length(ids, padding_mask)
             cand_images, cand_ids = gather_no_grad(image), gather_no_grad(pos_ids)
@@ -280,10 +311,7 @@ class MaskedDataModel(nn.Module):
         logs["itm_loss"] = float(itm.detach()) * 3 * batch
         logs["itm_correct"] = int((itm_logits.argmax(-1) == itm_labels).sum())
         logs["itm_count"] = 3 * batch
-
-        out = self.backbone.forward_fused(image, mlm_ids, padding_mask=padding_mask)
-        mlm = self._mlm(out.text_tokens, mlm_targets, "vlmo_mlm", logs)
-        return itc + itm + mlm
+        return itm
 
     # ------------------------------------------------------------------ export
     def head_state_dict(self) -> Dict[str, Tensor]:

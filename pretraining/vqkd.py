@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from beit3_plugins.checkpoint import load_state_dict_file, load_with_report
-from beit3_plugins.registry import TOKENIZERS
+from beit3_plugins.pretraining.registry import TOKENIZERS
 
 logger = logging.getLogger(__name__)
 

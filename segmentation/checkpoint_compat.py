@@ -10,6 +10,12 @@ One more global is needed: ``HistoryBuffer.__getstate__`` stores its statistics 
 ``getattr(HistoryBuffer, "min")``. Allowing the real ``builtins.getattr`` would let a crafted file reach
 any attribute of any allowed object (e.g. ``ndarray.tofile``), so the pickled name ``builtins.getattr``
 is mapped to :func:`_history_buffer_getattr`, which only returns HistoryBuffer's statistics methods.
+
+mmengine's own local-file loader (``load_from_local``, behind ``load_from`` and ``resume``) calls ``torch.load``
+without ``weights_only``, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would turn into a full unpickler, and its
+refusal names no remedy. :func:`register_safe_local_loader` replaces that loader through mmengine's documented
+``CheckpointLoader.register_scheme`` with :func:`beit3_plugins.checkpoint.safe_load` (explicit
+``weights_only=True``, an error that says how to re-save the file).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Any, List
 
 import torch
 
-__all__ = ["allow_mmengine_checkpoint_globals", "MMENGINE_SAFE_GLOBALS"]
+__all__ = ["allow_mmengine_checkpoint_globals", "register_safe_local_loader", "MMENGINE_SAFE_GLOBALS"]
 
 # (module, attribute): plain-data types found in mmengine 0.10 runner checkpoints
 MMENGINE_SAFE_GLOBALS = [
@@ -77,3 +83,19 @@ def allow_mmengine_checkpoint_globals() -> List[str]:
         torch.serialization.add_safe_globals([(_history_buffer_getattr, "builtins.getattr")])
         added.append("builtins.getattr (HistoryBuffer statistics methods only)")
     return added
+
+
+def _safe_load_from_local(filename, map_location):
+    """mmengine's local-file checkpoint loader, reading through the package's one safe loader."""
+    import os.path as osp
+
+    from beit3_plugins.checkpoint import safe_load
+
+    return safe_load(osp.expanduser(filename), map_location=map_location)
+
+
+def register_safe_local_loader() -> None:
+    """Make ``CheckpointLoader`` read local files (the ``''`` scheme) with :func:`_safe_load_from_local`."""
+    from mmengine.runner import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes="", loader=_safe_load_from_local, force=True)

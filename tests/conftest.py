@@ -18,3 +18,13 @@ def tiny_spm(data_world, tmp_path_factory):
 
     _, manifest = data_world
     return train_sentencepiece(manifest.path("text_corpus"), tmp_path_factory.mktemp("spm") / "tiny", 128)
+
+
+@pytest.fixture(scope="session")
+def world_shards(data_world):
+    """{kind: brace pattern} of shards written into <world>/shards by ``beit3-plugins make-shards --world``
+    (64 samples per shard), the layout configs/pretrain/beit3_tiny_cpu.yaml reads."""
+    from beit3_plugins.pretraining.make_shards import make_world_shards
+
+    world, _ = data_world
+    return make_world_shards(world, world / "shards", per_shard=64)

@@ -67,7 +67,8 @@ def test_prune_to_vision_every_backbone(name):
     assert removed and not [n for n in names if ".text." in n or ".vl." in n or n.startswith(("text_", "mask_token",
                                                                                               "norm."))]
     assert all(model.is_pruned_key(n) for n in removed) and not any(model.is_pruned_key(n) for n in names)
-    assert any(n.startswith("layers.0.ffn.vision.") for n in names)
+    # the standard (non-Multiway) Transformer has one FFN for every modality: it stays whole
+    assert any(n.startswith(("layers.0.ffn.vision.", "layers.0.ffn.shared.")) for n in names)
     assert not [n for n in names if model.is_language_parameter(n)]
     assert all(model.is_language_parameter(n) for n in removed if ".vl." not in n and n not in ("mask_token",)
                and not n.startswith("norm."))
@@ -117,7 +118,8 @@ def test_param_groups_every_backbone(name):
     check("backbone.patch_embed.weight", 0.5 ** (depth + 1), 0.05)
     check("backbone.patch_embed.bias", 0.5 ** (depth + 1), 0.0)
     check("backbone.layers.0.attn.qkv.%s.weight" % expert, 0.5 ** depth, 0.05)
-    check(f"backbone.layers.{depth - 1}.ffn.vision.fc1.weight", 0.5, 0.05)
+    ffn_expert = "vision" if task.backbone.cfg.multiway else "shared"   # a standard Transformer has one FFN
+    check(f"backbone.layers.{depth - 1}.ffn.{ffn_expert}.fc1.weight", 0.5, 0.05)
     check("backbone.layers.0.norm1.%s.weight" % expert, 0.5 ** depth, 0.0)
     check("head.weight", 10.0, 0.05)
     check("head.bias", 10.0, 0.0)
@@ -154,3 +156,21 @@ def test_window_bias_reads_the_whole_grids_patch_distances():
         assert torch.equal(window, whole[:, cells][:, :, cells])
     assert torch.equal(with_cls, encoder)
     assert BACKBONES.build("beit3_tiny").vision_attention_bias(0, (8, 8)) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "backbone.", "backbone.beit3.", "backbone.net.beit3.", "core.backbone."])
+def test_our_own_layout_loads_from_a_whole_model_checkpoint(prefix):
+    """A task model, segmentor, detector or fairseq checkpoint: the backbone part loads, the rest is kept
+    aside as heads (never unexpected), the format is named."""
+    from beit3_plugins.backbones import convert_checkpoint, load_pretrained
+
+    source = _tiny("vlmo_tiny")
+    state = {prefix + k: v for k, v in source.state_dict().items()}
+    if prefix:
+        state["decode_head.conv_seg.weight"] = torch.zeros(4, 64)
+    target = BACKBONES.build("vlmo_tiny")
+    report = load_pretrained(target, {"model": state})
+    assert not report.missing and not report.unexpected
+    assert sorted(report.heads) == (["decode_head.conv_seg.weight"] if prefix else [])
+    assert convert_checkpoint(state, target).source_format == "ours"
+    torch.testing.assert_close(target.rel_pos.table, source.rel_pos.table)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of scripts at the repository root, not installed
 
 from bench.retrieval import chunked_recall_at_k  # noqa: E402
-from bench.run_all import MismatchError, check  # noqa: E402
+from bench.settings import MismatchError, check  # noqa: E402
 
 
 def test_smoke_run_writes_a_report_with_matching_outputs(tmp_path):

@@ -167,6 +167,125 @@ def test_lazyconfig_twin_builds_the_same_detector_and_reproduces_its_numbers(ove
     assert json.loads((tmp_path / "train" / "eval_results.json").read_text())["bbox"]["AP"] is not None
 
 
+# ---------------------------------------------------------------------------------------------- protocols
+def test_multiscale_flip_tta_through_detectron2(overfit_run, det_world, tmp_path):
+    """``--tta`` evaluates with detectron2's GeneralizedRCNNWithTTA (TEST.AUG: two scales x flip) after the
+    plain evaluation, in both config systems: the plain numbers are unchanged, the TTA numbers come from four
+    passes per image and the yacs and LazyConfig paths give the same TTA numbers on the same weights."""
+    out, trained = overfit_run
+    root, subset = det_world
+    proc = _run(["--config-file", "detection/cascade_beit3_tiny.yaml", "--eval-only", "--tta",
+                 "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "yacs"),
+                 *_dataset_opts(root, subset, "world_train8")], cwd=ROOT)
+    yacs = json.loads((tmp_path / "yacs" / "eval_results.json").read_text())
+    assert {k: yacs[k] for k in trained} == trained
+    assert {"bbox_TTA", "segm_TTA"} <= set(yacs)
+    assert "test-time augmentation: sizes (96, 128), max 128, flip True" in proc.stdout + proc.stderr
+    assert yacs["bbox_TTA"]["AP50"] >= MIN_BOX_AP50 - 5 and yacs["segm_TTA"]["AP"] >= MIN_MASK_AP - 10, yacs
+    assert yacs["bbox_TTA"] != yacs["bbox"]                      # another inference, not a copy
+    data = [f"datasets.root={root}",
+            f"datasets.coco_instances={json.dumps([['world_train8', str(subset), 'coco/train2017']])}",
+            "dataloader.test.dataset.names=world_train8", "dataloader.train.dicts.names=world_train8"]
+    _run(["--config-file", "detection/configs/cascade_beit3_tiny.py", "--eval-only", "--tta",
+          f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'lazy'}", *data],
+         cwd=tmp_path)
+    lazy = json.loads((tmp_path / "lazy" / "eval_results.json").read_text())
+    assert lazy["bbox_TTA"] == yacs["bbox_TTA"] and lazy["segm_TTA"] == yacs["segm_TTA"]
+
+
+def test_tta_sizes_must_fit_the_square_padding():
+    from beit3_plugins.detection.tta import check_tta_sizes
+
+    check_tta_sizes((96, 128), 128, 128)
+    with pytest.raises(ValueError, match="exceed MODEL.SFP.SQUARE_PAD 128"):
+        check_tta_sizes((128, 160), 160, 128)
+    check_tta_sizes((1600,), 1600, 0)                           # no padding constraint
+
+
+def _objects365_world(root: Path, subset: Path, dst: Path) -> Path:
+    """A box-only COCO-format json as Objects365 v2 ships (other category ids and names, no masks) over the
+    world's images, laid out as cascade_beit3_*objects365.yaml expects under DATASETS.ROOT."""
+    data = json.loads(subset.read_text())
+    data["categories"] = [{"id": c["id"] + 100, "name": f"o365_{c['name']}"} for c in data["categories"]]
+    for ann in data["annotations"]:
+        ann["category_id"] += 100
+        ann.pop("segmentation", None)
+    (dst / "objects365" / "annotations").mkdir(parents=True)
+    (dst / "objects365" / "annotations" / "zhiyuan_objv2_train.json").write_text(json.dumps(data))
+    (dst / "objects365" / "annotations" / "zhiyuan_objv2_val.json").write_text(json.dumps(data))
+    (dst / "objects365" / "train").symlink_to(root / "coco" / "train2017")
+    (dst / "objects365" / "val").symlink_to(root / "coco" / "train2017")
+    return dst
+
+
+def test_objects365_intermediate_stage_then_coco(det_world, tmp_path):
+    """Objects365 stage (box only, 365 classes) then COCO from its detector: the recipes' deltas equal the
+    full-size ones, both stages train through train_net, the COCO stage starts from every Objects365 tensor but
+    the three replaced classifiers, and without MODEL.REPLACE_HEADS the class mismatch is an error."""
+    from detectron2.config import get_cfg
+
+    import beit3_plugins.detection as det
+
+    root, subset = det_world
+    o365_root = _objects365_world(root, subset, tmp_path / "data")
+
+    def load(name):
+        cfg = get_cfg()
+        det.add_beit3_config(cfg)
+        cfg.merge_from_file(str(ROOT / "detection" / name))
+        return cfg
+
+    for key in ("MODEL.MASK_ON", "MODEL.ROI_HEADS.NUM_CLASSES", "DATASETS.COCO_INSTANCES", "DATASETS.TRAIN"):
+        get = lambda cfg: eval("cfg." + key)  # noqa: E731, S307 - dotted yacs key
+        assert get(load("cascade_beit3_objects365.yaml")) == get(load("cascade_beit3_tiny_objects365.yaml")), key
+    assert (load("cascade_beit3_coco_from_objects365.yaml").MODEL.REPLACE_HEADS ==
+            load("cascade_beit3_tiny_coco_from_objects365.yaml").MODEL.REPLACE_HEADS)
+
+    stage1, stage2 = tmp_path / "o365", tmp_path / "coco"
+    short = ["SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(5,)", "SOLVER.WARMUP_ITERS", "1",
+             "SOLVER.CHECKPOINT_PERIOD", "100000", "INPUT.LSJ.ENABLED", "False"]
+    train_net = _load_train_net()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_net.cli(["--config-file", "detection/cascade_beit3_tiny_objects365.yaml", "OUTPUT_DIR", str(stage1),
+                       "DATASETS.ROOT", str(o365_root), *short])
+        coco = ["DATASETS.ROOT", str(root), "DATASETS.COCO_INSTANCES",
+                json.dumps([["world_coco8", str(subset), "coco/train2017"]]), "DATASETS.TRAIN", "('world_coco8',)",
+                "DATASETS.TEST", "('world_coco8',)", "MODEL.WEIGHTS", str(stage1 / "model_final.pth")]
+        train_net.cli(["--config-file", "detection/cascade_beit3_tiny_coco_from_objects365.yaml",
+                       "OUTPUT_DIR", str(stage2), *coco, *short])
+    finally:
+        torch.set_num_threads(threads)
+    o365 = torch.load(stage1 / "model_final.pth", weights_only=True)["model"]
+    assert o365["roi_heads.box_predictor.0.cls_score.weight"].shape[0] == 366
+    assert not any(k.startswith("roi_heads.mask_head") for k in o365)        # box-only stage
+    results = json.loads((stage1 / "eval_results.json").read_text())
+    assert "bbox" in results and "segm" not in results
+    log = (stage2 / "log.txt").read_text()
+    assert "MODEL.REPLACE_HEADS: 6 tensors not loaded" in log
+    assert "segm" in json.loads((stage2 / "eval_results.json").read_text())       # COCO stage has masks again
+
+    # the initial load in isolation: everything but the classifiers comes from the Objects365 detector
+    cfg = load("cascade_beit3_tiny_coco_from_objects365.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    model = det.Beit3DetectionTrainer.build_model(cfg)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    det.SafeDetectionCheckpointer(model, replace_heads=cfg.MODEL.REPLACE_HEADS).resume_or_load(
+        str(stage1 / "model_final.pth"), resume=False)
+    now = model.state_dict()
+    for key in ("backbone.net.beit3.layers.1.attn.qkv.vision.weight", "roi_heads.box_predictor.2.bbox_pred.weight",
+                "proposal_generator.rpn_head.conv.conv0.weight"):
+        assert key in o365 and torch.equal(now[key], o365[key]), key
+    assert now["roi_heads.box_predictor.0.cls_score.weight"].shape[0] == 4
+    assert torch.equal(now["roi_heads.box_predictor.0.cls_score.weight"],
+                       fresh["roi_heads.box_predictor.0.cls_score.weight"])
+    from beit3_plugins.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=r"model_final.pth: tensors of the wrong shape"):
+        det.SafeDetectionCheckpointer(model).resume_or_load(str(stage1 / "model_final.pth"), resume=False)
+
+
 VLMO_ITERS = 40
 
 

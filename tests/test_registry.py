@@ -95,3 +95,60 @@ def test_every_backbone_has_its_own_config_dataclass():
     assert len(set(configs)) == len(configs)
     assert {"beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_base", "vlmo_large"} <= set(
         BACKBONES.names())
+
+
+def test_root_registries_name_no_layer_above_the_core():
+    from beit3_plugins import registry
+
+    for root in (registry.BACKBONES, registry.HEADS, registry.TASKS, registry.TOKENIZERS, registry.DATASETS,
+                 registry.METRICS):
+        assert root.parent is None
+        assert all(m.startswith("beit3_plugins.") and m.split(".")[1] in ("tokenizer", "data") for m in root._locations), (
+            root, root._locations)
+
+
+def test_child_registries_scope_duplicates_and_parent_fallback():
+    root = Registry("widget", base=torch.nn.Module)
+    left = Registry("widget", parent=root, scope="left")
+    right = Registry("widget", parent=root, scope="right")
+    left.register("same")(torch.nn.Identity)
+    with pytest.raises(DuplicateComponentError, match="'left'"):
+        right.register("same")(torch.nn.ReLU)
+    right.register("same", force=True)(torch.nn.ReLU)   # forced: the root refuses to guess
+    with pytest.raises(DuplicateComponentError, match="several scopes"):
+        root.get("same")
+    assert root.get("right.same").obj is torch.nn.ReLU and root.get("left.same").obj is torch.nn.Identity
+    root.register("on_root")(torch.nn.Tanh)
+    assert isinstance(left.build("on_root"), torch.nn.Tanh)       # a child falls back to its parent
+    assert root.names() == ["on_root", "same"] and "same" in root
+    with pytest.raises(TypeError, match="must subclass"):          # a child inherits the root's base class
+        left.register("bad")(dict)
+    with pytest.raises(ValueError, match="scope"):
+        Registry("widget", parent=root)
+
+
+def test_fresh_process_builds_every_kind_through_the_root_registries(data_world, tiny_spm):
+    """No prior import of any layer: the roots find the built-ins through the ``beit3_plugins`` entry points."""
+    import subprocess
+    import sys
+
+    _, manifest = data_world
+    code = f"""
+import sys
+from beit3_plugins.registry import BACKBONES, DATASETS, HEADS, METRICS, TASKS, TOKENIZERS
+assert not any(m.split('.')[1:2] in (['backbones'], ['vl_tasks'], ['pretraining'])
+               for m in sys.modules if m.startswith('beit3_plugins.')), sorted(sys.modules)
+vq = TOKENIZERS.build('vqkd_tiny', kmeans_iters=0)
+assert type(vq).__name__ == 'VQKDTokenizer' and TOKENIZERS.config_of('vqkd_base').embed_dim == 768
+base = BACKBONES.build('beit3_base', depth=1)
+assert base.cfg.embed_dim == 768 and len(base.layers) == 1
+task = TASKS.build({{'name': 'vqa', 'image_size': 32, 'max_text_len': 24}})
+head = HEADS.build('pooler', dim=8)
+acc = METRICS.get('accuracy').obj([1, 0], [1, 1])
+ds = DATASETS.build({{'name': 'imagenet_folder', 'root': {str(manifest.path("imagenet_val"))!r},
+                     'image': {{'transform': 'imagenet', 'image_size': 32, 'train': False}}}})
+print(type(task).__name__, type(head).__name__, acc, len(ds), TASKS.get('vl_tasks.vqa').name)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["VqaTask", "Pooler", "{'accuracy':", "50.0}", "12", "vqa"], res.stdout

@@ -38,7 +38,10 @@ OVERFIT_ITERS = 100
 OVERFIT_MIOU = 90.0
 
 
-def test_mim_train_overfits_a_few_images_and_mim_test_reproduces(data_world, tmp_path):
+@pytest.fixture(scope="module")
+def overfit_run(data_world, tmp_path_factory):
+    """`mim train` of the overfitting config: (config, work dir, mIoU)."""
+    tmp_path = tmp_path_factory.mktemp("seg_overfit")
     config = _config(tmp_path, "overfit", f"""
 max_iters = {OVERFIT_ITERS}
 train_dataloader = dict(batch_size=4, dataset=dict(indices=4))
@@ -55,9 +58,13 @@ default_hooks = dict(checkpoint=dict(interval=max_iters))
     work = tmp_path / "work"
     proc = run_mim("train", config, work, env=_env(data_world), timeout=400)
     assert proc.returncode == 0, proc.log[-3000:]
+    return config, work, last_metric(work, "mIoU")
+
+
+def test_mim_train_overfits_a_few_images_and_mim_test_reproduces(overfit_run, data_world, tmp_path):
+    config, work, miou = overfit_run
     losses = [r["loss"] for r in read_scalars(work) if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
-    miou = last_metric(work, "mIoU")
     assert miou >= OVERFIT_MIOU, f"mIoU {miou} after {OVERFIT_ITERS} iterations"
     # mim test on the saved checkpoint gives the same number and writes PNG visualisations
     ckpt = latest_checkpoint(work)
@@ -67,6 +74,29 @@ default_hooks = dict(checkpoint=dict(interval=max_iters))
     assert proc.returncode == 0, proc.log[-3000:]
     assert read_test_metrics(test_work)["mIoU"] == pytest.approx(miou, abs=0.01)
     assert list(test_work.rglob("vis/*.png")) or list((tmp_path / "vis").rglob("*.png"))
+
+
+def test_mim_test_tta_runs_mmsegs_multiscale_flip(overfit_run, data_world, tmp_path):
+    """`mim test ... --tta` (the "+MS" protocol): mmseg's test.py swaps in tta_pipeline and SegTTAModel; the
+    four passes per image (2 scales x flip) are merged into one prediction per image, still near the trained
+    model's mIoU, and not the single-scale number copied."""
+    config, work, miou = overfit_run
+    test_work = tmp_path / "tta"
+    proc = run_mim("test", config, test_work, extra=["--checkpoint", str(latest_checkpoint(work)), "--tta"],
+                   env=_env(data_world), timeout=300)
+    assert proc.returncode == 0, proc.log[-3000:]
+    tta_miou = read_test_metrics(test_work)["mIoU"]
+    assert tta_miou >= OVERFIT_MIOU - 5 and tta_miou != pytest.approx(miou, abs=1e-4), (tta_miou, miou)
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    assert cfg.tta_model.type == "SegTTAModel"
+    scales = [t["scale"] for t in cfg.tta_pipeline[1]["transforms"][0]]
+    flips = [t["prob"] for t in cfg.tta_pipeline[1]["transforms"][1]]
+    assert scales == [(64, 64), (96, 96)] and flips == [0.0, 1.0]
+    full = Config.fromfile(str(REPO_CONFIGS / "ade20k_beit3.py"))
+    assert [t["scale"] for t in full.tta_pipeline[1]["transforms"][0]] == [
+        (int(3584 * r), int(896 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
 
 
 VLMO_ITERS = 30

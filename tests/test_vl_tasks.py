@@ -110,8 +110,8 @@ def test_cached_greedy_decoding_matches_full_recomputation(data_world, tiny_spm)
     tok = task.tokenizer
     image = torch.stack([task.build_dataset("val")[i]["image"] for i in range(2)])
     steps = 6
-    cached = generate(model, image, tok.bos_id, tok.eos_id, tok.mask_id, steps, min_len=steps, vocab_limit=tok.vocab_size,
-                      banned_ids=(tok.pad_id, tok.bos_id))
+    cached = generate(model, image, tok.bos_id, tok.eos_id, tok.mask_id, steps + 3, beam_size=1, min_len=steps,
+                      vocab_limit=tok.vocab_size, banned_ids=(tok.pad_id, tok.bos_id, tok.mask_id))
     # reference: re-encode image + [<s>, tokens..., <mask>] from scratch at every step, no cache
     seqs = [[tok.bos_id] for _ in range(2)]
     nv = 1 + (32 // 8) ** 2
@@ -125,8 +125,8 @@ def test_cached_greedy_decoding_matches_full_recomputation(data_world, tiny_spm)
             for s, t in zip(seqs, logits.argmax(-1).tolist()):
                 s.append(t)
     assert cached == [s[1:] for s in seqs]
-    beams = generate(model, image, tok.bos_id, tok.eos_id, tok.mask_id, steps, beam_size=3, vocab_limit=tok.vocab_size,
-                     banned_ids=(tok.pad_id, tok.bos_id))
+    beams = generate(model, image, tok.bos_id, tok.eos_id, tok.mask_id, steps + 3, beam_size=3, min_len=1,
+                     vocab_limit=tok.vocab_size, banned_ids=(tok.pad_id, tok.bos_id, tok.mask_id))
     assert len(beams) == 2 and all(0 < len(b) <= steps for b in beams)
     assert all(tok.pad_id not in b and tok.mask_id not in b for b in beams)
 

@@ -6,6 +6,9 @@
     python tools/train_net.py --config-file detection/configs/cascade_beit3_tiny.py [--eval-only] \
         [key=value ...]                                   # LazyConfig (ViTDet-style .py configs)
 
+``--tta`` adds detectron2's multi-scale + flip test-time augmentation to every evaluation (yacs ``TEST.AUG.*``,
+LazyConfig ``test_aug``; the paper's multi-scale COCO numbers); its results are keyed ``bbox_TTA`` / ``segm_TTA``.
+
 detectron2's usual flags and ``launch``. Config paths that start with ``detection/`` are also found when the
 command runs outside the repository (the package is installed as ``beit3_plugins.detection``). Evaluation
 results are written to ``<output dir>/eval_results.json``; ``--visualize N`` draws N test images with their
@@ -26,6 +29,7 @@ from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parse
                                hooks, launch)
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import beit3_plugins.detection as det
 from beit3_plugins.runtime import tune_malloc_unless_disabled
@@ -67,6 +71,8 @@ def setup_yacs(args):
     det.add_beit3_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if args.tta:
+        cfg.TEST.AUG.ENABLED = True
     if not torch.cuda.is_available():
         if cfg.MODEL.DEVICE.startswith("cuda"):
             logger.warning("no CUDA device: MODEL.DEVICE cpu")
@@ -80,6 +86,7 @@ def setup_yacs(args):
         cfg.MODEL.BEIT3.WEIGHTS = ""  # the detector checkpoint replaces every backbone tensor anyway
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="beit3_plugins")  # our messages in log.txt
     det.register_coco_datasets(cfg.DATASETS.COCO_INSTANCES, det.data.dataset_root(cfg))
     return cfg
 
@@ -100,6 +107,8 @@ def main_yacs(args):
         det.SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                                      resume=args.resume)
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
         _write_results(cfg.OUTPUT_DIR, results)
         _visualize_yacs(cfg, model, args)
         return results
@@ -110,6 +119,8 @@ def main_yacs(args):
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)
+    if cfg.TEST.AUG.ENABLED:
+        results = {**(results or {}), **Trainer.test_with_TTA(cfg, getattr(trainer.model, "module", trainer.model))}
     _write_results(cfg.OUTPUT_DIR, results)
     _visualize_yacs(cfg, getattr(trainer.model, "module", trainer.model), args)
     return results
@@ -119,10 +130,15 @@ def main_yacs(args):
 def setup_lazy(args):
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if args.tta:
+        if "test_aug" not in cfg:
+            raise ValueError(f"{args.config_file} has no test_aug dict (min_sizes, max_size, flip) for --tta")
+        cfg.test_aug.enabled = True
     if cfg.train.amp.enabled and not torch.cuda.is_available():
         logger.warning("train.amp.enabled needs CUDA; training in fp32 on CPU")
         cfg.train.amp.enabled = False
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="beit3_plugins")
     datasets = cfg.get("datasets", {})
     det.register_coco_datasets(datasets.get("coco_instances", []),
                                datasets.get("root", "") or os.environ.get("DETECTRON2_DATASETS", "datasets"))
@@ -134,6 +150,18 @@ def do_test_lazy(cfg, model):
         return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     print_csv_format(results)
+    test_aug = cfg.get("test_aug", None)
+    if test_aug is not None and test_aug.get("enabled", False):
+        from detectron2.modeling import GeneralizedRCNNWithTTA
+
+        from beit3_plugins.detection.tta import lazy_tta_cfg
+
+        net = getattr(model, "module", model)
+        logger.info("Running inference with test-time augmentation: %s", dict(test_aug))
+        tta = GeneralizedRCNNWithTTA(lazy_tta_cfg(net, test_aug, cfg.model.backbone.get("square_pad", 0)), net)
+        tta_results = inference_on_dataset(tta, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+        print_csv_format(tta_results)
+        results = {**results, **{f"{k}_TTA": v for k, v in tta_results.items()}}
     return results
 
 
@@ -154,7 +182,8 @@ def main_lazy(args):
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_cls(model, None, optimizer)
-    checkpointer = det.SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = det.SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer,
+                                                 replace_heads=cfg.train.get("replace_heads", []))
     results_box = {}
 
     def test_and_keep():
@@ -192,6 +221,8 @@ def build_parser():
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="after training / evaluation, draw N test images with predictions to PNG")
     parser.add_argument("--vis-score-threshold", type=float, default=0.5)
+    parser.add_argument("--tta", action="store_true",
+                        help="also evaluate with multi-scale + flip test-time augmentation (TEST.AUG / test_aug)")
     return parser
 
 

@@ -72,6 +72,11 @@ class TaskModel(nn.Module):
     def dim(self) -> int:
         return self.backbone.cfg.embed_dim
 
+    def adapt_released_heads(self, heads: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Released head tensors that are not plain renames (e.g. VLMo NLVR2's pair type rows), before
+        ``released_head_map`` applies; default: unchanged."""
+        return heads
+
 
 class VlTask:
     """Base class of task plugins (see the module docstring)."""

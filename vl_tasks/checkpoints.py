@@ -61,7 +61,7 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> Load
         return report
     report = load_pretrained(model.backbone, state, strict=strict_backbone, source=path)
     heads = report.heads
-    mapped = map_released_heads(model, heads)
+    mapped = map_released_heads(model, model.adapt_released_heads(heads))
     usable = {k: v for k, v in mapped.items() if not k.startswith("__unused__")}
     unused = sorted(k[len("__unused__"):] for k in mapped if k.startswith("__unused__"))
     own = model.state_dict()

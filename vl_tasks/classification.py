@@ -24,7 +24,7 @@ from torch import nn
 
 from beit3_plugins.data import ImageFolderConfig, ImageFolderDataset, ImageOptions
 from beit3_plugins.data.datasets import RecordDataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ImageClassifier, Pooler, init_head_weights

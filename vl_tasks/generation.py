@@ -1,9 +1,23 @@
-"""Caption generation with the backbone's key/value cache (greedy and beam search).
+"""Caption generation as the released BEiT-3 fine-tuning code decodes, with the backbone's key/value cache.
 
-Masked-token decoding as BEiT-3 / UniLM: the image and ``<s>`` are encoded once under the UniLM mask;
-each step feeds ``[last token, <mask>]`` through :meth:`forward_text_step`, reads the next-token logits
-at the ``<mask>`` and keeps only the real token's keys/values in the cache (the ``<mask>`` is a query
-slot, never context).
+Masked-token decoding (BEiT-3 / UniLM): the image and ``[<s>, <mask>]`` are encoded once under the UniLM mask;
+each later step feeds ``[last token, <mask>]`` through :meth:`forward_text_step`, reads the next-token
+distribution at the ``<mask>`` and keeps only the real token's keys/values (the ``<mask>`` is a query slot).
+
+The search follows the official ``CaptioningHandler.eval_batch`` (microsoft/unilm ``beit3/``) decision for
+decision, so captions agree token for token (``tests/golden/captioning`` holds its outputs):
+
+* ``max_len`` is the text length the model was trained with (``--num_max_bpe_tokens``, 32 for COCO) and counts
+  ``<s>``, the ``<mask>`` slot and ``</s>``: at most ``max_len - 3`` caption tokens. When the next step would
+  reach ``max_len`` every candidate closes its beam without its last word.
+* Each step looks at the best ``3 * beam_size`` continuations over all beams of an image (only beam 0 is live
+  at the start); one ending in ``</s>`` closes a hypothesis, the others refill the beams.
+* A closed hypothesis scores ``logprob / (tokens + 2) ** length_penalty`` (the official length counts ``<s>`` and
+  the ``<mask>`` slot), so an immediate ``</s>`` is an empty caption of length 2. An image is finished once its
+  best closed score beats what the live beams could reach at full length, ``best / (max_len - 1) ** alpha``.
+* Nothing is banned: ``<pad>``, ``<mask>`` or unused embedding rows can be produced and are dropped when
+  decoding to text, as the official ``skip_special_tokens`` does. ``banned_ids`` / ``vocab_limit`` / ``min_len``
+  are opt-in departures (default off).
 """
 from __future__ import annotations
 
@@ -12,9 +26,20 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from beit3_plugins.backbones import unilm_attention_mask as unilm_mask  # the backbone owns its mask rules
+__all__ = ["unilm_mask", "generate", "CANDIDATES_PER_BEAM"]
 
-__all__ = ["unilm_mask", "generate"]
+#: continuations examined per beam and step (``TOPN_PER_BEAM`` of the official search)
+CANDIDATES_PER_BEAM = 3
+
+
+def unilm_mask(num_vision: int, num_text: int, device=None) -> Tensor:
+    """(N, N) bool, True = blocked: image<->image full, text->image full, text->text causal, image->text blocked."""
+    n = num_vision + num_text
+    blocked = torch.zeros(n, n, dtype=torch.bool, device=device)
+    blocked[:num_vision, num_vision:] = True
+    causal = torch.ones(num_text, num_text, dtype=torch.bool, device=device).tril()
+    blocked[num_vision:, num_vision:] = ~causal
+    return blocked
 
 
 def _drop_last(past_kv):
@@ -25,128 +50,98 @@ def _reorder(past_kv, index: Tensor):
     return [(k.index_select(0, index), v.index_select(0, index)) for k, v in past_kv]
 
 
-@torch.no_grad()
-def generate(model, image: Tensor, bos_id: int, eos_id: int, mask_id: int, max_len: int, beam_size: int = 1,
-             length_penalty: float = 0.0, min_len: int = 1, banned_ids: Tuple[int, ...] = (),
-             vocab_limit: Optional[int] = None) -> List[List[int]]:
-    """Token ids (without ``<s>``/``</s>``) of one caption per image.
+class _BestHypothesis:
+    """The best closed hypothesis of one image (the official search keeps one)."""
 
-    ``model`` has ``backbone`` and ``mlm_head``. ``max_len`` counts generated tokens. ``length_penalty``
-    alpha scores a finished beam by ``logprob / len ** alpha``. ``vocab_limit`` bans ids the tokenizer does
-    not have (the embedding table may have more rows, e.g. 64010 rows for 64002 ids).
+    def __init__(self, max_len: int, length_penalty: float) -> None:
+        self.full_length = max_len - 1
+        self.alpha = length_penalty
+        self.score: Optional[float] = None
+        self.tokens: List[int] = []
+
+    def add(self, tokens: List[int], logprob: float) -> None:
+        score = logprob / (len(tokens) + 2) ** self.alpha
+        if self.score is None or score > self.score:
+            self.score, self.tokens = score, tokens
+
+    def is_done(self, best_live_logprob: float) -> bool:
+        return self.score is not None and self.score >= best_live_logprob / self.full_length ** self.alpha
+
+
+@torch.no_grad()
+def generate(model, image: Tensor, bos_id: int, eos_id: int, mask_id: int, max_len: int, beam_size: int = 3,
+             length_penalty: float = 0.6, pad_id: int = 1, banned_ids: Tuple[int, ...] = (),
+             vocab_limit: Optional[int] = None, min_len: int = 0) -> List[List[int]]:
+    """Caption token ids (without ``<s>``/``</s>``) of each image; ``model`` has ``backbone`` and ``mlm_head``.
+
+    ``max_len`` is the official text length (see the module docstring); ``pad_id`` only fills finished beams.
     """
+    if max_len < 3:
+        raise ValueError(f"max_len counts <s>, the <mask> slot and </s>; it must be at least 3, got {max_len}")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     backbone, head = model.backbone, model.mlm_head
-    bsz, device = image.shape[0], image.device
+    bsz, device, k = image.shape[0], image.device, beam_size
     vocab = head.out_features
 
-    def next_logprobs(hidden: Tensor, step: int) -> Tensor:
+    def next_logprobs(hidden: Tensor, generated: int) -> Tensor:
         logp = torch.log_softmax(head(hidden).float(), dim=-1)
         if banned_ids:
             logp[:, list(banned_ids)] = -float("inf")
-        logp[:, mask_id] = -float("inf")
         if vocab_limit is not None:
             logp[:, vocab_limit:] = -float("inf")
-        if step < min_len:
+        if generated < min_len:
             logp[:, eos_id] = -float("inf")
         return logp
 
-    # prefix: image + [<s>, <mask>]
+    # first step: image + [<s>, <mask>], encoded once per image, then copied to its beams
     ids = torch.tensor([[bos_id, mask_id]], device=device).expand(bsz, 2)
     num_vision = backbone.embed_image(image[:1])[0].shape[1]
     out = backbone.forward_fused(image, ids, attn_mask=unilm_mask(num_vision, 2, device), use_cache=True)
-    past = _drop_last(out.past_kv)
-    logp = next_logprobs(out.hidden[:, -1], 0)                         # (B, V)
-    step_mask = torch.tensor([[False, True], [False, False]], device=device)  # token may not see <mask>
+    rows = torch.arange(bsz, device=device).repeat_interleave(k)
+    past = _reorder(_drop_last(out.past_kv), rows)
+    logp = next_logprobs(out.hidden[:, -1], 0).index_select(0, rows)        # (B*k, V)
 
-    if beam_size <= 1:
-        tokens = logp.argmax(-1, keepdim=True)                          # (B, 1)
-        done = tokens[:, 0] == eos_id
-        for step in range(1, max_len):
-            if bool(done.all()):
-                break
-            feed = torch.cat([tokens[:, -1:], torch.full_like(tokens[:, -1:], mask_id)], 1)
-            blocked = torch.cat([torch.zeros(2, past[0][0].shape[2], dtype=torch.bool, device=device), step_mask], 1)
-            out = backbone.forward_text_step(feed, past, position_start=step, attn_mask=blocked)
-            past = _drop_last(out.past_kv)
-            nxt = next_logprobs(out.hidden[:, -1], step).argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
-            done |= nxt == eos_id
-        return [_strip(row, eos_id) for row in tokens.tolist()]
-
-    # beam search: (B * beam) hypotheses
-    k = beam_size
-    scores, first = logp.topk(k, dim=-1)                                 # (B, k)
-    tokens = first.reshape(bsz * k, 1)
-    scores = scores.reshape(bsz * k)
-    past = _reorder(past, torch.arange(bsz, device=device).repeat_interleave(k))
-    finished: List[List[Tuple[float, List[int]]]] = [[] for _ in range(bsz)]
-    alive = torch.ones(bsz * k, dtype=torch.bool, device=device)
-
-    def finish(row: int, seq: List[int], score: float) -> None:
-        length = max(1, len(seq))
-        finished[row // k].append((score / (length ** length_penalty), seq))
-
-    for row in range(bsz * k):
-        if tokens[row, 0].item() == eos_id:
-            finish(row, [], scores[row].item())
-            alive[row] = False
-            scores[row] = -float("inf")
-    for step in range(1, max_len):
-        if not bool(alive.any()):
+    beam_scores = torch.zeros(bsz, k, device=device)
+    beam_scores[:, 1:] = -1e9                                                # only beam 0 is live at first
+    beam_scores = beam_scores.view(-1)
+    tokens: List[List[int]] = [[] for _ in range(bsz * k)]                  # caption so far of each beam
+    best = [_BestHypothesis(max_len, length_penalty) for _ in range(bsz)]
+    done = [False] * bsz
+    step_mask = torch.tensor([[False, True], [False, False]], device=device)  # a token may not see <mask>
+    cur_len = 2                                                              # <s> + the <mask> slot
+    while True:
+        last_step = cur_len + 1 == max_len
+        cand = (logp + beam_scores[:, None]).view(bsz, k * vocab)
+        top_scores, top_idx = cand.topk(CANDIDATES_PER_BEAM * k, dim=1, largest=True, sorted=True)
+        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+        next_beams: List[Tuple[float, int, int]] = []
+        for b in range(bsz):
+            done[b] = done[b] or best[b].is_done(max(top_scores[b]))
+            if done[b]:
+                next_beams += [(0.0, pad_id, 0)] * k
+                continue
+            refill: List[Tuple[float, int, int]] = []
+            for score, idx in zip(top_scores[b], top_idx[b]):
+                src, word = b * k + idx // vocab, idx % vocab
+                if word == eos_id or last_step:
+                    best[b].add(list(tokens[src]), score)
+                else:
+                    refill.append((score, word, src))
+                if len(refill) == k:
+                    break
+            next_beams += refill or [(0.0, pad_id, 0)] * k
+        if last_step or all(done):
             break
-        feed = torch.cat([tokens[:, -1:], torch.full_like(tokens[:, -1:], mask_id)], 1)
-        blocked = torch.cat([torch.zeros(2, past[0][0].shape[2], dtype=torch.bool, device=device), step_mask], 1)
-        out = backbone.forward_text_step(feed, past, position_start=step, attn_mask=blocked)
-        past = _drop_last(out.past_kv)
-        logp = next_logprobs(out.hidden[:, -1], step)                   # (B*k, V)
-        cand = (scores[:, None] + logp).view(bsz, k * vocab)
-        top_scores, top_idx = cand.topk(2 * k, dim=-1)                  # room for beams that finish
-        new_rows, new_tokens, new_scores = [], [], []
-        for b in range(bsz):
-            kept = 0
-            for s, idx in zip(top_scores[b].tolist(), top_idx[b].tolist()):
-                if s == -float("inf"):
-                    break
-                src = b * k + idx // vocab
-                tok = idx % vocab
-                if tok == eos_id:
-                    finish(src, tokens[src].tolist(), s)
-                    continue
-                new_rows.append(src)
-                new_tokens.append(tok)
-                new_scores.append(s)
-                kept += 1
-                if kept == k:
-                    break
-            while kept < k:  # pad dead beams
-                new_rows.append(b * k)
-                new_tokens.append(eos_id)
-                new_scores.append(-float("inf"))
-                kept += 1
-        index = torch.tensor(new_rows, device=device)
-        tokens = torch.cat([tokens.index_select(0, index), torch.tensor(new_tokens, device=device)[:, None]], 1)
-        scores = torch.tensor(new_scores, device=device)
-        alive = torch.isfinite(scores)
+        beam_scores = torch.tensor([s for s, _, _ in next_beams], device=device)
+        words = torch.tensor([w for _, w, _ in next_beams], device=device)
+        index = torch.tensor([r for _, _, r in next_beams], device=device)
+        tokens = [tokens[r] + [w] for _, w, r in next_beams]
         past = _reorder(past, index)
-        # stop a sentence once its best finished beam beats every alive beam (scores only fall)
-        for b in range(bsz):
-            if finished[b] and length_penalty == 0.0:
-                best = max(f[0] for f in finished[b])
-                if bool((scores[b * k:(b + 1) * k] <= best).all()):
-                    scores[b * k:(b + 1) * k] = -float("inf")
-                    alive[b * k:(b + 1) * k] = False
-    results = []
-    for b in range(bsz):
-        if not finished[b]:  # ran out of length: take the best alive beam
-            for row in range(b * k, (b + 1) * k):
-                if torch.isfinite(scores[row]):
-                    finish(row, tokens[row].tolist(), scores[row].item())
-        if not finished[b]:
-            finished[b].append((0.0, tokens[b * k].tolist()))
-        results.append(_strip(max(finished[b], key=lambda f: f[0])[1], eos_id))
-    return results
-
-
-def _strip(seq: List[int], eos_id: int) -> List[int]:
-    return seq[: seq.index(eos_id)] if eos_id in seq else seq
+        feed = torch.stack([words, torch.full_like(words, mask_id)], 1)
+        blocked = torch.cat([torch.zeros(2, past[0][0].shape[2], dtype=torch.bool, device=device), step_mask], 1)
+        out = backbone.forward_text_step(feed, past, position_start=cur_len - 1, attn_mask=blocked)
+        past = _drop_last(out.past_kv)
+        cur_len += 1
+        logp = next_logprobs(out.hidden[:, -1], cur_len - 2)
+    return [hyp.tokens for hyp in best]

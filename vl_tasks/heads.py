@@ -4,6 +4,11 @@ Module and parameter names follow the released checkpoints so their head weights
 VQA ``pooler.{norm,dense}`` + ``head.{0,1,3}``, NLVR2 ``head.{norm1,dense1,norm2,dense2}``, ImageNet
 ``fc_norm`` + ``head``, retrieval ``vision_head`` / ``language_head`` / ``logit_scale``, captioning
 ``mlm_head``. Source: "Image as a Foreign Language" (Wang et al., 2022) and microsoft/unilm ``beit3/``.
+
+VLMo's heads (microsoft/unilm ``vlmo/``, ``vlmo_module.py`` / ``heads.py``) are the same modules with two
+differences, expressed as arguments here rather than copies: its pooler has no LayerNorm
+(``Pooler(norm=False)``, applied to the text [CLS] of the fused encoder), and its NLVR2 classifier is an
+:class:`MlpClassifier` over the two pooled pairs (2D) instead of BEiT-3's :class:`TwoLayerMLP` over 4D.
 """
 from __future__ import annotations
 
@@ -12,9 +17,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from beit3_plugins.registry import HEADS
+from beit3_plugins.vl_tasks.registry import HEADS
 
-__all__ = ["Pooler", "VqaClassifier", "TwoLayerMLP", "ImageClassifier", "ContrastiveHeads", "ItmHead",
+__all__ = ["Pooler", "MlpClassifier", "VqaClassifier", "TwoLayerMLP", "ImageClassifier", "ContrastiveHeads", "ItmHead",
            "MlmHead", "init_head_weights"]
 
 
@@ -33,11 +38,12 @@ def init_head_weights(module: nn.Module, scale: float = 1.0) -> None:
 
 @HEADS.register("pooler")
 class Pooler(nn.Module):
-    """First token -> LayerNorm -> Linear -> Tanh (the fused-encoder pooler of VQA / ITM / text tasks)."""
+    """First token -> LayerNorm -> Linear -> Tanh (the fused-encoder pooler of VQA / ITM / text tasks);
+    ``norm=False`` drops the LayerNorm, as VLMo's pooler has none."""
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, norm: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim, eps=eps) if norm else nn.Identity()
         self.dense = nn.Linear(dim, dim)
         self.activation = nn.Tanh()
 
@@ -45,13 +51,21 @@ class Pooler(nn.Module):
         return self.activation(self.dense(self.norm(tokens[:, 0])))
 
 
+@HEADS.register("mlp_classifier")
+class MlpClassifier(nn.Sequential):
+    """Linear -> LN -> GELU -> Linear; keys ``0``, ``1``, ``3`` as released (BEiT-3 VQA, VLMo VQA and NLVR2)."""
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
+        super().__init__(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+        init_head_weights(self)
+
+
 @HEADS.register("vqa_classifier")
-class VqaClassifier(nn.Sequential):
-    """Linear(D, 2D) -> LN -> GELU -> Linear(2D, num_answers); keys ``0``, ``1``, ``3`` as released."""
+class VqaClassifier(MlpClassifier):
+    """Linear(D, 2D) -> LN -> GELU -> Linear(2D, num_answers)."""
 
     def __init__(self, dim: int, num_answers: int) -> None:
-        super().__init__(nn.Linear(dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, num_answers))
-        init_head_weights(self)
+        super().__init__(dim, 2 * dim, num_answers)
 
 
 @HEADS.register("two_layer_mlp")
@@ -106,11 +120,12 @@ class ContrastiveHeads(nn.Module):
 
 @HEADS.register("itm")
 class ItmHead(nn.Module):
-    """Image-text matching on the fused encoder (VLMo / VL-BEiT re-ranking): pooled text CLS -> 2 logits."""
+    """Image-text matching on the fused encoder (VLMo / VL-BEiT re-ranking): pooled text CLS -> 2 logits
+    (``pooler_norm=False``: VLMo's pooler)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, pooler_norm: bool = True) -> None:
         super().__init__()
-        self.pooler = Pooler(dim)
+        self.pooler = Pooler(dim, norm=pooler_norm)
         self.fc = nn.Linear(dim, 2)
         init_head_weights(self)
 

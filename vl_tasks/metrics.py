@@ -1,23 +1,21 @@
-"""Metrics of the BEiT-3 vision-language benchmarks, registered in ``METRICS``.
+"""Metrics of the BEiT-3 vision-language benchmarks, registered in ``METRICS``, equal to the official scorers.
 
-* ``vqa_accuracy`` - the official VQA v2 accuracy: answers normalised as the official evaluation does
-  (punctuation, number words, articles, contractions), then for each of the 10 leave-one-annotator-out
-  subsets ``min(1, #matching / 3)``, averaged.
+* ``vqa_accuracy`` - the official VQA evaluation script's accuracy (GT-Vision-Lab/VQA ``vqaEval.py``): answers
+  are normalised (punctuation, number words, articles, contractions) only when the annotators disagree, then
+  the mean over the leave-one-annotator-out subsets of ``min(1, #matching / 3)``; per answer type too.
 * ``recall_at_k`` - image->text and text->image R@1/5/10 from a similarity matrix with many captions per
   image (COCO / Flickr30k Karpathy protocol).
-* ``bleu`` / ``cider`` - corpus BLEU-4 (closest reference length, as coco-caption) and CIDEr-D (sigma 6,
-  document frequencies over the references, clipped tf-idf, bigram-count length penalty, x10).
-* ``meteor`` / ``spice`` - delegated to the jars of ``pycocoevalcap`` when it and Java are present (SPICE also
-  needs the Stanford CoreNLP jars, which pycocoevalcap downloads on first use).
+* caption metrics - ``pycocoevalcap`` itself (the coco-caption code every captioning paper and the BEiT-3
+  evaluation use): PTB tokenizer, Bleu, Meteor, Rouge, Cider, Spice. We call the library rather than
+  re-implement it because our own BLEU/CIDEr differed from it in the decimals papers compare. Only the PTB
+  tokenizer has a Python stand-in (used when Java is missing; the output says so).
 * ``accuracy`` - top-1 accuracy.
-
-Pure Python + numpy (torch only for tensors passed in); written from the metric definitions.
 """
 from __future__ import annotations
 
 import collections
 import importlib
-import math
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -25,38 +23,113 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from beit3_plugins.data.readers import normalize_answer
-from beit3_plugins.registry import METRICS
+from beit3_plugins.vl_tasks.registry import METRICS
 
-__all__ = ["vqa_accuracy", "vqa_question_accuracy", "recall_at_k", "caption_tokenize", "bleu", "cider",
-           "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_normalize", "recall_at_k", "caption_tokenize",
+           "tokenize_captions", "ptb_available",
+           "bleu", "cider", "rouge_l", "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------- VQA
+# The official VQA evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py), rewritten
+# from its rules; tests/golden/vqa_eval holds that script's own scores on crafted cases.
+_VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_VQA_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the script's pattern, look-behind typo included
+_VQA_PERIOD_MAX = 32                                # it passes re.UNICODE (= 32) as sub()'s count
+_VQA_DIGIT_COMMA = re.compile(r"(\d)(\,)(\d)")
+_VQA_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_VQA_ARTICLES = frozenset(("a", "an", "the"))
+# the contracted words the script restores; each is looked up with any one of its apostrophes missing
+_VQA_CONTRACTED = (
+    "'ow's'at 'twas ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am might've mightn't mightn't've "
+    "must've mustn't needn't not've o'clock oughtn't shan't she'd've should've shouldn't shouldn't've "
+    "somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've "
+    "something'll that's there'd there'd've there're there's they'd they'd've they'll they're they've wasn't "
+    "we'd've we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll "
+    "who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'd've y'all'll you'd "
+    "you'd've you'll you're you've").split()
+
+
+def _vqa_contraction_table() -> Dict[str, str]:
+    table = {}
+    for word in _VQA_CONTRACTED:
+        for i, ch in enumerate(word):
+            if ch == "'":
+                table[word[:i] + word[i + 1:]] = word
+    table["somebody'd"] = "somebodyd"  # an entry of the script that goes the other way; kept for equal scores
+    return table
+
+
+_VQA_CONTRACTIONS = _vqa_contraction_table()
+
+
+def _vqa_clean(answer: str) -> str:
+    """What the script always does: newlines and tabs to spaces, outer whitespace stripped."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqa_normalize(answer: str) -> str:
+    """The script's answer processing (punctuation, then lower case, number words, articles, contractions).
+
+    It is applied only to questions whose annotators disagree (see :func:`vqa_question_accuracy`).
+    """
+    text = answer
+    digit_comma = _VQA_DIGIT_COMMA.search(answer) is not None
+    for p in _VQA_PUNCT:  # the tests look at the unprocessed answer, as the script does
+        if p + " " in answer or " " + p in answer or digit_comma:
+            text = text.replace(p, "")
+        else:
+            text = text.replace(p, " ")
+    text = _VQA_PERIOD.sub("", text, count=_VQA_PERIOD_MAX)
+    words = [_VQA_NUMBERS.get(w, w) for w in text.lower().split()]
+    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in _VQA_ARTICLES)
+
+
 def vqa_question_accuracy(prediction: str, annotator_answers: Sequence[str]) -> float:
-    """Official per-question VQA accuracy: mean over the 10 leave-one-out sets of min(1, matches / 3)."""
+    """Official per-question VQA accuracy in [0, 1].
+
+    ``annotator_answers`` are the raw answers of the (ten) annotators, each counted once (the script tells
+    them apart by ``answer_id``). Answers are normalised only when the annotators disagree: a prediction
+    ``"yes."`` against ten ``"yes"`` scores 0, against nine ``"yes"`` and one ``"no"`` it scores 1. Then the
+    mean over the leave-one-annotator-out subsets of ``min(1, matches / 3)``.
+    """
     if not annotator_answers:
         raise ValueError("a VQA question needs its annotators' answers to be scored")
-    pred = normalize_answer(prediction)
-    gts = [normalize_answer(a) for a in annotator_answers]
-    scores = []
-    for i in range(len(gts)):
-        others = gts[:i] + gts[i + 1:]
-        scores.append(min(1.0, sum(1 for a in others if a == pred) / 3.0))
+    gts = [_vqa_clean(a) for a in annotator_answers]
+    pred = _vqa_clean(prediction)
+    if len(set(gts)) > 1:
+        gts = [vqa_normalize(a) for a in gts]
+        pred = vqa_normalize(pred)
+    matches = sum(1 for a in gts if a == pred)
+    scores = [min(1.0, (matches - (gt == pred)) / 3.0) for gt in gts]
     return sum(scores) / len(scores)
 
 
 @METRICS.register("vqa_accuracy")
-def vqa_accuracy(predictions: Mapping[Hashable, str], annotations: Mapping[Hashable, Sequence[str]]
-                 ) -> Dict[str, float]:
-    """Mean official accuracy (in %) over ``predictions`` {question_id: answer}; every id needs annotations."""
+def vqa_accuracy(predictions: Mapping[Hashable, str], annotations: Mapping[Hashable, Sequence[str]],
+                 answer_types: Optional[Mapping[Hashable, str]] = None) -> Dict[str, float]:
+    """Mean official accuracy (in %) over ``predictions`` {question_id: answer}; every id needs annotations
+    (the raw annotator answers). With ``answer_types`` {question_id: "yes/no" | "number" | "other"} also the
+    per-answer-type accuracies the papers report (``vqa_accuracy_yes/no`` ...). Unrounded; the script
+    rounds to 2 decimals."""
     if not predictions:
         raise ValueError("no VQA predictions to score (empty split?)")
     missing = [q for q in predictions if q not in annotations]
     if missing:
         raise KeyError(f"{len(missing)} predicted question(s) have no annotations, e.g. {missing[:5]}")
-    total = sum(vqa_question_accuracy(predictions[q], annotations[q]) for q in predictions)
-    return {"vqa_accuracy": 100.0 * total / len(predictions)}
+    per_question = {q: vqa_question_accuracy(predictions[q], annotations[q]) for q in predictions}
+    out = {"vqa_accuracy": 100.0 * sum(per_question.values()) / len(per_question)}
+    if answer_types:
+        by_type: Dict[str, List[float]] = collections.defaultdict(list)
+        for q, acc in per_question.items():
+            if answer_types.get(q):
+                by_type[answer_types[q]].append(acc)
+        out.update({f"vqa_accuracy_{t}": 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
@@ -96,19 +169,26 @@ def recall_at_k(similarity, text_to_image: Sequence[int], ks: Sequence[int] = (1
 
 
 # ---------------------------------------------------------------------------------------------- captions
+# coco-caption's scorers as every captioning paper and the BEiT-3 code (COCOEvalCap) report them: pycocoevalcap's
+# PTB tokenizer (Java), then its Bleu / Rouge / Cider (pure Python) and Meteor / Spice (Java jars). Where Java is
+# missing, a Python approximation of the PTB tokenisation stands in and the metrics say so (ptb_tokenizer = 0).
 _PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
               "...", ";"}
+_CLITIC = re.compile(r"(?i)(n't|'s|'re|'ve|'ll|'d|'m)$")
 
 
 def caption_tokenize(text: str) -> List[str]:
-    """Lower-case words with punctuation removed (what coco-caption's PTB tokenisation leaves behind)."""
+    """Python stand-in for the PTB tokenizer when Java is missing: lower-case words, clitics split off
+    (``dog's`` -> ``dog 's``), the punctuation coco-caption removes dropped."""
     text = text.lower().replace("\n", " ")
-    tokens = re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", text)
+    tokens = []
+    for token in re.findall(r"[a-z0-9]+(?:'[a-z]+)?|n't|[^\sa-z0-9]", text):
+        clitic = _CLITIC.search(token)
+        if clitic and clitic.start() > 0:
+            tokens += [token[:clitic.start()], clitic.group(1)]
+        else:
+            tokens.append(token)
     return [t for t in tokens if t not in _PTB_PUNCT and re.search(r"[a-z0-9]", t)]
-
-
-def _ngrams(words: Sequence[str], n: int) -> collections.Counter:
-    return collections.Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
 def _check_caption_inputs(predictions: Mapping, references: Mapping) -> List[Hashable]:
@@ -120,84 +200,66 @@ def _check_caption_inputs(predictions: Mapping, references: Mapping) -> List[Has
     return list(predictions)
 
 
-@METRICS.register("bleu")
-def bleu(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]], max_n: int = 4
-         ) -> Dict[str, float]:
-    """Corpus BLEU-1..4 as coco-caption computes it (closest reference length, tiny smoothing)."""
+def ptb_available() -> bool:
+    """pycocoevalcap's PTB tokenizer runs Stanford's tokenizer jar (shipped with it) through Java."""
+    return _java_scorer_missing("tokenizer.ptbtokenizer") is None
+
+
+def tokenize_captions(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                      use_ptb: Optional[bool] = None) -> Tuple[Dict, Dict, bool]:
+    """(references, predictions, used_ptb) tokenised as coco-caption does, in pycocoevalcap's input format
+    ``{key: [sentence, ...]}``; ``use_ptb=None`` uses the PTB tokenizer when Java is present."""
     keys = _check_caption_inputs(predictions, references)
-    tiny, small = 1e-15, 1e-9
-    correct = [0] * max_n
-    total = [0] * max_n
-    hyp_len = ref_len = 0
-    for key in keys:
-        hyp = caption_tokenize(predictions[key])
-        refs = [caption_tokenize(r) for r in references[key]]
-        hyp_len += len(hyp)
-        # closest reference length; ties go to the shorter reference
-        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
-        for n in range(1, max_n + 1):
-            counts = _ngrams(hyp, n)
-            max_ref: Dict[Tuple[str, ...], int] = collections.Counter()
-            for r in refs:
-                for gram, c in _ngrams(r, n).items():
-                    max_ref[gram] = max(max_ref[gram], c)
-            correct[n - 1] += sum(min(c, max_ref[g]) for g, c in counts.items())
-            total[n - 1] += max(len(hyp) - n + 1, 0)
-    out = {}
-    log_sum = 0.0
-    brevity = 1.0 if hyp_len >= ref_len else math.exp(1.0 - ref_len / (hyp_len + tiny))
-    for n in range(1, max_n + 1):
-        log_sum += math.log((correct[n - 1] + tiny) / (total[n - 1] + small))
-        out[f"bleu{n}"] = 100.0 * math.exp(log_sum / n) * brevity
-    return out
+    use_ptb = ptb_available() if use_ptb is None else use_ptb
+    if use_ptb:
+        missing = _java_scorer_missing("tokenizer.ptbtokenizer")
+        if missing:
+            raise ImportError(f"the PTB tokenizer needs {missing}")
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        gts = tokenizer.tokenize({k: [{"caption": r} for r in references[k]] for k in keys})
+        res = tokenizer.tokenize({k: [{"caption": predictions[k]}] for k in keys})
+        return gts, res, True
+    gts = {k: [" ".join(caption_tokenize(r)) for r in references[k]] for k in keys}
+    res = {k: [" ".join(caption_tokenize(predictions[k]))] for k in keys}
+    return gts, res, False
+
+
+def _scored(scorer, gts, res) -> float:
+    score, _ = scorer.compute_score(gts, res)
+    return score
+
+
+@METRICS.register("bleu")
+def bleu(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+         use_ptb: Optional[bool] = None) -> Dict[str, float]:
+    """Corpus BLEU-1..4 (x100) by pycocoevalcap's ``Bleu(4)`` on coco-caption tokens."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    gts, res, _ = tokenize_captions(predictions, references, use_ptb)
+    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return {f"bleu{n}": 100.0 * float(v) for n, v in enumerate(scores, 1)}
 
 
 @METRICS.register("cider")
-def cider(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]], n: int = 4,
-          sigma: float = 6.0) -> Dict[str, float]:
-    """CIDEr-D; coco-caption's value x 100, the scale papers report (BEiT-3 base COCO: 147.6)."""
-    keys = _check_caption_inputs(predictions, references)
+def cider(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+          use_ptb: Optional[bool] = None) -> Dict[str, float]:
+    """CIDEr-D by pycocoevalcap's ``Cider``, x100 as papers report it (BEiT-3 base COCO: 147.6)."""
+    from pycocoevalcap.cider.cider import Cider
 
-    def counts(words: Sequence[str]) -> collections.Counter:
-        c: collections.Counter = collections.Counter()
-        for k in range(1, n + 1):
-            c.update(_ngrams(words, k))
-        return c
+    gts, res, _ = tokenize_captions(predictions, references, use_ptb)
+    return {"cider": 100.0 * float(_scored(Cider(), gts, res))}
 
-    hyps = [counts(caption_tokenize(predictions[k])) for k in keys]
-    refs = [[counts(caption_tokenize(r)) for r in references[k]] for k in keys]
-    doc_freq: collections.Counter = collections.Counter()
-    for ref_set in refs:
-        doc_freq.update({g for r in ref_set for g in r})
-    log_docs = math.log(float(len(refs)))
 
-    def vec(cnts: collections.Counter):
-        v = [dict() for _ in range(n)]
-        norm = [0.0] * n
-        length = 0
-        for gram, tf in cnts.items():
-            idx = len(gram) - 1
-            weight = float(tf) * (log_docs - math.log(max(1.0, doc_freq[gram])))
-            v[idx][gram] = weight
-            norm[idx] += weight * weight
-            if idx == 1:
-                length += tf
-        return v, [math.sqrt(x) for x in norm], length
+@METRICS.register("rouge_l")
+def rouge_l(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+            use_ptb: Optional[bool] = None) -> Dict[str, float]:
+    """ROUGE-L (x100) by pycocoevalcap's ``Rouge``."""
+    from pycocoevalcap.rouge.rouge import Rouge
 
-    scores = []
-    for hyp, ref_set in zip(hyps, refs):
-        vh, nh, lh = vec(hyp)
-        total = np.zeros(n)
-        for ref in ref_set:
-            vr, nr, lr = vec(ref)
-            penalty = math.exp(-((lh - lr) ** 2) / (2 * sigma ** 2))
-            for i in range(n):
-                val = sum(min(w, vr[i].get(g, 0.0)) * vr[i].get(g, 0.0) for g, w in vh[i].items())
-                if nh[i] != 0 and nr[i] != 0:
-                    val /= nh[i] * nr[i]
-                total[i] += val * penalty
-        scores.append(float(np.mean(total)) / len(ref_set) * 10.0)
-    return {"cider": 100.0 * float(np.mean(scores))}
+    gts, res, _ = tokenize_captions(predictions, references, use_ptb)
+    return {"rouge_l": 100.0 * float(_scored(Rouge(), gts, res))}
 
 
 def _java_scorer_missing(module: str, needs_models: bool = False) -> Optional[str]:
@@ -226,13 +288,6 @@ def spice_available() -> bool:
     return _java_scorer_missing("spice.spice", needs_models=True) is None
 
 
-def _coco_tokenized(predictions, references):
-    keys = _check_caption_inputs(predictions, references)
-    res = {k: [" ".join(caption_tokenize(predictions[k]))] for k in keys}
-    gts = {k: [" ".join(caption_tokenize(r)) for r in references[k]] for k in keys}
-    return gts, res
-
-
 @METRICS.register("meteor")
 def meteor(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> Dict[str, float]:
     """METEOR 1.5 through pycocoevalcap's jar; raises ImportError naming the requirement otherwise."""
@@ -241,8 +296,8 @@ def meteor(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Se
         raise ImportError(f"METEOR needs {missing}")
     from pycocoevalcap.meteor.meteor import Meteor
 
-    score, _ = Meteor().compute_score(*_coco_tokenized(predictions, references))
-    return {"meteor": 100.0 * float(score)}
+    gts, res, _ = tokenize_captions(predictions, references)
+    return {"meteor": 100.0 * float(_scored(Meteor(), gts, res))}
 
 
 @METRICS.register("spice")
@@ -253,19 +308,44 @@ def spice(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Seq
         raise ImportError(f"SPICE needs {missing}")
     from pycocoevalcap.spice.spice import Spice
 
-    score, _ = Spice().compute_score(*_coco_tokenized(predictions, references))
-    return {"spice": 100.0 * float(score)}
+    gts, res, _ = tokenize_captions(predictions, references)
+    return {"spice": 100.0 * float(_scored(Spice(), gts, res))}
 
 
-def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
-                    ) -> Dict[str, float]:
-    """BLEU-1..4 and CIDEr, plus METEOR and SPICE when their requirements are installed."""
-    out = bleu(predictions, references)
-    out.update(cider(predictions, references))
+def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
+                    use_ptb: Optional[bool] = None) -> Dict[str, float]:
+    """COCOEvalCap's set, x100: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE, on one tokenisation.
+
+    ``ptb_tokenizer`` is 1.0 when the PTB tokenizer ran and 0.0 when the Python stand-in did (no Java; the
+    scores are then close to, not equal to, coco-caption's). A Java scorer that cannot run here is left out
+    and named in a logged warning (SPICE needs the Stanford CoreNLP jars).
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res, used_ptb = tokenize_captions(predictions, references, use_ptb)
+    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out = {f"bleu{n}": 100.0 * float(v) for n, v in enumerate(scores, 1)}
+    skipped = []
     if meteor_available():
-        out.update(meteor(predictions, references))
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        out["meteor"] = 100.0 * float(_scored(Meteor(), gts, res))
+    else:
+        skipped.append(f"meteor (needs {_java_scorer_missing('meteor.meteor')})")
+    out["rouge_l"] = 100.0 * float(_scored(Rouge(), gts, res))
+    out["cider"] = 100.0 * float(_scored(Cider(), gts, res))
     if spice_available():
-        out.update(spice(predictions, references))
+        from pycocoevalcap.spice.spice import Spice
+
+        out["spice"] = 100.0 * float(_scored(Spice(), gts, res))
+    else:
+        skipped.append(f"spice (needs {_java_scorer_missing('spice.spice', needs_models=True)})")
+    out["ptb_tokenizer"] = 1.0 if used_ptb else 0.0
+    if skipped or not used_ptb:
+        logger.warning("caption metrics: %s%s", "" if used_ptb else "PTB tokenizer unavailable (no Java), "
+                       "Python tokenisation used; ", "not computed: " + "; ".join(skipped) if skipped else "")
     return out
 
 

@@ -1,5 +1,9 @@
 """NLVR2 as the BEiT-3 recipe: each (image, sentence) pair through the fused encoder; the vision and text
-[CLS] of both pairs are concatenated (4D) and classified True/False by a two-layer MLP."""
+[CLS] of both pairs are concatenated (4D) and classified True/False by a two-layer MLP.
+
+VLMo backbones follow VLMo's recipe (:class:`VlmoNlvr2Model`): the LayerNorm-free pooler on each pair's text
+[CLS], the two pooled vectors (2D) through ``nlvr2_classifier``; the second image carries its own modality-type
+vector (row 2 of VLMo's ``token_type_embeddings``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit3_plugins.data import Nlvr2Config, Nlvr2Dataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.backbones import Routing, is_vlmo
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
-from .heads import TwoLayerMLP
+from .heads import MlpClassifier, Pooler, TwoLayerMLP
 from .metrics import accuracy
 
-__all__ = ["Nlvr2TaskConfig", "Nlvr2Model", "Nlvr2Task"]
+__all__ = ["Nlvr2TaskConfig", "Nlvr2Model", "VlmoNlvr2Model", "Nlvr2Task"]
 
 
 @dataclasses.dataclass
@@ -53,6 +58,53 @@ class Nlvr2Model(TaskModel):
         return {"loss": F.cross_entropy(logits.float(), batch["label"])}
 
 
+class VlmoNlvr2Model(TaskModel):
+    """VLMo's NLVR2 head. The backbone folds the image modality-type vector (row 1) into its patch embedding,
+    so the second image adds ``second_image_type`` = row 2 - row 1 (VLMo starts row 2 as a copy of row 1:
+    zero here)."""
+
+    released_head_map = {"nlvr2_classifier.": "nlvr2_classifier.", "pooler.": "pooler."}
+
+    def __init__(self, backbone: nn.Module, head_init_scale: float = 1.0) -> None:
+        super().__init__(backbone)
+        self.pooler = Pooler(self.dim, norm=False)
+        self.nlvr2_classifier = MlpClassifier(2 * self.dim, 2 * self.dim, 2)
+        if head_init_scale != 1.0:
+            with torch.no_grad():
+                for p in self.nlvr2_classifier.parameters():
+                    if p.dim() == 2:
+                        p.mul_(head_init_scale)
+        self.second_image_type = nn.Parameter(torch.zeros(self.dim))
+
+    def adapt_released_heads(self, heads: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A released NLVR2 file's 3-row ``token_type_embeddings`` -> ``second_image_type``."""
+        heads = dict(heads)
+        table = heads.pop("token_type_embeddings.weight", None)
+        if table is not None and table.shape[0] > 2:
+            heads["second_image_type"] = table[2] - table[1]
+        return heads
+
+    def _pooled(self, image, ids, padding_mask, type_offset=None):
+        backbone = self.backbone
+        vision, grid = backbone.embed_image(image)
+        if type_offset is not None:
+            vision = vision + type_offset.to(vision.dtype)
+        text = backbone.embed_text(ids, padding_mask)
+        padding = torch.cat([padding_mask.new_zeros(vision.shape[:2]), padding_mask.bool()], dim=1)
+        out = backbone.encode(torch.cat([vision, text], dim=1), Routing.fused(vision.shape[1]), padding_mask=padding,
+                              patch_grid=grid)
+        return self.pooler(out.text_tokens)
+
+    def logits(self, left, right, ids, padding_mask):
+        first = self._pooled(left, ids, padding_mask)
+        second = self._pooled(right, ids, padding_mask, self.second_image_type)
+        return self.nlvr2_classifier(torch.cat([first, second], dim=-1))
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        logits = self.logits(batch["left"], batch["right"], batch["ids"], batch["padding_mask"])
+        return {"loss": F.cross_entropy(logits.float(), batch["label"])}
+
+
 @TASKS.register("nlvr2", config=Nlvr2TaskConfig)
 class Nlvr2Task(ImageTextMixin, VlTask):
     primary_metric = "accuracy"
@@ -75,7 +127,8 @@ class Nlvr2Task(ImageTextMixin, VlTask):
                 "identifier": [it["identifier"] for it in items]}
 
     def build_model(self, backbone: nn.Module) -> Nlvr2Model:
-        return Nlvr2Model(backbone, self.cfg.head_init_scale)
+        model_type = VlmoNlvr2Model if is_vlmo(backbone.cfg) else Nlvr2Model
+        return model_type(backbone, self.cfg.head_init_scale)
 
     @torch.no_grad()
     def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:

@@ -5,6 +5,8 @@ contrastive loss over the batch gathered from all ranks (learnable temperature, 
 Optionally (VL-BEiT / VLMo) an image-text matching head on the fused encoder trained on hard negatives
 sampled from the contrastive similarities (``itm_weight > 0``); evaluation can then re-rank the top
 ``rerank_k`` candidates of each query with the ITM score (``rerank_k > 0``).
+VLMo backbones get VLMo's head names (``itc_image_proj`` / ``itc_text_proj`` / ``logit_scale``, ``itm_score``
+on ``pooler``, which has no LayerNorm) through :class:`VlmoRetrievalModel`; the computation is the same.
 Evaluation encodes every image and every text once and reports R@1/5/10 in both directions;
 predictions are rankings ``{"i2t": {image_id: [caption indices]}, "t2i": {caption index: [image ids]}}``.
 """
@@ -18,14 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
-from beit3_plugins.registry import TASKS
+from beit3_plugins.backbones import is_vlmo
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ContrastiveHeads, ItmHead
 from .losses import ContrastiveLoss, gather_with_grad
 from .metrics import recall_at_k
 
-__all__ = ["RetrievalTaskConfig", "RetrievalModel", "RetrievalTask"]
+__all__ = ["RetrievalTaskConfig", "RetrievalModel", "VlmoRetrievalModel", "RetrievalTask"]
 
 KARPATHY = {
     "coco": ("coco/dataset_coco.json", "coco", ("train", "restval")),
@@ -51,10 +54,13 @@ class RetrievalModel(TaskModel):
                          "language_head.": "contrastive.language_head.",
                          "logit_scale": "contrastive.logit_scale"}
 
+    #: the ITM head's pooler has a LayerNorm (BEiT-3 / VL-BEiT) or not (VLMo)
+    itm_pooler_norm: bool = True
+
     def __init__(self, backbone: nn.Module, with_itm: bool = False, itm_weight: float = 0.0) -> None:
         super().__init__(backbone)
         self.contrastive = ContrastiveHeads(self.dim)
-        self.itm = ItmHead(self.dim) if with_itm else None
+        self.itm = ItmHead(self.dim, pooler_norm=self.itm_pooler_norm) if with_itm else None
         self.itm_weight = itm_weight
         self.criterion = ContrastiveLoss()
 
@@ -98,6 +104,20 @@ class RetrievalModel(TaskModel):
         return F.cross_entropy(self.itm_logits(images, texts, pads).float(), labels)
 
 
+class VlmoRetrievalModel(RetrievalModel):
+    """:class:`RetrievalModel` for VLMo files: image / text [CLS] after the final norm through VLMo's
+    ``itc_image_proj`` / ``itc_text_proj``; ITM (``itm_score``) on VLMo's LayerNorm-free ``pooler`` of the
+    fused encoder's text [CLS]. ``itc_vl_*`` and ``logit_vl_scale`` (pretraining's VL-expert contrast) are
+    reported unused."""
+
+    itm_pooler_norm = False
+    released_head_map = {"itc_image_proj.fc.": "contrastive.vision_head.",
+                         "itc_text_proj.fc.": "contrastive.language_head.",
+                         "logit_scale": "contrastive.logit_scale",
+                         "itm_score.fc.": "itm.fc.",
+                         "pooler.dense.": "itm.pooler.dense."}
+
+
 @TASKS.register("retrieval", config=RetrievalTaskConfig)
 class RetrievalTask(ImageTextMixin, VlTask):
     primary_metric = "r_mean"
@@ -130,7 +150,8 @@ class RetrievalTask(ImageTextMixin, VlTask):
         return batch
 
     def build_model(self, backbone: nn.Module) -> RetrievalModel:
-        return RetrievalModel(backbone, with_itm=self.cfg.itm_weight > 0 or self.cfg.rerank_k > 0,
+        model_type = VlmoRetrievalModel if is_vlmo(backbone.cfg) else RetrievalModel
+        return model_type(backbone, with_itm=self.cfg.itm_weight > 0 or self.cfg.rerank_k > 0,
                               itm_weight=self.cfg.itm_weight)
 
     @torch.no_grad()

@@ -1,13 +1,21 @@
 """VQA v2 as the BEiT-3 recipe: fused encoder, pooled vision [CLS], 3129-way soft-score classifier.
 
 Training drops questions none of whose answers is in the vocabulary (counted as
-``vqa_answers_out_of_vocab``); evaluation keeps them (they score 0, as on the official server).
+``vqa_answers_out_of_vocab``); evaluation keeps them (they score 0, as on the official server) and scores with
+the official evaluation's rules on the raw annotator answers (``metrics.vqa_accuracy``, per answer type too).
 Predictions are the official submission format ``[{"question_id": int, "answer": str}, ...]``.
+
+Training data is a list of splits (``train_splits``), as the released recipe trains on more than train2014:
+``train`` (train2014), ``val`` (all of val2014), ``trainable_val`` (val2014 without ``holdout_images`` images,
+1000 in the recipe, following ViLT) and ``vg`` (Visual Genome QA, ``question_answers.json``, used for the
+768 px large model). When ``trainable_val`` is trained on, the evaluation split ``val`` is the held-out images
+only. The held-out images are a seeded draw (``holdout_seed``) over the sorted val image ids.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,15 +23,17 @@ import torch
 from torch import nn
 
 from beit3_plugins.data import AnswerVocab, VqaV2Dataset
+from beit3_plugins.data.readers import read_vg_qa
 from beit3_plugins.data.datasets import RecordDataset
-from beit3_plugins.registry import TASKS
+from beit3_plugins.backbones import is_vlmo
+from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import Pooler, VqaClassifier
 from .losses import soft_bce
 from .metrics import vqa_accuracy
 
-__all__ = ["VqaTaskConfig", "VqaModel", "VqaTask"]
+__all__ = ["VqaTaskConfig", "VqaModel", "VlmoVqaModel", "VqaTask"]
 
 
 @dataclasses.dataclass
@@ -39,6 +49,11 @@ class VqaTaskConfig(TaskConfigBase):
     answer_vocab: Optional[str] = None   # answer2label.txt (3129 answers for the released heads)
     min_answer_count: int = 1            # when the vocabulary is built from the training annotations
     num_answers: Optional[int] = None    # cap (most frequent first); None = all
+    train_splits: Tuple[str, ...] = ("train",)   # of train | val | trainable_val | vg
+    holdout_images: int = 1000           # val2014 images kept out of trainable_val (the evaluation split)
+    holdout_seed: int = 0
+    vg_questions: str = "visual_genome/question_answers.json"
+    vg_images: str = "visual_genome/images"
 
 
 class VqaModel(TaskModel):
@@ -54,6 +69,20 @@ class VqaModel(TaskModel):
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         logits = self.logits(batch["image"], batch["ids"], batch["padding_mask"])
         return {"loss": soft_bce(logits.float(), batch["targets"])}
+
+
+class VlmoVqaModel(VqaModel):
+    """VLMo's VQA: its LayerNorm-free ``pooler`` on the fused encoder's text [CLS] (VLMo puts text first and
+    pools token 0), then ``vqa_classifier`` (same layers as BEiT-3's)."""
+
+    released_head_map = {"vqa_classifier.": "head.", "pooler.": "pooler."}
+
+    def __init__(self, backbone: nn.Module, num_answers: int) -> None:
+        super().__init__(backbone, num_answers)
+        self.pooler = Pooler(self.dim, norm=False)
+
+    def logits(self, image, ids, padding_mask):
+        return self.head(self.pooler(self.backbone.forward_fused(image, ids, padding_mask).text_tokens))
 
 
 class _VqaItems(VqaV2Dataset):
@@ -97,21 +126,51 @@ class VqaTask(ImageTextMixin, VlTask):
                              "task.train_annotations, or load a checkpoint that stores it")
         return self.vocab
 
-    def build_dataset(self, split: str, train: Optional[bool] = None):
-        train = split == "train" if train is None else train
-        from beit3_plugins.data import read_vqa
-        from beit3_plugins.data.readers import SkipCounter
+    SPLITS = ("train", "val", "trainable_val", "vg")
 
-        vocab = self._require_vocab()
-        prefix = "train" if split == "train" else "val"
+    def _read(self, prefix: str, train: bool, skips):
+        from beit3_plugins.data import read_vqa
+
         questions = self.path(getattr(self.cfg, f"{prefix}_questions"))
         annotations = self.path(getattr(self.cfg, f"{prefix}_annotations"))
+        return read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
+                        self._require_vocab() if annotations else None, drop_out_of_vocab=train, skips=skips)
+
+    def _holdout(self, records) -> set:
+        images = sorted({r.image_id for r in records})
+        random.Random(self.cfg.holdout_seed).shuffle(images)
+        return set(images[:self.cfg.holdout_images])
+
+    def _split_records(self, name: str, train: bool, skips):
+        if name not in self.SPLITS:
+            raise ValueError(f"unknown VQA split {name!r}; known: {list(self.SPLITS)}")
+        if name == "vg":
+            return read_vg_qa(self.path(self.cfg.vg_questions), self.path(self.cfg.vg_images),
+                              self._require_vocab(), skips)
+        records = self._read("train" if name == "train" else "val", train, skips)
+        if name == "trainable_val":
+            held = self._holdout(records)
+            records = [r for r in records if r.image_id not in held]
+        return records
+
+    def build_dataset(self, split: str, train: Optional[bool] = None):
+        train = split == "train" if train is None else train
+        from beit3_plugins.data.readers import SkipCounter
+
         skips = SkipCounter()
-        records = read_vqa(questions, annotations, self.path(getattr(self.cfg, f"{prefix}_images")),
-                           vocab if annotations else None, drop_out_of_vocab=train, skips=skips)
+        if split == "train":
+            names = tuple(self.cfg.train_splits)
+            records = [r for name in names for r in self._split_records(name, train, skips)]
+            source = f"splits {list(names)}"
+        else:
+            records = self._split_records("val", train, skips)
+            if "trainable_val" in self.cfg.train_splits:   # evaluate on the held-out val images only
+                held = self._holdout(records)
+                records = [r for r in records if r.image_id in held]
+            source = self.path(self.cfg.val_questions)
         ds = _VqaItems(records, self.image_options(train).build())
         ds.skips.merge(skips)
-        self.check_nonempty(ds, split, questions)
+        self.check_nonempty(ds, split, source)
         return ds
 
     def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:
@@ -124,7 +183,8 @@ class VqaTask(ImageTextMixin, VlTask):
                 "targets": targets, "question_id": [it["question_id"] for it in items]}
 
     def build_model(self, backbone: nn.Module) -> VqaModel:
-        return VqaModel(backbone, len(self._require_vocab()))
+        model_type = VlmoVqaModel if is_vlmo(backbone.cfg) else VqaModel
+        return model_type(backbone, len(self._require_vocab()))
 
     @torch.no_grad()
     def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:
@@ -137,10 +197,11 @@ class VqaTask(ImageTextMixin, VlTask):
             for qid, label in zip(batch["question_id"], logits.argmax(-1).tolist()):
                 predictions.append({"question_id": int(qid), "answer": vocab.answers[label]})
         metrics: Dict[str, float] = {}
-        answers = {r.question_id: r.answers for r in dataset.records if r.answers}
+        answers = {r.question_id: r.raw_answers for r in dataset.records if r.raw_answers}
         if answers:
             scored = {p["question_id"]: p["answer"] for p in predictions if p["question_id"] in answers}
-            metrics.update(vqa_accuracy(scored, answers))
+            types = {r.question_id: r.answer_type for r in dataset.records if r.answer_type}
+            metrics.update(vqa_accuracy(scored, answers, answer_types=types))
         return metrics, predictions
 
     def write_predictions(self, predictions, path: Path) -> Path:

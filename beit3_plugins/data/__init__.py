@@ -1,5 +1,9 @@
-"""Data formats of the BEiT-3 recipes: the synthetic shape world, readers of the real formats, and
-registered map-style datasets. Importing this package pulls in numpy and Pillow only (no torch)."""
+"""Data formats of the BEiT-3 recipes: readers of the real formats and registered map-style datasets, plus
+(in the ``world`` subpackage, imported only when one of its names is asked for) the synthetic shape world
+that writes those formats for tests and demos. Importing this package pulls in numpy and Pillow only."""
+import importlib
+from typing import Any
+
 from beit3_plugins.data.datasets import (ImageFolderConfig, ImageFolderDataset, ImageOptions,
                                          KarpathyCaptionDataset, KarpathyCaptionsConfig, Nlvr2Config,
                                          Nlvr2Dataset, RecordDataset, TextCorpusConfig, TextCorpusDataset,
@@ -10,14 +14,13 @@ from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, AnswerVocab, CaptionRe
                                         read_coco_captions, read_coco_instances, read_image_folder, read_json,
                                         read_jsonl, read_karpathy, read_nlvr2, read_text_lines, read_vqa,
                                         vqa_score)
-from beit3_plugins.data.world import (ADE_CLASSES, ADE_RAW_LABELS, COCO_CATEGORIES, COLORS, FORMATS, KINDS,
-                                      SIZES, Scene, Shape, WorldConfig, WorldManifest, generate_world,
-                                      render_scene, sample_scene, scene_captions)
+
+_WORLD = ("generate_world", "WorldConfig", "WorldManifest", "Scene", "Shape", "sample_scene", "render_scene",
+          "scene_captions", "KINDS", "COLORS", "SIZES", "FORMATS", "COCO_CATEGORIES", "ADE_CLASSES", "ADE_RAW_LABELS")
 
 __all__ = [
-    # world
-    "generate_world", "WorldConfig", "WorldManifest", "Scene", "Shape", "sample_scene", "render_scene",
-    "scene_captions", "KINDS", "COLORS", "SIZES", "FORMATS", "COCO_CATEGORIES", "ADE_CLASSES", "ADE_RAW_LABELS",
+    # world (lazy: beit3_plugins.data.world)
+    *_WORLD,
     # readers
     "SkipCounter", "CorruptImageError", "load_image", "read_json", "read_jsonl", "IMAGE_EXTENSIONS",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
@@ -29,3 +32,9 @@ __all__ = [
     "KarpathyCaptionDataset", "KarpathyCaptionsConfig", "TextCorpusDataset", "TextCorpusConfig",
     "ImageFolderDataset", "ImageFolderConfig",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WORLD:
+        return getattr(importlib.import_module("beit3_plugins.data.world"), name)
+    raise AttributeError(f"module 'beit3_plugins.data' has no attribute {name!r}")

@@ -2,9 +2,12 @@
 
 Every reader returns plain records (small dataclasses) and imports no framework, so the fairseq,
 detectron2, mmseg and VL-task adapters can all build on them. Bad input fails loudly where it is a
-setup error (missing file -> ``FileNotFoundError`` saying what the file should be; broken JSON ->
-``ValueError`` with file, line and column) and is counted where it is a per-sample accident (a corrupt
-or missing image -> a :class:`SkipCounter` entry, never a crash of the whole epoch).
+setup error (missing file -> ``FileNotFoundError`` saying what the file should be; broken JSON or invalid
+UTF-8 -> ``ValueError`` with file, line and column; a field of the wrong type or missing ->
+:class:`InvalidRecordError` naming the file, the record and the field) and is counted where it is a
+per-sample accident (a corrupt, missing or decompression-bomb image -> a :class:`SkipCounter` entry, never a
+crash of the whole epoch). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
+it instead of raising. The fuzz tests (``tests/test_fuzz_readers.py``) hold every reader to this.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "SkipCounter", "CorruptImageError", "read_json", "read_jsonl", "load_image",
+    "SkipCounter", "CorruptImageError", "InvalidRecordError", "read_json", "read_jsonl", "load_image",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
-    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa",
+    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa", "read_vg_qa",
     "Nlvr2Record", "read_nlvr2", "ImageFolderRecord", "read_image_folder", "IMAGE_EXTENSIONS",
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
 ]
@@ -79,7 +82,58 @@ class SkipCounter:
 
 
 class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded."""
+    """An image file exists but cannot be decoded (or would decode to more pixels than Pillow allows)."""
+
+
+class InvalidRecordError(ValueError):
+    """A record of an annotation file lacks a field or has one of the wrong type; the message names the
+    file, the record and the field."""
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+               dict: "an object"}
+
+
+def _describe(types: Tuple[type, ...]) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def _field(record: Any, key: str, types: Union[type, Tuple[type, ...]], path: PathLike, where: str,
+           required: bool = True, default: Any = None) -> Any:
+    """``record[key]`` checked against ``types`` (a bool is never accepted as a number)."""
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(record, Mapping):
+        raise InvalidRecordError(f"{path}: {where} is {_TYPE_NAMES.get(type(record), type(record).__name__)}, "
+                                 "not an object")
+    if key not in record:
+        if required:
+            raise InvalidRecordError(f"{path}: {where} lacks the field {key!r}")
+        return default
+    value = record[key]
+    wrong_bool = isinstance(value, bool) and bool not in types
+    if wrong_bool or not isinstance(value, types):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise InvalidRecordError(f"{path}: {where} has {key!r} = {shown}; expected {_describe(types)}")
+    return value
+
+
+def _list_field(data: Mapping, key: str, path: PathLike, what: str) -> list:
+    value = data[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: {what}: {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _skip_or_raise(skips: Optional["SkipCounter"], error: InvalidRecordError) -> None:
+    if skips is None:
+        raise error
+    skips.add("invalid_record", error)
+
+
+def _utf8_error(path: Path, what: str, exc: UnicodeDecodeError, lineno: Optional[int] = None) -> ValueError:
+    where = f" at line {lineno}" if lineno is not None else f" at byte {exc.start}"
+    return ValueError(f"{path}: {what} is not valid UTF-8{where} ({exc.reason}); re-encode it as UTF-8")
 
 
 def _require_file(path: PathLike, what: str) -> Path:
@@ -99,20 +153,29 @@ def _require_dir(path: PathLike, what: str) -> Path:
 def read_json(path: PathLike, what: str = "JSON file") -> Any:
     """Parse a JSON file; errors name the file, what it should be, and the line/column."""
     path = _require_file(path, what)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, what, exc) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON in {what} at line {exc.lineno} column {exc.colno}: {exc.msg}"
                          ) from None
+    except RecursionError:
+        raise ValueError(f"{path}: {what} nests JSON arrays/objects too deeply to parse") from None
 
 
 def read_jsonl(path: PathLike, what: str = "JSON-lines file") -> List[Dict[str, Any]]:
     """One JSON object per non-empty line; an invalid line raises naming its line number."""
     path = _require_file(path, what)
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _utf8_error(path, what, exc, lineno) from None
             if not line.strip():
                 continue
             try:
@@ -120,6 +183,8 @@ def read_jsonl(path: PathLike, what: str = "JSON-lines file") -> List[Dict[str, 
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: invalid JSON in {what} at line {lineno} column {exc.colno}: "
                                  f"{exc.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{path}: line {lineno} of {what} nests JSON too deeply to parse") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}: line {lineno} of {what} is a {type(record).__name__}, not an object")
             records.append(record)
@@ -134,25 +199,60 @@ def _expect_keys(data: Any, keys: Sequence[str], path: PathLike, what: str) -> N
         raise ValueError(f"{path}: not a valid {what}: missing key(s) {missing}; has {sorted(data)[:10]}")
 
 
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8_bit(image):
+    """16-bit grey (PNG/TIFF) scaled to 8 bits; Pillow's own ``convert("RGB")`` clips it at 255 instead,
+    which turns almost every pixel white."""
+    from PIL import Image
+
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"{image.mode} pixel values outside 0..65535")
+    return Image.fromarray((values.astype(np.uint32) // 257).astype(np.uint8), mode="L")
+
+
+def _decode(path: Path, mode: str):
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.load()  # decode now (first frame of an animation): truncated files fail here, not in a transform
+        image = ImageOps.exif_transpose(image)  # as detectron2's read_image: pixels as the camera meant them
+        if image.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
+            image = _to_8_bit(image)
+        elif image.mode == "F" and mode != "F":
+            raise ValueError("floating-point images have no defined 8-bit range")
+        if image.mode == "P" and "transparency" in image.info and mode == "RGB":
+            image = image.convert("RGBA")  # palette transparency goes through RGBA (Pillow's advice)
+        return image.convert(mode)
+
+
 def load_image(path: PathLike, skips: Optional[SkipCounter] = None, mode: str = "RGB"):
     """Open an image fully decoded in ``mode``.
 
-    Without ``skips`` a missing file raises ``FileNotFoundError`` and an undecodable one
-    :class:`CorruptImageError`; with ``skips`` both are counted ("missing_image" / "corrupt_image") and
-    ``None`` is returned so one bad file cannot end an epoch.
+    Without ``skips`` a missing file raises ``FileNotFoundError`` and an undecodable one (truncated, not an
+    image, more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows) :class:`CorruptImageError`; with ``skips``
+    they are counted ("missing_image" / "corrupt_image" / "decompression_bomb") and ``None`` is returned so
+    one bad file cannot end an epoch. EXIF orientation is applied, animations give their first frame, 16-bit
+    grey is scaled to 8 bits, CMYK / LA / palette-with-alpha convert as Pillow converts them.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
+    reason = "corrupt_image"
     try:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image file not found")
         try:
-            with Image.open(path) as image:
-                image.load()  # decode now: truncated files fail here, not later in a transform
-                return image.convert(mode)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise CorruptImageError(f"{path}: cannot decode image: {exc}") from exc
+            return _decode(path, mode)
+        except Image.DecompressionBombError as exc:
+            reason = "decompression_bomb"
+            raise CorruptImageError(f"{path}: refused to decode image: {exc}") from exc
+        except (MemoryError, RecursionError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure on a bad file is this file's fault
+            raise CorruptImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     except FileNotFoundError as exc:
         if skips is None:
             raise
@@ -160,7 +260,7 @@ def load_image(path: PathLike, skips: Optional[SkipCounter] = None, mode: str = 
     except CorruptImageError as exc:
         if skips is None:
             raise
-        skips.add("corrupt_image", path, exc.__cause__)
+        skips.add(reason, path, exc.__cause__)
     return None
 
 
@@ -173,23 +273,39 @@ class CaptionRecord:
     split: str = ""
 
 
-def read_coco_captions(json_path: PathLike, image_dir: Optional[PathLike] = None) -> List[CaptionRecord]:
+def read_coco_captions(json_path: PathLike, image_dir: Optional[PathLike] = None,
+                       skips: Optional[SkipCounter] = None) -> List[CaptionRecord]:
     """COCO ``captions_*.json``: one record per image (sorted by id) with all its captions."""
     what = "COCO captions file (annotations/captions_<split>.json)"
     data = read_json(json_path, what)
     _expect_keys(data, ["images", "annotations"], json_path, what)
     captions: Dict[int, List[str]] = collections.defaultdict(list)
-    for ann in data["annotations"]:
-        captions[ann["image_id"]].append(ann["caption"])
+    for i, ann in enumerate(_list_field(data, "annotations", json_path, what)):
+        try:
+            where = f"annotation {i}"
+            image_id = _field(ann, "image_id", int, json_path, where)
+            caption = _field(ann, "caption", str, json_path, where)
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
+            continue
+        captions[image_id].append(caption)
+    images = []
+    for i, image in enumerate(_list_field(data, "images", json_path, what)):
+        try:
+            images.append((_field(image, "id", int, json_path, f"image {i}"),
+                           _field(image, "file_name", str, json_path, f"image {i}")))
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
     records = []
-    for image in sorted(data["images"], key=lambda im: im["id"]):
-        path = str(Path(image_dir) / image["file_name"]) if image_dir is not None else None
-        records.append(CaptionRecord(image_id=image["id"], image_path=path, captions=captions.get(image["id"], [])))
+    for image_id, file_name in sorted(images):
+        path = str(Path(image_dir) / file_name) if image_dir is not None else None
+        records.append(CaptionRecord(image_id=image_id, image_path=path, captions=captions.get(image_id, [])))
     return records
 
 
 def read_karpathy(json_path: PathLike, image_root: Optional[PathLike] = None,
-                  splits: Union[str, Sequence[str]] = ("train",)) -> List[CaptionRecord]:
+                  splits: Union[str, Sequence[str]] = ("train",), skips: Optional[SkipCounter] = None
+                  ) -> List[CaptionRecord]:
     """Karpathy split file (``dataset_coco.json`` / ``dataset_flickr30k.json``).
 
     ``splits`` selects images by their ``split`` ("train", "restval", "val", "test"); BEiT-3 trains on
@@ -203,23 +319,41 @@ def read_karpathy(json_path: PathLike, image_root: Optional[PathLike] = None,
     if not wanted <= known:
         raise ValueError(f"unknown Karpathy split(s) {sorted(wanted - known)}; known: {sorted(known)}")
     records = []
-    for image in data["images"]:
-        if image.get("split") not in wanted:
+    for i, image in enumerate(_list_field(data, "images", json_path, what)):
+        where = f"image {i}"
+        try:
+            split = _field(image, "split", str, json_path, where)
+            if split not in known:
+                raise InvalidRecordError(f"{json_path}: {where} has 'split' = {split!r:.40}; expected one of "
+                                         f"{sorted(known)}")
+            if split not in wanted:
+                continue
+            filename = _field(image, "filename", str, json_path, where)
+            filepath = _field(image, "filepath", str, json_path, where, required=False, default="")
+            id_key = "cocoid" if isinstance(image, Mapping) and "cocoid" in image else "imgid"
+            image_id = _field(image, id_key, int, json_path, where)
+            sentences = _field(image, "sentences", list, json_path, where)
+            captions = [_field(sentence, "raw", str, json_path, f"{where} sentence {j}")
+                        for j, sentence in enumerate(sentences)]
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
             continue
-        path = None
-        if image_root is not None:
-            path = str(Path(image_root, image.get("filepath", ""), image["filename"]))
-        image_id = image.get("cocoid", image.get("imgid"))
-        records.append(CaptionRecord(image_id=image_id, image_path=path,
-                                     captions=[s["raw"] for s in image["sentences"]], split=image["split"]))
+        path = str(Path(image_root, filepath, filename)) if image_root is not None else None
+        records.append(CaptionRecord(image_id=image_id, image_path=path, captions=captions, split=split))
     return records
 
 
 def read_text_lines(path: PathLike, skip_empty: bool = True) -> List[str]:
     """A text corpus, one sentence per line (trailing whitespace stripped)."""
-    path = _require_file(path, "text corpus (one sentence per line)")
-    with path.open(encoding="utf-8") as handle:
-        lines = [line.rstrip("\n\r") for line in handle]
+    what = "text corpus (one sentence per line)"
+    path = _require_file(path, what)
+    lines = []
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\n\r"))
+            except UnicodeDecodeError as exc:
+                raise _utf8_error(path, what, exc, lineno) from None
     return [line for line in lines if line.strip()] if skip_empty else lines
 
 
@@ -302,16 +436,27 @@ class AnswerVocab:
     @classmethod
     def load(cls, path: PathLike) -> "AnswerVocab":
         """Read ``answer2label.txt`` (JSON lines) or a JSON list of answers."""
-        path = _require_file(path, "VQA answer vocabulary (answer2label.txt or JSON list)")
-        text = path.read_text(encoding="utf-8").strip()
-        if text.startswith("["):
+        what = "VQA answer vocabulary (answer2label.txt or JSON list)"
+        path = _require_file(path, what)
+        with path.open("rb") as handle:
+            starts_as_list = handle.read(4096).lstrip().startswith(b"[")
+        if starts_as_list:
             answers = read_json(path, "VQA answer vocabulary (JSON list)")
-            return cls([str(a) for a in answers])
-        rows = read_jsonl(path, "VQA answer vocabulary (answer2label.txt)")
-        by_label = sorted(rows, key=lambda r: r["label"])
-        if [r["label"] for r in by_label] != list(range(len(by_label))):
-            raise ValueError(f"{path}: answer labels must be 0..{len(by_label) - 1} without gaps")
-        return cls([r["answer"] for r in by_label])
+            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+                raise ValueError(f"{path}: {what}: a JSON vocabulary must be a list of answer strings")
+            vocab = answers
+        else:
+            rows = read_jsonl(path, "VQA answer vocabulary (answer2label.txt)")
+            pairs = [(_field(r, "label", int, path, f"line {i + 1}"), _field(r, "answer", str, path, f"line {i + 1}"))
+                     for i, r in enumerate(rows)]
+            pairs.sort()
+            if [label for label, _ in pairs] != list(range(len(pairs))):
+                raise ValueError(f"{path}: answer labels must be 0..{len(pairs) - 1} without gaps")
+            vocab = [answer for _, answer in pairs]
+        try:
+            return cls(vocab)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -326,6 +471,7 @@ class VqaRecord:
     multiple_choice_answer: str = ""
     question_type: str = ""
     answer_type: str = ""
+    raw_answers: List[str] = dataclasses.field(default_factory=list)  # as annotated (the official scorer's input)
 
     def dense_target(self, num_answers: int) -> np.ndarray:
         """The (num_answers,) float32 soft-score vector a BCE head trains on."""
@@ -335,10 +481,20 @@ class VqaRecord:
 
 
 def _read_vqa_annotations(path: PathLike) -> List[Dict[str, Any]]:
+    """The annotation records, each checked: question_id (int), answers (list of {"answer": str}), and the
+    optional string fields the records keep."""
     what = "VQA v2 annotations file (v2_mscoco_<split>_annotations.json)"
     data = read_json(path, what)
     _expect_keys(data, ["annotations"], path, what)
-    return data["annotations"]
+    annotations = _list_field(data, "annotations", path, what)
+    for i, ann in enumerate(annotations):
+        where = f"annotation {i}"
+        _field(ann, "question_id", int, path, where)
+        for j, answer in enumerate(_field(ann, "answers", list, path, where)):
+            _field(answer, "answer", str, path, f"{where} answer {j}")
+        for key in ("multiple_choice_answer", "question_type", "answer_type"):
+            _field(ann, key, str, path, where, required=False)
+    return annotations
 
 
 def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = None,
@@ -355,11 +511,20 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
     what = "VQA v2 questions file (v2_OpenEnded_mscoco_<split>_questions.json)"
     data = read_json(questions_path, what)
     _expect_keys(data, ["questions"], questions_path, what)
-    subtype = data.get("data_subtype", "")
+    subtype = _field(data, "data_subtype", str, questions_path, what, required=False, default="")
+    questions = []
+    for i, q in enumerate(_list_field(data, "questions", questions_path, what)):
+        try:
+            for key, kind in (("question_id", int), ("image_id", int), ("question", str)):
+                _field(q, key, kind, questions_path, f"question {i}")
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
+            continue
+        questions.append(q)
     annotations: Dict[int, Dict[str, Any]] = {}
     if annotations_path is not None:
         annotations = {a["question_id"]: a for a in _read_vqa_annotations(annotations_path)}
-        missing = [q["question_id"] for q in data["questions"] if q["question_id"] not in annotations]
+        missing = [q["question_id"] for q in questions if q["question_id"] not in annotations]
         if missing:
             raise ValueError(f"{annotations_path}: no annotation for {len(missing)} question(s) of "
                              f"{questions_path} (first ids {missing[:5]}); are they the same split?")
@@ -367,7 +532,7 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
             raise ValueError("read_vqa needs an AnswerVocab to turn annotations into targets; build one "
                              "with AnswerVocab.from_annotations(train_annotations)")
     records = []
-    for q in data["questions"]:
+    for q in questions:
         image_path = None
         if image_dir is not None:
             image_path = str(Path(image_dir) / f"COCO_{subtype}_{q['image_id']:012d}.jpg")
@@ -376,6 +541,7 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
         ann = annotations.get(q["question_id"])
         if ann is not None:
             record.answers = [normalize_answer(a["answer"]) for a in ann["answers"]]
+            record.raw_answers = [a["answer"] for a in ann["answers"]]
             record.multiple_choice_answer = normalize_answer(ann.get("multiple_choice_answer", ""))
             record.question_type = ann.get("question_type", "")
             record.answer_type = ann.get("answer_type", "")
@@ -393,6 +559,39 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
     return records
 
 
+def read_vg_qa(qa_path: PathLike, image_dir: Optional[PathLike] = None, vocab: Optional[AnswerVocab] = None,
+               skips: Optional[SkipCounter] = None) -> List[VqaRecord]:
+    """Visual Genome QA (``question_answers.json``: ``[{"id": image_id, "qas": [{"qa_id", "image_id",
+    "question", "answer"}, ...]}, ...]``) as VQA training records: the one answer, normalised, scores 1.0.
+
+    Images are ``image_dir/<image_id>.jpg``. A question whose answer is not in ``vocab`` is dropped and counted
+    ("vg_answer_out_of_vocab"), as VQA training drops unanswerable questions.
+    """
+    what = "Visual Genome QA file (question_answers.json)"
+    data = read_json(qa_path, what)
+    if not isinstance(data, list):
+        raise ValueError(f"{qa_path}: {what} must be a JSON list of images with 'qas'")
+    records = []
+    for entry in data:
+        for qa in entry.get("qas", []):
+            missing = [k for k in ("qa_id", "question", "answer") if k not in qa]
+            if missing:
+                raise ValueError(f"{qa_path}: a question of image {entry.get('id')} lacks {missing}")
+            image_id = qa.get("image_id", entry.get("id"))
+            answer = normalize_answer(qa["answer"])
+            record = VqaRecord(question_id=qa["qa_id"], image_id=image_id, question=qa["question"],
+                               image_path=str(Path(image_dir) / f"{image_id}.jpg") if image_dir is not None else None,
+                               answers=[answer], labels=[], scores=[], raw_answers=[qa["answer"]])
+            if vocab is not None:
+                if answer not in vocab:
+                    if skips is not None:
+                        skips.add("vg_answer_out_of_vocab", f"qa {qa['qa_id']}")
+                    continue
+                record.labels, record.scores = [vocab.index[answer]], [1.0]
+            records.append(record)
+    return records
+
+
 # ---------------------------------------------------------------------------------------------- NLVR2
 @dataclasses.dataclass
 class Nlvr2Record:
@@ -403,7 +602,8 @@ class Nlvr2Record:
     right_path: Optional[str]
 
 
-def read_nlvr2(jsonl_path: PathLike, image_dir: Optional[PathLike] = None) -> List[Nlvr2Record]:
+def read_nlvr2(jsonl_path: PathLike, image_dir: Optional[PathLike] = None,
+               skips: Optional[SkipCounter] = None) -> List[Nlvr2Record]:
     """NLVR2 ``{train,dev,test1}.json`` (JSON lines).
 
     Images are ``image_dir[/directory]/<split>-<set>-<pair>-img{0,1}.png`` where the prefix is the
@@ -413,20 +613,26 @@ def read_nlvr2(jsonl_path: PathLike, image_dir: Optional[PathLike] = None) -> Li
     rows = read_jsonl(jsonl_path, what)
     records = []
     for lineno, row in enumerate(rows, 1):
-        missing = [k for k in ("identifier", "sentence", "label") if k not in row]
-        if missing:
-            raise ValueError(f"{jsonl_path}: record {lineno} of {what} lacks {missing}")
-        label = str(row["label"]).lower()
-        if label not in ("true", "false"):
-            raise ValueError(f"{jsonl_path}: record {lineno} has label {row['label']!r}; expected True/False")
-        prefix = row["identifier"].rsplit("-", 1)[0]
+        where = f"record {lineno} of {what}"
+        try:
+            identifier = _field(row, "identifier", str, jsonl_path, where)
+            sentence = _field(row, "sentence", str, jsonl_path, where)
+            raw_label = _field(row, "label", (str, bool), jsonl_path, where)
+            directory = _field(row, "directory", (str, int), jsonl_path, where, required=False)
+            label = str(raw_label).lower()
+            if label not in ("true", "false"):
+                raise InvalidRecordError(f"{jsonl_path}: record {lineno} has label {raw_label!r}; expected True/False")
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
+            continue
+        prefix = identifier.rsplit("-", 1)[0]
         left = right = None
         if image_dir is not None:
             folder = Path(image_dir)
-            if "directory" in row:
-                folder = folder / str(row["directory"])
+            if directory is not None:
+                folder = folder / str(directory)
             left, right = str(folder / f"{prefix}-img0.png"), str(folder / f"{prefix}-img1.png")
-        records.append(Nlvr2Record(identifier=row["identifier"], sentence=row["sentence"],
+        records.append(Nlvr2Record(identifier=identifier, sentence=sentence,
                                    label=int(label == "true"), left_path=left, right_path=right))
     return records
 
@@ -470,21 +676,48 @@ class CocoImageRecord:
     annotations: List[Dict[str, Any]]  # bbox (xywh), category_id, segmentation, area, iscrowd
 
 
-def read_coco_instances(json_path: PathLike, image_dir: Optional[PathLike] = None
+def _check_instance(ann: Any, path: PathLike, where: str) -> int:
+    image_id = _field(ann, "image_id", int, path, where)
+    _field(ann, "category_id", int, path, where)
+    bbox = _field(ann, "bbox", list, path, where)
+    if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                 for v in bbox):
+        raise InvalidRecordError(f"{path}: {where} has bbox {bbox!r:.60}; expected 4 finite numbers (x, y, w, h)")
+    _field(ann, "iscrowd", (int, bool), path, where, required=False)
+    _field(ann, "segmentation", (list, dict), path, where, required=False)
+    return image_id
+
+
+def read_coco_instances(json_path: PathLike, image_dir: Optional[PathLike] = None,
+                        skips: Optional[SkipCounter] = None
                         ) -> Tuple[List[CocoImageRecord], List[Dict[str, Any]]]:
     """COCO ``instances_*.json`` as (records per image sorted by id, categories)."""
     what = "COCO instances file (annotations/instances_<split>.json)"
     data = read_json(json_path, what)
     _expect_keys(data, ["images", "annotations", "categories"], json_path, what)
+    categories = _list_field(data, "categories", json_path, what)
+    for i, category in enumerate(categories):
+        _field(category, "id", int, json_path, f"category {i}")
+        _field(category, "name", str, json_path, f"category {i}")
     per_image: Dict[int, List[Dict[str, Any]]] = collections.defaultdict(list)
-    for ann in data["annotations"]:
-        per_image[ann["image_id"]].append(ann)
+    for i, ann in enumerate(_list_field(data, "annotations", json_path, what)):
+        try:
+            per_image[_check_instance(ann, json_path, f"annotation {i}")].append(ann)
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
+    images = []
+    for i, image in enumerate(_list_field(data, "images", json_path, what)):
+        try:
+            images.append(tuple(_field(image, key, kind, json_path, f"image {i}") for key, kind in
+                                (("id", int), ("file_name", str), ("width", int), ("height", int))))
+        except InvalidRecordError as exc:
+            _skip_or_raise(skips, exc)
     records = []
-    for image in sorted(data["images"], key=lambda im: im["id"]):
-        path = str(Path(image_dir) / image["file_name"]) if image_dir is not None else None
-        records.append(CocoImageRecord(image_id=image["id"], image_path=path, width=image["width"],
-                                       height=image["height"], annotations=per_image.get(image["id"], [])))
-    return records, list(data["categories"])
+    for image_id, file_name, width, height in sorted(images):
+        path = str(Path(image_dir) / file_name) if image_dir is not None else None
+        records.append(CocoImageRecord(image_id=image_id, image_path=path, width=width, height=height,
+                                       annotations=per_image.get(image_id, [])))
+    return records, list(categories)
 
 
 # ---------------------------------------------------------------------------------------------- ADE20K

@@ -7,7 +7,7 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
-from .cascade_beit3_vitdet import dataloader, datasets, lr_multiplier, model, optimizer, train
+from .cascade_beit3_vitdet import dataloader, datasets, lr_multiplier, model, optimizer, test_aug, train
 
 IMAGE_SIZE = 128
 CH = 64
@@ -40,6 +40,8 @@ dataloader.train.update(total_batch_size=4, num_workers=0)
 dataloader.test.dataset.names = "beit3_world_det_val"
 dataloader.test.mapper.augmentations[0].update(short_edge_length=IMAGE_SIZE, max_size=IMAGE_SIZE)
 dataloader.test.num_workers = 0
+
+test_aug.update(min_sizes=[96, 128], max_size=IMAGE_SIZE)
 
 optimizer.params.update(base_lr=5e-4, weight_decay=0.05, layer_decay=0.9)
 optimizer.lr = 5e-4

@@ -66,6 +66,10 @@ dataloader = dict(
     evaluator=L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False),
 )
 
+# multi-scale + flip evaluation with detectron2's GeneralizedRCNNWithTTA (tools/train_net.py --tta or
+# test_aug.enabled=True; yacs twin: TEST.AUG in cascade_beit3.yaml)
+test_aug = dict(enabled=False, min_sizes=[640, 800, 960, 1120, 1280], max_size=IMAGE_SIZE, flip=True)
+
 optimizer = L(torch.optim.AdamW)(
     params=L(beit3_optimizer_params)(base_lr=1e-4, weight_decay=0.1, layer_decay=0.9),  # model set by train_net
     lr=1e-4, betas=(0.9, 0.999))

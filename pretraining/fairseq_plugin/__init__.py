@@ -8,4 +8,6 @@ from beit3_plugins.optional import require
 
 require("fairseq", "fairseq", "beit3_plugins.pretraining.fairseq_plugin")
 
-from . import criterions, models, optimizers, tasks  # noqa: E402,F401
+from . import criterions, models, optimizers, safe_checkpoints, tasks  # noqa: E402,F401
+
+safe_checkpoints.install()  # --restore-file / --finetune-from-model: weights-only, with an actionable error

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
+from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.backbones import build_backbone  # noqa: F401 - documented loader of the export
 from beit3_plugins.pretraining.masking import IGNORE_INDEX
 
@@ -50,9 +51,10 @@ def _core_from_state(path: str):
         raise ValueError(f"{path} is not a beit3_pretrain checkpoint (no core.backbone.* weights)")
     name = cfg["model"].get("backbone") or cfg["model"]["_name"]
     backbone_sd = {k[len("core.backbone."):]: v for k, v in sd.items() if k.startswith("core.backbone.")}
-    backbone = BACKBONES.build(name, img_size=int(cfg["task"]["image_size"]),
-                               vocab_size=backbone_sd["text_embed.weight"].shape[0],
-                               max_text_positions=backbone_sd["text_pos_embed"].shape[1])
+    sizes = {"img_size": int(cfg["task"]["image_size"]), "vocab_size": backbone_sd["text_embed.weight"].shape[0]}
+    if "text_pos_embed" in backbone_sd:  # absolute positions (VLMo has a relative position bias only)
+        sizes["max_text_positions"] = backbone_sd["text_pos_embed"].shape[1]
+    backbone = BACKBONES.build(name, **sizes)
     backbone.load_state_dict(backbone_sd, strict=True)
     heads = {k[len("core."):]: v for k, v in sd.items()
              if k.startswith(("core.mlm_head.", "core.mim_head.", "core.vision_head.", "core.language_head.",
@@ -140,7 +142,7 @@ def cli_main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s | %(name)s | %(message)s")
     try:
         summary = export_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointMismatchError) as exc:
         parser.error(str(exc))
     print(json.dumps(summary))
     if args.eval_data:

@@ -14,7 +14,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from omegaconf import II
 
 from beit3_plugins.backbones import build_backbone
-from beit3_plugins.pretraining.objectives import MaskedDataModel, apply_stage
+from beit3_plugins.pretraining.objectives import MaskedDataModel, VlmoObjectives, apply_stage
 from beit3_plugins.pretraining.vqkd import build_vqkd
 
 from .sharding import is_sharded
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Beit3PretrainConfig", "Beit3PretrainModel", "ARCHS"]
 
-ARCHS = ("beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_tiny", "vlmo_base", "vlmo_large")
+ARCHS = ("beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_tiny", "vlmo_base", "vlmo_large",
+         "beit3_base_shared", "beit3_base_standard", "vlbeit_base", "beit3_tiny_shared", "beit3_tiny_standard")
 
 
 @dataclass
@@ -52,13 +53,17 @@ class Beit3PretrainConfig(FairseqDataclass):
     max_text_len: int = II("task.max_text_len")
     objective: str = II("task.objective")
     stage: str = II("task.stage")
+    itc: bool = II("task.itc")
+    itm: bool = II("task.itm")
+    mlm: bool = II("task.mlm")
 
 
 @register_model("beit3_pretrain", dataclass=Beit3PretrainConfig)
 class Beit3PretrainModel(BaseFairseqModel):
-    def __init__(self, core: MaskedDataModel) -> None:
+    def __init__(self, core: MaskedDataModel, vlmo_objectives: VlmoObjectives = VlmoObjectives()) -> None:
         super().__init__()
         self.core = core
+        self.vlmo_objectives = vlmo_objectives
 
     @classmethod
     def build_model(cls, cfg: Beit3PretrainConfig, task):
@@ -92,7 +97,7 @@ class Beit3PretrainModel(BaseFairseqModel):
             logger.info(f"continued from {cfg.init_from}: backbone + heads {loaded}")
         counts = apply_stage(core, cfg.stage)
         logger.info(f"stage {cfg.stage!r}: {counts['trainable']} trainable / {counts['frozen']} frozen tensors")
-        model = cls(core)
+        model = cls(core, VlmoObjectives(itc=cfg.itc, itm=cfg.itm, mlm=cfg.mlm))
         if cfg.shard_parameters:
             model.shard(cfg)
         model.mark_parameters()
@@ -173,7 +178,7 @@ class Beit3PretrainModel(BaseFairseqModel):
         if pair is not None:
             if core.vlmo_heads:
                 loss = loss + core.vlmo(pair["image"], pair["clean_ids"], pair["padding_mask"], pair["ids"],
-                                        pair["targets"], logs)
+                                        pair["targets"], logs, switches=self.vlmo_objectives)
             else:
                 loss = loss + core.pair_mvlm(pair["image"], pair["mask"], pair["ids"], pair["padding_mask"],
                                              pair["targets"], logs)

@@ -1,8 +1,10 @@
 """fairseq tasks ``beit3_mdm`` (BEiT-3 / VL-BEiT masked data modeling) and ``vlmo_pretrain`` (VLMo).
 
-Data (paths relative to the data directory given to ``fairseq-train``): text lines, image folders and a
-caption file (COCO captions or Karpathy json); held-out parts for validation. One config dataclass per
-task, as fairseq's registry expects.
+Data (paths relative to the data directory given to ``fairseq-train``), per kind either small data read
+into compact arrays (a text file, image folders, a COCO captions or Karpathy json) or shards read with
+O(1) work per sample (``beit3_plugins.pretraining.shards``): WebDataset tars as img2dataset writes them
+and plain-text shards, named with brace patterns (``pairs-{00000..01023}.tar``), local or fsspec URLs.
+Held-out parts for validation. One config dataclass per task, as fairseq's registry expects.
 """
 
 import logging
@@ -16,10 +18,12 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from beit3_plugins.data.readers import SkipCounter, read_text_lines
-from beit3_plugins.pretraining.data import EmptyCorpusError, ImageSource, PairSource, TextSource, list_images, read_pairs
+from beit3_plugins.pretraining.data import (EmptyCorpusError, ImageSource, PairSource, ShardedImageSource,
+                                            ShardedPairSource, ShardedTextSource, TextSource, list_images, read_pairs)
+from beit3_plugins.pretraining.shards import SKIP_REASONS, ShardLimits, ShardSet, expand_shards, is_shard_spec
 from beit3_plugins.pretraining.masking import BlockMaskingConfig, TokenMaskingConfig
 
-from .datasets import MixedModalityDataset
+from .datasets import BinarizedTextSource, MixedModalityDataset
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +34,24 @@ __all__ = ["Beit3MdmTaskConfig", "Beit3MdmTask", "VlmoPretrainTaskConfig", "Vlmo
 class Beit3MdmTaskConfig(FairseqDataclass):
     data: str = field(default="", metadata={"help": "data directory; the paths below are relative to it"})
     spm_model: str = field(default="", metadata={"help": "sentencepiece model (beit3.spm or train-spm output)"})
-    text_data: str = field(default="text/corpus.txt", metadata={"help": "text files, one sentence per line (comma-separated)"})
-    image_data: str = field(default="imagenet/train", metadata={"help": "image folders (comma-separated, recursive)"})
-    pair_data: str = field(default="coco/dataset_coco.json", metadata={"help": "COCO captions or Karpathy json"})
+    text_data: str = field(default="text/corpus.txt", metadata={
+        "help": "text files, one sentence per line (comma-separated), text shards (brace/glob pattern), or the "
+                "prefix of fairseq-preprocess output (PREFIX.bin/.idx, dict.txt from make-shards --fairseq-dict)"})
+    image_data: str = field(default="imagenet/train", metadata={
+        "help": "image folders (comma-separated, recursive) or WebDataset tar shards (*.tar, brace pattern)"})
+    pair_data: str = field(default="coco/dataset_coco.json", metadata={
+        "help": "COCO captions or Karpathy json, or WebDataset tar shards (KEY.jpg + KEY.txt / KEY.json)"})
+    valid_pair_data: str = field(default="", metadata={
+        "help": "held-out pairs (json or shards); empty: pair_data with valid_pair_splits (json only)"})
+    valid_pair_image_root: str = field(default="", metadata={"help": "image root of valid_pair_data; empty: pair_image_root"})
+    samples_per_shard: int = field(default=0, metadata={
+        "help": "nominal samples per shard (index = shard * this + position); 0: the first shard's count"})
+    missing_shards: str = field(default="error", metadata={"help": "error (default) or skip (counted)"})
+    max_member_bytes: int = field(default=64 << 20, metadata={"help": "larger tar members / text lines are refused (counted)"})
+    epoch_units: int = field(default=0, metadata={
+        "help": "batch units per epoch (infinite or huge streams); 0: the largest kind's size / per-unit count"})
+    resample_shards: bool = field(default=False, metadata={
+        "help": "draw shards (blocks) with replacement each epoch instead of a shuffled pass"})
     pair_image_root: str = field(default="coco", metadata={"help": "image root of the caption file"})
     pair_splits: str = field(default="train,restval", metadata={"help": "Karpathy splits used for training"})
     valid_text_data: str = field(default="", metadata={"help": "held-out text; empty: hold out the last valid_text_lines lines"})
@@ -51,8 +70,21 @@ class Beit3MdmTaskConfig(FairseqDataclass):
         "help": "mask whole words (every sentencepiece piece of a chosen word; VLMo) instead of single pieces"})
     image_mask_ratio: float = 0.4
     min_mask_block: int = 16
-    mvlm_masking: str = field(default="separate", metadata={"help": "separate (one modality per pair) or joint"})
+    mvlm_masking: str = field(default="separate", metadata={
+        "help": "separate (one modality per pair), joint (both), text (text only) or image (patches only); the "
+                "last two are BEiT-3's Table 8e/8f ablations of MVLM's text / image reconstruction"})
     train_crop_scale: float = field(default=0.5, metadata={"help": "random resized crop minimum area"})
+    color_jitter: float = field(default=0.0, metadata={
+        "help": "BEiT's ColorJitter(x, x, x) in training (BEiT-3 / VL-BEiT: 0.4); 0 = off"})
+    rand_augment_ops: int = field(default=0, metadata={"help": "VLMo's RandAugment: ops per image (VLMo: 2); 0 = off"})
+    rand_augment_magnitude: int = field(default=7, metadata={"help": "RandAugment magnitude of 10 (VLMo: 7)"})
+    # ablation switches (BEiT-3 Table 8c/e/f, VL-BEiT Table 4, VLMo Table 5): an objective switched off builds no
+    # data source / computes no loss
+    mlm: bool = field(default=True, metadata={"help": "MLM: on text-only data (mdm) / on pairs (vlmo)"})
+    mim: bool = field(default=True, metadata={"help": "MIM on image-only data (mdm)"})
+    mvlm: bool = field(default=True, metadata={"help": "MVLM on image-text pairs (mdm)"})
+    itc: bool = field(default=True, metadata={"help": "image-text contrast (vlmo)"})
+    itm: bool = field(default=True, metadata={"help": "image-text matching with hard negatives (vlmo)"})
     objective: str = field(default="mdm", metadata={"help": "mdm (BEiT-3 MLM+MIM+MVLM) or vlmo (ITC+ITM+MLM)"})
     stage: str = field(default="all", metadata={"help": "stagewise pretraining: all | vision | language"})
     seed: int = II("common.seed")
@@ -68,8 +100,11 @@ class Beit3MdmTask(FairseqTask):
         self.skips = SkipCounter()
         if cfg.objective not in ("mdm", "vlmo"):
             raise ValueError(f"unknown objective {cfg.objective!r}; choose mdm or vlmo")
-        if cfg.mvlm_masking not in ("separate", "joint"):
-            raise ValueError(f"mvlm_masking must be separate or joint, got {cfg.mvlm_masking!r}")
+        if cfg.mvlm_masking not in ("separate", "joint", "text", "image"):
+            raise ValueError(f"mvlm_masking must be separate, joint, text or image, got {cfg.mvlm_masking!r}")
+        switches = ("mlm", "mim", "mvlm") if cfg.objective == "mdm" else ("itc", "itm", "mlm")
+        if cfg.stage == "all" and not any(getattr(cfg, name) for name in switches):
+            raise ValueError(f"every {cfg.objective} objective is switched off ({', '.join(switches)})")
 
     @classmethod
     def setup_task(cls, cfg: Beit3MdmTaskConfig, **kwargs):
@@ -101,11 +136,16 @@ class Beit3MdmTask(FairseqTask):
     def transform(self, train: bool):
         """Training: random resized crop + flip drawn from the per-sample generator (thread-safe, exact
         resume); evaluation: the deterministic VL resize + normalisation."""
+        from beit3_plugins.pretraining.augment import RandAugment
         from beit3_plugins.pretraining.data import CropFlipAugment
         from beit3_plugins.transforms import build_image_transform
 
+        cfg = self.cfg
         if train:
-            return CropFlipAugment(self.cfg.image_size, scale=(self.cfg.train_crop_scale, 1.0))
+            rand_augment = (RandAugment(cfg.rand_augment_ops, cfg.rand_augment_magnitude)
+                            if cfg.rand_augment_ops > 0 else None)
+            return CropFlipAugment(cfg.image_size, scale=(cfg.train_crop_scale, 1.0), color_jitter=cfg.color_jitter,
+                                   rand_augment=rand_augment)
         return build_image_transform("vl", train=False, image_size=self.cfg.image_size)
 
     def build_sources(self, split: str):
@@ -115,12 +155,20 @@ class Beit3MdmTask(FairseqTask):
         block = BlockMaskingConfig(mask_ratio=cfg.image_mask_ratio, min_block=cfg.min_mask_block)
         vocab = self.model_vocab_size()
         transform = self.transform(train)
+        text_spec = cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data
+        binarized = os.path.isfile(self._path(cfg, text_spec) + ".idx")   # fairseq-preprocess output prefix
+        if binarized and not train and not cfg.valid_text_data:
+            raise ValueError(f"binarized text {cfg.text_data}: set --valid-text-data (held-out text) for validation")
+        sharded_text = binarized or is_shard_spec(text_spec)
+        if sharded_text and not train and not cfg.valid_text_data:
+            raise ValueError(f"text shards {cfg.text_data}: set --valid-text-data (held-out text) for validation")
         text_lines: List[str] = []
-        for path in self._paths(cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data):
-            text_lines.extend(read_text_lines(path))
-        if not text_lines:
-            raise EmptyCorpusError(f"text corpus {cfg.text_data} in {cfg.data} has no non-empty lines")
-        if not cfg.valid_text_data:
+        if not sharded_text:
+            for path in self._paths(text_spec):
+                text_lines.extend(read_text_lines(path))
+            if not text_lines:
+                raise EmptyCorpusError(f"text corpus {text_spec} in {cfg.data} has no non-empty lines")
+        if not sharded_text and not cfg.valid_text_data:
             held = cfg.valid_text_lines
             if len(text_lines) <= held:
                 raise ValueError(f"text corpus {cfg.text_data} has {len(text_lines)} lines: too few to hold out "
@@ -129,28 +177,60 @@ class Beit3MdmTask(FairseqTask):
         text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob, whole_word=cfg.whole_word_masking)
         pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm" else cfg.text_mask_prob,
                                        whole_word=cfg.whole_word_masking)
-        text_source = lambda: TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask,  # noqa: E731
-                                         self.skips, name=cfg.text_data)
-        folders = self._paths(cfg.image_data if train else cfg.valid_image_data)
-        image_source = lambda: ImageSource(list_images(folders), transform, self.grid, block, self.skips,  # noqa: E731
-                                           name=",".join(folders))
+
+        def text_source():
+            if binarized:
+                return BinarizedTextSource(self._path(cfg, text_spec), self.tokenizer, cfg.max_text_len, vocab,
+                                           text_mask, self.skips)
+            if sharded_text:
+                return ShardedTextSource(self.shard_set(text_spec, "text"), self.tokenizer, cfg.max_text_len, vocab,
+                                         text_mask)
+            return TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask, self.skips,
+                              name=text_spec)
+
+        image_spec = cfg.image_data if train else cfg.valid_image_data
+
+        def image_source():
+            if is_shard_spec(image_spec):
+                return ShardedImageSource(self.shard_set(image_spec, "tar"), transform, self.grid, block)
+            folders = self._paths(image_spec)
+            return ImageSource(list_images(folders), transform, self.grid, block, self.skips, name=",".join(folders))
+
         if cfg.stage == "language":      # VLMo stage 2: text only
             return {"text": (text_source(), cfg.texts_per_unit)}
         if cfg.stage == "vision":        # VLMo stage 1: images only
             return {"image": (image_source(), cfg.images_per_unit)}
         if cfg.stage != "all":
             raise ValueError(f"unknown stage {cfg.stage!r}; stages are all, vision, language")
-        splits = cfg.pair_splits if train else cfg.valid_pair_splits
-        pairs = read_pairs(self._path(cfg, cfg.pair_data), self._path(cfg, cfg.pair_image_root),
-                           splits=[s.strip() for s in splits.split(",") if s.strip()])
-        pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid, pair_mask,
-                                 block, mode="joint" if cfg.objective == "vlmo" else cfg.mvlm_masking,
-                                 skips=self.skips, name=f"{cfg.pair_data} ({splits})")
-        sources = {"pair": (pair_source, cfg.pairs_per_unit)}
-        if cfg.objective == "mdm":
+        sources = {}
+        if cfg.objective == "vlmo" or cfg.mvlm:
+            pair_mode = "joint" if cfg.objective == "vlmo" else cfg.mvlm_masking
+            pair_spec = cfg.pair_data if train or not cfg.valid_pair_data else cfg.valid_pair_data
+            if is_shard_spec(pair_spec):
+                if not train and not cfg.valid_pair_data:
+                    raise ValueError(f"pair shards {cfg.pair_data}: set --valid-pair-data (held-out pairs) for validation")
+                pair_source = ShardedPairSource(self.shard_set(pair_spec, "tar"), self.tokenizer, cfg.max_text_len,
+                                                vocab, transform, self.grid, pair_mask, block, mode=pair_mode)
+            else:
+                splits = cfg.pair_splits if train else cfg.valid_pair_splits
+                root = cfg.pair_image_root if train or not cfg.valid_pair_image_root else cfg.valid_pair_image_root
+                pairs = read_pairs(self._path(cfg, pair_spec), self._path(cfg, root),
+                                   splits=[s.strip() for s in splits.split(",") if s.strip()])
+                pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid,
+                                         pair_mask, block, mode=pair_mode, skips=self.skips,
+                                         name=f"{pair_spec} ({splits})")
+            sources["pair"] = (pair_source, cfg.pairs_per_unit)
+        if cfg.objective == "mdm" and cfg.mlm:
             sources["text"] = (text_source(), cfg.texts_per_unit)
+        if cfg.objective == "mdm" and cfg.mim:
             sources["image"] = (image_source(), cfg.images_per_unit)
         return sources
+
+    def shard_set(self, spec: str, kind: str) -> ShardSet:
+        names = expand_shards(spec, self.cfg.data)
+        logger.info(f"{spec}: {len(names)} {kind} shard(s)")
+        return ShardSet(names, kind, self.skips, samples_per_shard=self.cfg.samples_per_shard,
+                        missing=self.cfg.missing_shards, limits=ShardLimits(max_member_bytes=self.cfg.max_member_bytes))
 
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs):
         if split not in ("train", "valid"):
@@ -158,8 +238,11 @@ class Beit3MdmTask(FairseqTask):
         sources = self.build_sources(split)
         sizes = {k: len(s) for k, (s, _) in sources.items()}
         logger.info(f"{split}: {sizes} examples; per unit {{k: n}} = { {k: n for k, (_, n) in sources.items()} }")
-        self.datasets[split] = MixedModalityDataset(sources, seed=self.cfg.seed + (0 if split == "train" else 1000),
-                                                    pad_id=self.tokenizer.pad_id, shuffle=split == "train")
+        train = split == "train"
+        self.datasets[split] = MixedModalityDataset(
+            sources, seed=self.cfg.seed + (0 if train else 1000), pad_id=self.tokenizer.pad_id, shuffle=train,
+            epoch_units=self.cfg.epoch_units if train else 0, resample=self.cfg.resample_shards and train,
+            skips=self.skips)
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, num_shards=1, **kwargs):
         if isinstance(dataset, MixedModalityDataset) and max_sentences:
@@ -183,13 +266,16 @@ class Beit3MdmTask(FairseqTask):
         every rank computes the same one; a checkpoint restores it on resume)."""
         import torch
 
-        folders = self._paths(self.cfg.image_data)
-        paths = list_images(folders)
-        if not paths:
-            raise ValueError(f"no images in {folders} to initialise the VQ-KD codebook")
-        source = ImageSource(paths[:64], self.transform(False), self.grid, skips=self.skips)
+        if is_shard_spec(self.cfg.image_data):
+            source = ShardedImageSource(self.shard_set(self.cfg.image_data, "tar"), self.transform(False), self.grid)
+        else:
+            folders = self._paths(self.cfg.image_data)
+            paths = list_images(folders)
+            if not paths:
+                raise ValueError(f"no images in {folders} to initialise the VQ-KD codebook")
+            source = ImageSource(paths[:64], self.transform(False), self.grid, skips=self.skips)
         rng = np.random.default_rng(self.cfg.seed)
-        images = torch.stack([source.load(i, rng)[0] for i in range(len(source))])
+        images = torch.stack([source.load(i, rng)[0] for i in range(min(64, len(source)))])
         bins = tok.init_codebook(images, seed=self.cfg.seed)
         logger.info(f"VQ-KD codebook initialised by k-means on {len(images)} images: "
                     f"{int((bins > 0).sum())}/{len(bins)} codes used")
@@ -200,7 +286,22 @@ class Beit3MdmTask(FairseqTask):
         if getattr(model, "sharded_state", None) is not None and not isinstance(optimizer, Beit3AdamW):
             raise ValueError(f"a model sharded by --shard-parameters needs --optimizer beit3_adamw (it reduces, "
                              f"clips and checkpoints sharded gradients); got {type(optimizer).__name__}")
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad, **kwargs)
+        skips = sample.get("skips", {}) if not ignore_grad else {}
+        for reason in SKIP_REASONS:          # every rank logs the same keys (fairseq sums them across ranks)
+            logging_output[f"skip_{reason}"] = int(skips.get(reason, 0))
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        """Skipped items per kind: summed per log interval and over the epoch (``| train |`` line)."""
+        from fairseq import metrics
+
+        super().reduce_metrics(logging_outputs, criterion)
+        for reason in SKIP_REASONS:
+            total = sum(int(log.get(f"skip_{reason}", 0)) for log in logging_outputs)
+            if total:
+                metrics.log_scalar_sum(f"skip_{reason}", total)
 
     def max_positions(self):
         return None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Demo stage "pretrain": the tiny BEiT-3 recipe (MLM + MIM + MVLM) through fairseq's own CLI, then the
-# export every later stage starts from.
+# Demo stage "pretrain": shards of the data world (beit3-plugins make-shards: WebDataset tars for pairs and
+# images, plain-text shards), the tiny BEiT-3 recipe (MLM + MIM + MVLM) reading them through fairseq's own
+# CLI, then the export every later stage starts from.
 #   bash tools/demo_stages/pretrain.sh --world <data-world dir> --spm <spm.model> --out <dir> [--max-update N]
 # Writes <out>/checkpoints/, <out>/backbone.pth (released BEiT-3 layout) and <out>/metrics.json
 # (loss curve, held-out masked-token accuracies and their chance levels).
@@ -23,6 +24,9 @@ mkdir -p "$OUT"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PYTHONWARNINGS=ignore
 cd "$ROOT"
 rm -rf "$OUT/checkpoints"
+echo "[stage] pretrain: beit3-plugins make-shards --world $WORLD --out $WORLD/shards"
+"$BIN/beit3-plugins" make-shards --world "$WORLD" --out "$WORLD/shards" --samples-per-shard 64 > "$OUT/shards.log" 2>&1 \
+  || { tail -20 "$OUT/shards.log" >&2; exit 1; }
 echo "[stage] pretrain: fairseq-hydra-train --config-dir configs/pretrain --config-name beit3_tiny_cpu"
 "$BIN/fairseq-hydra-train" --config-dir configs/pretrain --config-name beit3_tiny_cpu \
   task.data="$WORLD" task.spm_model="$SPM" checkpoint.save_dir="$OUT/checkpoints" \

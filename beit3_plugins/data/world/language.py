@@ -1,0 +1,55 @@
+"""The caption grammar: true sentences about a scene (never left/right inside an image, so flips keep them
+true), and the Karpathy-style tokens the caption files carry.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+from .scene import ROWS, Scene
+
+
+__all__ = ["scene_captions", "karpathy_tokens", "count_phrase", "NUMBER_WORDS"]
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _join(phrases: Sequence[str]) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def count_phrase(n: int, noun: str = "shape") -> str:
+    return f"{NUMBER_WORDS[n]} {noun}" + ("" if n == 1 else "s")
+
+
+def scene_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> List[str]:
+    """``n`` distinct true captions of ``scene`` drawn from a small grammar."""
+    full = [s.phrase() for s in scene.shapes]
+    short = [s.phrase(with_size=False) for s in scene.shapes]
+    first = scene.shapes[0]
+    background = "a textured background" if scene.textured else "a plain background"
+    templates = [
+        _join(full),
+        f"a picture of {_join(short)}",
+        f"there {'is' if scene.count == 1 else 'are'} {count_phrase(scene.count)} in the image",
+        f"{_join(full)} on {background}",
+        f"an image with {count_phrase(scene.count)}: {_join(short)}",
+        f"{first.phrase()} {ROWS[first.row]}",
+        f"{_join(short)} drawn on {background}",
+        f"{count_phrase(scene.count)}, one of them is {first.phrase(with_size=False)}",
+    ]
+    order = rng.permutation(len(templates))
+    out: List[str] = []
+    for idx in order:
+        if templates[idx] not in out:
+            out.append(templates[idx])
+        if len(out) == n:
+            break
+    return out
+
+
+def karpathy_tokens(sentence: str) -> List[str]:
+    return "".join(c if c.isalnum() or c.isspace() else " " for c in sentence.lower()).split()

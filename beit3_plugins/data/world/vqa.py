@@ -1,0 +1,78 @@
+"""VQA v2 questions and annotations over the COCO scenes (answers follow from the scene; 10 annotators).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from .scene import KINDS, COLORS, Scene
+from .writer import FormatWriter
+
+
+def _vqa_candidates(scene: Scene, rng: np.random.Generator) -> List[Tuple[str, str, str, str]]:
+    """(question, answer, question_type, answer_type) that are true of ``scene``."""
+    out = [("how many shapes are there?", str(scene.count), "how many", "number")]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    out.append((f"how many {color} shapes are there?", str(scene.count_where(color=color)), "how many",
+                "number"))
+    if rng.random() < 0.5:  # balanced yes/no: ask about a present or a random combination
+        shape = scene.shapes[int(rng.integers(scene.count))]
+        kind, color = shape.kind, shape.color
+    else:
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    out.append((f"is there a {color} {kind}?", "yes" if scene.count_where(kind, color) else "no",
+                "is there a", "yes/no"))
+    for kind in KINDS:
+        if scene.count_where(kind=kind) == 1:
+            shape = next(s for s in scene.shapes if s.kind == kind)
+            out.append((f"what color is the {kind}?", shape.color, "what color is the", "other"))
+            out.append((f"is the {kind} large?", "yes" if shape.size == "large" else "no", "is the",
+                        "yes/no"))
+    for color in COLORS:
+        if scene.count_where(color=color) == 1:
+            shape = next(s for s in scene.shapes if s.color == color)
+            out.append((f"what shape is {color}?", shape.kind, "what", "other"))
+    return out
+
+
+def _wrong_answers(answer: str, answer_type: str) -> List[str]:
+    if answer_type == "yes/no":
+        return ["no" if answer == "yes" else "yes"]
+    if answer_type == "number":
+        return [str(i) for i in range(0, 5) if str(i) != answer]
+    pool = list(COLORS) if answer in COLORS else list(KINDS)
+    return [a for a in pool if a != answer]
+
+
+def write_vqa(w: FormatWriter, scenes: Dict[str, List[Tuple[int, Scene, List[str]]]]) -> None:
+    rng = w.rng("vqa")
+    w.files["vqa_root"] = "coco/vqa"
+    for split, items in scenes.items():
+        key = split[:-4]
+        questions, annotations = [], []
+        for image_id, scene, _ in items:
+            candidates = _vqa_candidates(scene, rng)
+            k = min(w.cfg.vqa_questions_per_image, len(candidates))
+            for q_index, c in enumerate(sorted(rng.choice(len(candidates), size=k, replace=False))):
+                question, answer, question_type, answer_type = candidates[int(c)]
+                question_id = image_id * 1000 + q_index
+                n_right = int(rng.integers(6, 11))  # noisy annotators -> soft scores below 1
+                wrong = _wrong_answers(answer, answer_type)
+                given = [answer] * n_right + [wrong[int(rng.integers(len(wrong)))] for _ in range(10 - n_right)]
+                given = [given[int(i)] for i in rng.permutation(10)]
+                answers = [{"answer": a, "answer_confidence": "yes" if a == answer else "maybe",
+                            "answer_id": j + 1} for j, a in enumerate(given)]
+                questions.append({"image_id": image_id, "question": question, "question_id": question_id})
+                annotations.append({"question_type": question_type, "multiple_choice_answer": answer,
+                                    "answers": answers, "image_id": image_id, "answer_type": answer_type,
+                                    "question_id": question_id})
+        info = {"description": "beit3-plugins synthetic shape world VQA", "version": "2.0", "year": 2024}
+        license_ = {"name": "CC0", "url": ""}
+        w.json(f"vqa_questions_{key}", f"coco/vqa/v2_OpenEnded_mscoco_{split}_questions.json", {
+            "info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": license_,
+            "data_subtype": split, "questions": questions})
+        w.json(f"vqa_annotations_{key}", f"coco/vqa/v2_mscoco_{split}_annotations.json", {
+            "info": info, "license": license_, "data_subtype": split, "annotations": annotations})
+        w.counts[f"vqa_{key}_questions"] = len(questions)

@@ -1,0 +1,156 @@
+"""What a run must keep to resume exactly, and how it reaches the disk without ever being half-written.
+
+* RNG state as tensors and plain Python values, so ``last.pt`` also loads with ``torch.load(weights_only=True)``.
+* :func:`atomic_save`: serialise into a temporary file in the checkpoint's own directory, fsync it, then
+  ``os.replace`` it over the old file and fsync the directory. A kill at any moment leaves either the
+  previous whole checkpoint or the new whole one; the next start deletes the orphaned temporary.
+* :func:`probe_output_dir`: the output directory is created and written to before any training, so an
+  unwritable or full location fails in seconds with the path in the message, not after the first epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["TrainState", "OutputDirError", "rng_state", "set_rng_state", "seed_everything", "atomic_save",
+           "remove_stale_temporaries", "probe_output_dir", "check_free_space"]
+
+_TMP_SUFFIX = ".tmp"
+PROBE_BYTES = 1 << 20  # a probe this large also catches a (nearly) full disk
+
+
+class OutputDirError(OSError):
+    """``train.output_dir`` cannot hold this run's files (not creatable, not writable, or too little space)."""
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Position of a run: epoch, step inside it, optimisation steps so far, best metric, skipped steps."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: Optional[float] = None
+    nonfinite_skips: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, saved: Dict[str, Any]) -> "TrainState":
+        return cls(epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"], global_step=saved["global_step"],
+                   best=saved.get("best"), nonfinite_skips=int(saved.get("nonfinite_skips", 0)))
+
+
+def rng_state() -> Dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _KillMidWrite:
+    """Test hook (``train.debug_kill_during_save``): SIGKILL the process once part of the file is written."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.writes = handle, 0
+
+    def write(self, data) -> int:
+        written = self.handle.write(data)
+        self.writes += 1
+        if self.writes >= 2:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path, debug_kill_midway: bool = False) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial ``path`` behind (see the module docstring)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, _KillMidWrite(handle) if debug_kill_midway else handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporaries of writes that a killed process never finished; return how many."""
+    removed = 0
+    if folder.is_dir():
+        for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def probe_output_dir(out: Path) -> None:
+    """Create ``out`` and write (then delete) a probe file there, or raise :class:`OutputDirError`."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"\0" * PROBE_BYTES)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+    except OSError as exc:
+        raise OutputDirError(
+            f"train.output_dir={out}: cannot write there ({type(exc).__name__}: {exc}); choose a writable "
+            "directory with free space before training starts") from exc
+
+
+def check_free_space(folder: Path, checkpoint_bytes: int) -> None:
+    """A checkpoint is written beside the previous one: refuse to start when two copies would not fit."""
+    free = shutil.disk_usage(folder).free
+    if free < 2 * checkpoint_bytes:
+        raise OutputDirError(
+            f"train.output_dir={folder}: {free / 2**20:.0f} MiB free, but checkpoints need about "
+            f"{2 * checkpoint_bytes / 2**20:.0f} MiB (the new one is written beside the previous one)")
