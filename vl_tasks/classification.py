@@ -74,8 +74,6 @@ class _ImageFolderTask(VlTask):
 
 
 class ImageClassifierModel(TaskModel):
-    released_head_map = {"fc_norm.": "classifier.fc_norm.", "head.": "classifier.head."}
-
     def __init__(self, backbone: nn.Module, num_classes: int, label_smoothing: float, mixup=None) -> None:
         super().__init__(backbone)
         self.classifier = ImageClassifier(self.dim, num_classes)
