@@ -16,6 +16,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from beit3_plugins.checkpoint import CheckpointMismatchError, atomic_write, safe_load
+from beit3_plugins.io_checks import probe_output_dir
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
 from .optimizer import build_beit3_optimizer
@@ -112,7 +113,15 @@ class SeedPerIteration(HookBase):
 
 
 class Beit3DetectionTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with the BEiT-3 optimizer, the resumable stream and safe checkpoints."""
+    """``DefaultTrainer`` with the BEiT-3 optimizer, the resumable stream and safe checkpoints.
+
+    ``OUTPUT_DIR`` is probed (created, 1 MiB written and deleted) before the model is built, so an unwritable
+    or full directory is an ``OutputDirError`` naming it, not a failure at the first checkpoint."""
+
+    def __init__(self, cfg) -> None:
+        if comm.is_main_process():
+            probe_output_dir(cfg.OUTPUT_DIR, setting="OUTPUT_DIR")
+        super().__init__(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -4,22 +4,25 @@ Importing this package registers into mmseg's registries (it is what ``custom_im
 names): the ``BEiT3ViTAdapter`` and ``BEiT3FeaturePyramid`` backbones (MODELS), the
 ``SlideMask2FormerHead`` (mmseg's Mask2Former head with a sliding-window fix) (MODELS), the
 ``Beit3LayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) and the ``ADE20KFormatDataset``
-(DATASETS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
+(DATASETS), the ``Beit3Runner`` that probes ``work_dir`` before building anything (RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
 loading so that ``--resume`` and ``mim test`` work, and makes mmengine read local checkpoint files
-through the package's safe loader. Nothing else in the library imports mmseg.
+through the package's safe loader and write them atomically. Nothing else in the library imports mmseg.
 """
 from beit3_plugins.optional import require
 
 for _module in ("mmengine", "mmcv.ops", "mmdet", "mmseg"):
     require(_module, "mmseg", "beit3_plugins.segmentation")
 
-from .checkpoint_compat import allow_mmengine_checkpoint_globals, register_safe_local_loader
+from .checkpoint_compat import (allow_mmengine_checkpoint_globals, register_atomic_local_backend,
+                                register_safe_local_loader)
 from .datasets import ADE20KFormatDataset, MissingAnnotationError, SegLabelRangeError  # noqa: F401
 from .feature_pyramid import BEiT3FeaturePyramid  # noqa: F401
 from .heads import SlideMask2FormerHead  # noqa: F401
 from .optimizer import Beit3LayerDecayOptimizerConstructor  # noqa: F401
+from .runner import Beit3Runner  # noqa: F401
 from .vision_backbone import Beit3VisionTrunk  # noqa: F401
 from .vit_adapter import BEiT3ViTAdapter, default_interaction_indexes  # noqa: F401
 
 allow_mmengine_checkpoint_globals()
 register_safe_local_loader()  # load_from / resume read local files through beit3_plugins.checkpoint.safe_load
+register_atomic_local_backend()  # iter_N.pth / last_checkpoint: temp file + rename, never torn by a kill

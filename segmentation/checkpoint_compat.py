@@ -16,6 +16,14 @@ without ``weights_only``, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would tur
 refusal names no remedy. :func:`register_safe_local_loader` replaces that loader through mmengine's documented
 ``CheckpointLoader.register_scheme`` with :func:`beit3_plugins.checkpoint.safe_load` (explicit
 ``weights_only=True``, an error that says how to re-save the file).
+
+mmengine writes checkpoints in place: ``save_checkpoint`` serialises to bytes and hands them to the local
+file backend's ``put``, which opens ``iter_N.pth`` (and ``CheckpointHook``'s ``last_checkpoint``, through
+``put_text``) with ``open(path, 'wb')``; a run killed mid-write leaves a torn file (a torn ``last_checkpoint``
+makes ``resume='auto'`` start again from scratch). :func:`register_atomic_local_backend` re-registers the
+``local`` backend (prefix ``''``) through mmengine's ``register_backend(force=True)`` as
+:class:`AtomicLocalBackend`, whose writes go through :func:`beit3_plugins.checkpoint.atomic_write`
+(temp file, fsync, rename): a kill leaves the previous file or the whole new one.
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from typing import Any, List
 
 import torch
 
-__all__ = ["allow_mmengine_checkpoint_globals", "register_safe_local_loader", "MMENGINE_SAFE_GLOBALS"]
+__all__ = ["allow_mmengine_checkpoint_globals", "register_safe_local_loader", "register_atomic_local_backend",
+           "MMENGINE_SAFE_GLOBALS"]
 
 # (module, attribute): plain-data types found in mmengine 0.10 runner checkpoints
 MMENGINE_SAFE_GLOBALS = [
@@ -99,3 +108,27 @@ def register_safe_local_loader() -> None:
     from mmengine.runner import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", loader=_safe_load_from_local, force=True)
+
+
+def register_atomic_local_backend() -> None:
+    """Make mmengine's local file backend write atomically (see the module docstring)."""
+    import os
+
+    from mmengine.fileio import io as mmengine_io
+    from mmengine.fileio.backends import LocalBackend, register_backend
+
+    from beit3_plugins.checkpoint import atomic_write
+
+    class AtomicLocalBackend(LocalBackend):
+        """``LocalBackend`` whose ``put`` / ``put_text`` write a temporary file and rename it over the target."""
+
+        def put(self, obj: bytes, filepath) -> None:
+            os.makedirs(os.path.dirname(os.path.abspath(filepath)), exist_ok=True)
+            atomic_write(str(filepath), lambda handle: handle.write(obj))
+
+        def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+            self.put(obj.encode(encoding), filepath)
+
+    register_backend("local", AtomicLocalBackend, force=True, prefixes="")
+    for key in [k for k in mmengine_io.backend_instances if k.startswith(":")]:  # instances built before this
+        del mmengine_io.backend_instances[key]

@@ -10,13 +10,14 @@ image cannot be decoded.
 """
 from __future__ import annotations
 
-import json
 import os.path as osp
 from typing import List, Optional
 
 import numpy as np
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.registry import DATASETS
+
+from beit3_plugins.data.readers import read_json
 
 __all__ = ["ADE20KFormatDataset", "SegLabelRangeError", "MissingAnnotationError"]
 
@@ -67,8 +68,7 @@ class ADE20KFormatDataset(BaseSegDataset):
         path = osp.join(data_root, classes_file)
         if not osp.isfile(path):
             return None
-        with open(path) as f:
-            data = json.load(f)
+        data = read_json(path, "class list")  # not UTF-8 / not JSON / too deep: a ValueError naming the file
         classes = data.get("classes") if isinstance(data, dict) else data
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise ValueError(f"{path}: expected {{\"classes\": [names...]}} or a list of names")

@@ -165,7 +165,7 @@ def run(cfg) -> Dict[str, Any]:
     out = Path(str(tc.output_dir))
     ckpt_dir = out / "checkpoints"
     if dist.main:  # an unwritable or full output directory fails now, not after the first epoch
-        probe_output_dir(ckpt_dir)
+        probe_output_dir(ckpt_dir, setting="train.output_dir")
         if remove_stale_temporaries(ckpt_dir):
             logger.warning("%s: removed the temporary file of a checkpoint write that did not finish", ckpt_dir)
     if tc.get("num_threads"):
@@ -202,7 +202,7 @@ def run(cfg) -> Dict[str, Any]:
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups],
                                   lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps))
     if dist.main:
-        check_free_space(ckpt_dir, _checkpoint_bytes(model))
+        check_free_space(ckpt_dir, _checkpoint_bytes(model), setting="train.output_dir")
     autocast, scaler = autocast_and_scaler(str(tc.amp), device)
     state = TrainState()
     if resume is not None:

@@ -3,6 +3,7 @@
 # constructor and the ADE20K-format dataset; mmdet.models provides Mask2Former's pixel decoder and losses.
 custom_imports = dict(imports=['mmdet.models', 'beit3_plugins.segmentation'], allow_failed_imports=False)
 default_scope = 'mmseg'
+runner_type = 'Beit3Runner'  # mmengine's Runner + a write probe of work_dir before anything is built
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -11,3 +11,4 @@ require("fairseq", "fairseq", "beit3_plugins.pretraining.fairseq_plugin")
 from . import criterions, models, optimizers, safe_checkpoints, tasks  # noqa: E402,F401
 
 safe_checkpoints.install()  # --restore-file / --finetune-from-model: weights-only, with an actionable error
+safe_checkpoints.install_save_dir_probe()  # an unwritable --save-dir stops the run before training

@@ -13,6 +13,12 @@ atomically (temp file + rename) and then *copies* it to ``checkpoint_last.pt``, 
 killed inside that copy leaves a torn file that the next start would fail on. A ``checkpoint_last.pt`` that
 is not a whole zip archive is replaced by the newest whole ``checkpoint*.pt`` beside it (with a warning), and
 when there is none the error says so.
+
+:func:`install_save_dir_probe`: fairseq's ``verify_checkpoint_directory`` (run on the master before the
+task is set up) creates ``--save-dir`` and touches an empty file; a path under a regular file fails with a
+bare ``NotADirectoryError`` and a full disk is not noticed until the first checkpoint. It is replaced by
+:func:`beit3_plugins.io_checks.probe_output_dir` (a 1 MiB probe write, an ``OutputDirError`` naming
+``--save-dir``), so the run stops before any training.
 """
 from __future__ import annotations
 
@@ -26,8 +32,9 @@ from pathlib import Path
 from fairseq import checkpoint_utils
 
 from beit3_plugins.checkpoint import refuse_forced_unsafe_loading, unsafe_checkpoint_error
+from beit3_plugins.io_checks import probe_output_dir
 
-__all__ = ["install", "last_whole_checkpoint"]
+__all__ = ["install", "install_save_dir_probe", "last_whole_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +72,15 @@ def install() -> None:
 
     load_checkpoint_to_cpu.beit3_weights_only = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def install_save_dir_probe() -> None:
+    """Make fairseq's start-of-run ``--save-dir`` check the package's probe (see the module docstring)."""
+    if getattr(checkpoint_utils.verify_checkpoint_directory, "beit3_probe", False):
+        return
+
+    def verify_checkpoint_directory(save_dir: str) -> None:
+        probe_output_dir(save_dir, setting="--save-dir")
+
+    verify_checkpoint_directory.beit3_probe = True
+    checkpoint_utils.verify_checkpoint_directory = verify_checkpoint_directory

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -87,7 +88,21 @@ class Beit3MdmTaskConfig(FairseqDataclass):
     itm: bool = field(default=True, metadata={"help": "image-text matching with hard negatives (vlmo)"})
     objective: str = field(default="mdm", metadata={"help": "mdm (BEiT-3 MLM+MIM+MVLM) or vlmo (ITC+ITM+MLM)"})
     stage: str = field(default="all", metadata={"help": "stagewise pretraining: all | vision | language"})
+    debug_nan_loss_at_update: int = field(default=-1, metadata={
+        "help": "test hook: the loss of this update is NaN (fairseq must stop with FloatingPointError); -1 = off"})
     seed: int = II("common.seed")
+
+
+class _NanLoss:
+    """The criterion with its loss multiplied by NaN (``--debug-nan-loss-at-update``): a real non-finite loss
+    that flows through backward into fairseq's own gradient-norm check."""
+
+    def __init__(self, criterion) -> None:
+        self.criterion = criterion
+
+    def __call__(self, model, sample):
+        loss, sample_size, logging_output = self.criterion(model, sample)
+        return loss * float("nan"), sample_size, logging_output
 
 
 @register_task("beit3_mdm", dataclass=Beit3MdmTaskConfig)
@@ -281,13 +296,22 @@ class Beit3MdmTask(FairseqTask):
                     f"{int((bins > 0).sum())}/{len(bins)} codes used")
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """fairseq's step. A non-finite loss is logged with its update number and objectives; fairseq's trainer
+        then stops on the non-finite gradient norm (``FloatingPointError``, ``crash.pt``, NanDetector)."""
         from .optimizers import Beit3AdamW
+
+        if update_num == self.cfg.debug_nan_loss_at_update:
+            criterion = _NanLoss(criterion)
 
         if getattr(model, "sharded_state", None) is not None and not isinstance(optimizer, Beit3AdamW):
             raise ValueError(f"a model sharded by --shard-parameters needs --optimizer beit3_adamw (it reduces, "
                              f"clips and checkpoints sharded gradients); got {type(optimizer).__name__}")
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad, **kwargs)
+        if not torch.isfinite(loss).all():
+            parts = {k: float(v) for k, v in logging_output.items() if k.endswith("_loss")}
+            logger.error(f"non-finite loss {float(loss)} at update {update_num} (objectives: {parts}); fairseq "
+                         "stops this run with FloatingPointError: lower --lr, add --clip-norm, or check the batch")
         skips = sample.get("skips", {}) if not ignore_grad else {}
         for reason in SKIP_REASONS:          # every rank logs the same keys (fairseq sums them across ranks)
             logging_output[f"skip_{reason}"] = int(skips.get(reason, 0))

@@ -4,8 +4,8 @@
 * :func:`atomic_save`: serialise into a temporary file in the checkpoint's own directory, fsync it, then
   ``os.replace`` it over the old file and fsync the directory. A kill at any moment leaves either the
   previous whole checkpoint or the new whole one; the next start deletes the orphaned temporary.
-* :func:`probe_output_dir`: the output directory is created and written to before any training, so an
-  unwritable or full location fails in seconds with the path in the message, not after the first epoch.
+* :func:`probe_output_dir` / :func:`check_free_space` (from the core ``beit3_plugins.io_checks``, shared by
+  every trainer): an unwritable or full output directory fails before training, naming the path.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import os
 import random
-import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -22,15 +21,12 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from beit3_plugins.io_checks import OutputDirError, check_free_space, probe_output_dir  # re-exported
+
 __all__ = ["TrainState", "OutputDirError", "rng_state", "set_rng_state", "seed_everything", "atomic_save",
            "remove_stale_temporaries", "probe_output_dir", "check_free_space"]
 
 _TMP_SUFFIX = ".tmp"
-PROBE_BYTES = 1 << 20  # a probe this large also catches a (nearly) full disk
-
-
-class OutputDirError(OSError):
-    """``train.output_dir`` cannot hold this run's files (not creatable, not writable, or too little space)."""
 
 
 @dataclasses.dataclass
@@ -126,31 +122,3 @@ def remove_stale_temporaries(folder: Path) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def probe_output_dir(out: Path) -> None:
-    """Create ``out`` and write (then delete) a probe file there, or raise :class:`OutputDirError`."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(b"\0" * PROBE_BYTES)
-                handle.flush()
-                os.fsync(handle.fileno())
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(probe)
-    except OSError as exc:
-        raise OutputDirError(
-            f"train.output_dir={out}: cannot write there ({type(exc).__name__}: {exc}); choose a writable "
-            "directory with free space before training starts") from exc
-
-
-def check_free_space(folder: Path, checkpoint_bytes: int) -> None:
-    """A checkpoint is written beside the previous one: refuse to start when two copies would not fit."""
-    free = shutil.disk_usage(folder).free
-    if free < 2 * checkpoint_bytes:
-        raise OutputDirError(
-            f"train.output_dir={folder}: {free / 2**20:.0f} MiB free, but checkpoints need about "
-            f"{2 * checkpoint_bytes / 2**20:.0f} MiB (the new one is written beside the previous one)")
