@@ -5,7 +5,9 @@ camera-like 640x480 size, question strings) - image transform, tokenisation, sta
 output formatting included - and the task model's own method on the already prepared tensors. Random
 weights in the released shapes (no download): ``beit3_base`` at 224 px by default, ``--smoke`` uses
 ``beit3_tiny`` at 64 px (there the forward is so small that the overhead share is not meaningful).
-``python -m bench.pipelines [--smoke] [--out FILE]`` prints a markdown table (and writes it to FILE).
+``python -m bench.pipelines [--smoke] [--out FILE]`` prints a markdown table and writes it to FILE (default
+``bench/pipelines.md``, which ``python -m bench.run_all`` appends to its report; ``--smoke`` writes only to
+an explicit FILE, its numbers mean nothing).
 """
 from __future__ import annotations
 
@@ -127,8 +129,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--out", help="also write the table to this markdown file (default: bench/pipelines.md, "
+                                      "not with --smoke)")
     args = parser.parse_args(argv)
+    if args.out is None and not args.smoke:
+        args.out = str(Path(__file__).with_name("pipelines.md"))
     text = table(measure(args.smoke, args.repeats))
     print(text)
     if args.out:

@@ -100,7 +100,9 @@ def main(argv=None) -> int:
             "retrieval": retr, "ceiling": ceiling, "compile": log}
     (out.with_suffix(".json")).write_text(json.dumps(data, indent=1, default=str))
     text += "\n" + targets_section(json.loads(json.dumps(data, default=str)))
-    text += "".join("\n" + p.read_text() for p in [Path(__file__).with_name("pretrain_data.md")] if p.exists())
+    # the separately run benchmarks' last reports (`python -m bench.pretrain_data`, `python -m bench.pipelines`)
+    text += "".join("\n" + p.read_text() for p in map(Path(__file__).with_name, ("pretrain_data.md", "pipelines.md"))
+                    if p.exists())
     out.write_text(text)
     print(text)
     if not args.smoke:

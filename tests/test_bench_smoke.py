@@ -22,7 +22,7 @@ def test_smoke_run_writes_a_report_with_matching_outputs(tmp_path):
     report = out.read_text()
     for case in ("vision-only inference", "text-only inference", "fused inference", "fused forward+backward",
                  "Caption generation", "activation checkpointing", "retrieval", "Attention kernels",
-                 "forced onto SDPA", "Allocator"):
+                 "forced onto SDPA", "Allocator", "Inference pipeline overhead"):
         assert case in report, case
     assert "| ours | on |" in report and "| 256 | full |" in report and "## Targets" in report
     assert out.with_suffix(".json").exists()
