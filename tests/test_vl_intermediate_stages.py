@@ -95,3 +95,12 @@ def test_itc_stage_on_pretraining_pairs_feeds_retrieval_fine_tuning(data_world, 
         assert torch.equal(own[key], value), key
     out2 = run(cfg2)
     assert out2["steps"] == 1 and "r_mean" in out2["eval"]
+
+    # at another resolution (the published chain: ITC at 224 px, retrieval at 384) the vision positions are
+    # resampled like a released file's; the heads still load unchanged
+    larger, report = _model_from(_cfg("recipe=beit3_base_retrieval_coco", root, tiny_spm, tmp_path / "coco48",
+                                      f"model.checkpoint={stage1 / 'checkpoints' / 'last.pt'}", "task.image_size=48"))
+    assert larger.backbone.vision_pos_embed.shape[1] > first["backbone.vision_pos_embed"].shape[1]
+    assert any("vision positions resampled" in note for note in report.notes), report.notes
+    for key in heads:
+        assert torch.equal(larger.state_dict()[key], first[key]), key

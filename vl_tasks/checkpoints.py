@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from beit3_plugins.backbones import load_pretrained
+from beit3_plugins.backbones import convert_checkpoint, load_pretrained
 from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file
 
 __all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced"]
@@ -77,14 +77,18 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
                          replace_heads: Sequence[str] = ()) -> LoadReport:
     """Load ``path`` into a :class:`TaskModel` and return a report (also stored as ``model.load_report``).
 
-    Our own task checkpoints (keys ``backbone.*`` + heads) load as they are; released / pretraining files
-    are converted. Backbone keys must all be present when ``strict_backbone``; task heads may be missing
+    Our own task checkpoints (keys ``backbone.*`` + heads) load as they are, except that the backbone's
+    resolution-dependent tensors are fitted to this model as for released files (an ITC stage at 224 px
+    starts retrieval at 384 px); released / pretraining files are converted. Backbone keys must all be present when ``strict_backbone``; task heads may be missing
     (fine-tuning from a pretrained backbone starts them from scratch). ``replace_heads``: head module
     prefixes not loaded from the file (see the module docstring).
     """
     state = load_state_dict_file(path)
     if any(k.startswith("backbone.") for k in state):
         state, replaced = split_replaced(model, state, replace_heads, path)
+        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith("backbone.")}, model.backbone)
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")} | {
+            "backbone." + k: v for k, v in fitted.state_dict.items()}
         own = model.state_dict()
         wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and own[k].shape != v.shape]
@@ -98,7 +102,8 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
                                           f"backbone keys {unexpected_backbone[:10]}")
         result = model.load_state_dict(state, strict=False)
         report = LoadReport(source=path, loaded=sorted(k for k in state if k in own),
-                            missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys))
+                            missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
+                            notes=list(fitted.notes))
         _note_replaced(report, replaced)
         model.load_report = report
         return report
