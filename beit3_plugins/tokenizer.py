@@ -21,7 +21,7 @@ import sentencepiece as spm
 
 from beit3_plugins.registry import TOKENIZERS
 
-__all__ = ["Beit3Tokenizer", "SentencePieceTokenizerConfig", "Encoding", "BatchEncoding",
+__all__ = ["SequenceTokenizer", "Beit3Tokenizer", "SentencePieceTokenizerConfig", "Encoding", "BatchEncoding",
            "train_sentencepiece", "FAIRSEQ_OFFSET", "cli_main"]
 
 FAIRSEQ_OFFSET = 1  # fairseq id = sentencepiece id + 1 for every ordinary piece
@@ -60,8 +60,66 @@ class BatchEncoding:
                 "padding_mask": torch.as_tensor(self.padding_mask, device=device)}
 
 
+class SequenceTokenizer:
+    """What every text tokenizer of this package shares: a sequence is the start id + tokens[:max_length - 2]
+    + the end id, then padding (mask True at pads); batching, id range checks and pickling for data-loader
+    workers. Subclasses give ``tokenize``, ``vocab_size``, ``bos_id`` / ``eos_id`` / ``pad_id`` and ``_load``
+    (which keeps the file's content in ``self._source``)."""
+
+    cfg: Any
+    max_length: int
+    _source: Any
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"cfg": self.cfg, "source": self._source}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.cfg = state["cfg"]
+        self.max_length = self.cfg.max_length
+        self._load(state["source"], self.cfg.model_path)
+
+    def _check_range(self, token_id: int) -> None:
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} outside the tokenizer's {self.vocab_size} ids")
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, text: str, max_length: Optional[int] = None, pad: bool = True) -> Encoding:
+        """start id + tokens[:max_length - 2] + end id, padded to ``max_length`` unless ``pad=False``."""
+        max_length = self.max_length if max_length is None else max_length
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        tokens = self.tokenize(text)
+        kept = tokens[: max_length - 2]
+        ids = [self.bos_id] + kept + [self.eos_id]
+        num_tokens = len(ids)
+        if pad:
+            ids = ids + [self.pad_id] * (max_length - num_tokens)
+        return Encoding(input_ids=ids, padding_mask=[False] * num_tokens + [True] * (len(ids) - num_tokens),
+                        num_tokens=num_tokens, truncated=len(kept) < len(tokens),
+                        num_dropped=len(tokens) - len(kept))
+
+    def encode_batch(self, texts: Sequence[str], max_length: Optional[int] = None,
+                     padding: str = "max_length") -> BatchEncoding:
+        """Encode many texts; ``padding="longest"`` pads to the longest sequence instead of max_length."""
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
+        encodings = [self.encode(t, max_length, pad=False) for t in texts]
+        length = self.max_length if max_length is None else max_length
+        if padding == "longest":
+            length = max((e.num_tokens for e in encodings), default=2)
+        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
+        mask = np.ones((len(encodings), length), dtype=bool)
+        for row, enc in enumerate(encodings):
+            ids[row, : enc.num_tokens] = enc.input_ids
+            mask[row, : enc.num_tokens] = False
+        return BatchEncoding(input_ids=ids, padding_mask=mask,
+                             truncated=np.array([e.truncated for e in encodings], dtype=bool))
+
+    __call__ = encode_batch
+
+
 @TOKENIZERS.register("sentencepiece", config=SentencePieceTokenizerConfig)
-class Beit3Tokenizer:
+class Beit3Tokenizer(SequenceTokenizer):
     """Sentencepiece with fairseq ids, as the released BEiT-3 uses.
 
     Args:
@@ -86,7 +144,7 @@ class Beit3Tokenizer:
         self._load(path.read_bytes(), str(path))
 
     def _load(self, proto: bytes, name: str) -> None:
-        self._proto = proto
+        self._source = proto
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.LoadFromSerializedProto(proto)
@@ -97,14 +155,6 @@ class Beit3Tokenizer:
             raise ValueError(
                 f"{name}: sentencepiece special ids (unk, bos, eos) are {layout}; the fairseq shift needs "
                 "XLM-R's layout (0, 1, 2). Retrain with beit3_plugins.tokenizer.train_sentencepiece.")
-
-    def __getstate__(self) -> Dict[str, Any]:  # picklable for data-loader workers
-        return {"cfg": self.cfg, "proto": self._proto}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.cfg = state["cfg"]
-        self.max_length = self.cfg.max_length
-        self._load(state["proto"], self.cfg.model_path)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -138,10 +188,6 @@ class Beit3Tokenizer:
         self._check_range(token_id)
         return self.sp.id_to_piece(token_id - FAIRSEQ_OFFSET)
 
-    def _check_range(self, token_id: int) -> None:
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} outside the tokenizer's {self.vocab_size} ids")
-
     # ------------------------------------------------------------------ encoding
     def tokenize(self, text: str) -> List[int]:
         """Fairseq ids of ``text`` without <s>, </s> or truncation."""
@@ -152,37 +198,6 @@ class Beit3Tokenizer:
     def pieces(self, text: str) -> List[str]:
         return self.sp.encode(text, out_type=str)
 
-    def encode(self, text: str, max_length: Optional[int] = None, pad: bool = True) -> Encoding:
-        """``<s>`` + tokens[:max_length - 2] + ``</s>``, padded to ``max_length`` unless ``pad=False``."""
-        max_length = self.max_length if max_length is None else max_length
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
-        tokens = self.tokenize(text)
-        kept = tokens[: max_length - 2]
-        ids = [self.bos_id] + kept + [self.eos_id]
-        num_tokens = len(ids)
-        if pad:
-            ids = ids + [self.pad_id] * (max_length - num_tokens)
-        return Encoding(input_ids=ids, padding_mask=[False] * num_tokens + [True] * (len(ids) - num_tokens),
-                        num_tokens=num_tokens, truncated=len(kept) < len(tokens),
-                        num_dropped=len(tokens) - len(kept))
-
-    def encode_batch(self, texts: Sequence[str], max_length: Optional[int] = None,
-                     padding: str = "max_length") -> BatchEncoding:
-        """Encode many texts; ``padding="longest"`` pads to the longest sequence instead of max_length."""
-        if padding not in ("max_length", "longest"):
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        encodings = [self.encode(t, max_length, pad=False) for t in texts]
-        length = self.max_length if max_length is None else max_length
-        if padding == "longest":
-            length = max((e.num_tokens for e in encodings), default=2)
-        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : enc.num_tokens] = enc.input_ids
-        return BatchEncoding(input_ids=ids, padding_mask=ids == self.pad_id,
-                             truncated=np.array([e.truncated for e in encodings], dtype=bool))
-
-    __call__ = encode_batch
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (list, numpy or torch); <s>, </s>, <pad> (and <mask>) are dropped."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Union
 
-import numpy as np
 
 from beit3_plugins.registry import TOKENIZERS
-from beit3_plugins.tokenizer import BatchEncoding, Encoding
+from beit3_plugins.tokenizer import SequenceTokenizer
 
 __all__ = ["WordPieceTokenizerConfig", "BertWordPieceTokenizer", "BERT_SPECIAL_TOKENS"]
 
@@ -36,7 +35,7 @@ class WordPieceTokenizerConfig:
 
 
 @TOKENIZERS.register("wordpiece", config=WordPieceTokenizerConfig)
-class BertWordPieceTokenizer:
+class BertWordPieceTokenizer(SequenceTokenizer):
     """BERT WordPiece with the interface of :class:`~beit3_plugins.tokenizer.Beit3Tokenizer` (``encode``,
     ``encode_batch``, ``decode``, ``vocab_size``, ``pad_id``, ``mask_id``, ``special_ids``).
 
@@ -59,7 +58,7 @@ class BertWordPieceTokenizer:
     def _load(self, vocab_text: str, name: str) -> None:
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-        self._vocab_text = vocab_text
+        self._source = vocab_text
         pieces = vocab_text.split("\n")
         if pieces and pieces[-1] == "":
             pieces = pieces[:-1]
@@ -78,14 +77,6 @@ class BertWordPieceTokenizer:
         self.pad_id, self.unk_id = vocab["[PAD]"], vocab["[UNK]"]
         self.bos_id, self.eos_id, self.mask_id = vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"]
 
-    def __getstate__(self) -> Dict[str, Any]:  # picklable for data-loader workers
-        return {"cfg": self.cfg, "vocab_text": self._vocab_text}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.cfg = state["cfg"]
-        self.max_length = self.cfg.max_length
-        self._load(state["vocab_text"], self.cfg.model_path)
-
     # ------------------------------------------------------------------ vocabulary
     @property
     def vocab_size(self) -> int:
@@ -103,10 +94,6 @@ class BertWordPieceTokenizer:
         self._check_range(token_id)
         return self._pieces[token_id]
 
-    def _check_range(self, token_id: int) -> None:
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} outside the tokenizer's {self.vocab_size} ids")
-
     # ------------------------------------------------------------------ encoding
     def tokenize(self, text: str) -> List[int]:
         """WordPiece ids of ``text`` without [CLS], [SEP] or truncation."""
@@ -117,39 +104,6 @@ class BertWordPieceTokenizer:
     def pieces(self, text: str) -> List[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
-    def encode(self, text: str, max_length: Optional[int] = None, pad: bool = True) -> Encoding:
-        """``[CLS]`` + tokens[:max_length - 2] + ``[SEP]``, padded to ``max_length`` unless ``pad=False``."""
-        max_length = self.max_length if max_length is None else max_length
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
-        tokens = self.tokenize(text)
-        kept = tokens[: max_length - 2]
-        ids = [self.bos_id] + kept + [self.eos_id]
-        num_tokens = len(ids)
-        if pad:
-            ids = ids + [self.pad_id] * (max_length - num_tokens)
-        return Encoding(input_ids=ids, padding_mask=[False] * num_tokens + [True] * (len(ids) - num_tokens),
-                        num_tokens=num_tokens, truncated=len(kept) < len(tokens),
-                        num_dropped=len(tokens) - len(kept))
-
-    def encode_batch(self, texts: Sequence[str], max_length: Optional[int] = None,
-                     padding: str = "max_length") -> BatchEncoding:
-        """Encode many texts; ``padding="longest"`` pads to the longest sequence instead of max_length."""
-        if padding not in ("max_length", "longest"):
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        encodings = [self.encode(t, max_length, pad=False) for t in texts]
-        length = self.max_length if max_length is None else max_length
-        if padding == "longest":
-            length = max((e.num_tokens for e in encodings), default=2)
-        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
-        mask = np.ones((len(encodings), length), dtype=bool)
-        for row, enc in enumerate(encodings):
-            ids[row, : enc.num_tokens] = enc.input_ids
-            mask[row, : enc.num_tokens] = False
-        return BatchEncoding(input_ids=ids, padding_mask=mask,
-                             truncated=np.array([e.truncated for e in encodings], dtype=bool))
-
-    __call__ = encode_batch
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (list, numpy or torch), ``##`` continuations joined; [CLS]/[SEP]/[PAD] (and

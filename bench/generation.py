@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from beit3_plugins.backbones import unilm_attention_mask
 from bench.common import interleaved_times, median
 from bench.settings import Setting, Row, MismatchError
-
-
-def unilm_mask(n_img: int, n_txt: int) -> torch.Tensor:
-    """Captioning mask (True = blocked): image<->image, text->image, causal text->text, image->text blocked."""
-    n = n_img + n_txt
-    blocked = torch.zeros(n, n, dtype=torch.bool)
-    blocked[:n_img, n_img:] = True
-    blocked[n_img:, n_img:] = torch.triu(torch.ones(n_txt, n_txt, dtype=torch.bool), diagonal=1)
-    return blocked
 
 
 def generate(model, image, steps: int, use_cache: bool, bos: int = 0) -> torch.Tensor:
@@ -24,7 +16,7 @@ def generate(model, image, steps: int, use_cache: bool, bos: int = 0) -> torch.T
     ids = torch.full((image.shape[0], 1), bos, dtype=torch.long)
     head = model.text_embed.weight
     if use_cache:
-        out = model.forward_fused(image, ids, attn_mask=unilm_mask(model.cfg.grid_size ** 2 + 1, 1),
+        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(model.cfg.grid_size ** 2 + 1, 1),
                                   use_cache=True)
         past = out.past_kv
         for t in range(1, steps + 1):
@@ -37,7 +29,7 @@ def generate(model, image, steps: int, use_cache: bool, bos: int = 0) -> torch.T
         return ids
     n_img = model.cfg.grid_size ** 2 + 1
     for t in range(1, steps + 1):
-        out = model.forward_fused(image, ids, attn_mask=unilm_mask(n_img, ids.shape[1]))
+        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(n_img, ids.shape[1]))
         nxt = (out.hidden[:, -1] @ head.T).argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
     return ids

@@ -28,7 +28,8 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='Beit3GuardedOptimWrapper',  # OptimWrapper + stop on a non-finite loss/gradient before the step
+    on_nonfinite='stop',  # or 'skip' (counted, at most max_skips)
     optimizer=dict(type='AdamW', lr=2e-5, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='Beit3LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9, no_weight_decay_keys=('query_embed', 'query_feat', 'level_embed')))

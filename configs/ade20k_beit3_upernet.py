@@ -54,7 +54,7 @@ model = dict(
 
 train_dataloader = dict(batch_size=2)
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='Beit3GuardedOptimWrapper',  # see segmentation/nonfinite_guard.py
     optimizer=dict(type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='Beit3LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9))

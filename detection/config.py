@@ -50,7 +50,8 @@ def add_beit3_config(cfg: CN) -> CN:
     cfg.INPUT.LSJ.MIN_SCALE = 0.1
     cfg.INPUT.LSJ.MAX_SCALE = 2.0
 
-    # [name, json_file, image_root] triples registered with detectron2's register_coco_instances;
+    # [name, json_file, image_root] triples registered like detectron2's register_coco_instances (the json
+    # checked first, detection/coco_checks.py);
     # relative paths are resolved against DATASETS.ROOT (default: $DETECTRON2_DATASETS or ./datasets).
     cfg.DATASETS.COCO_INSTANCES = []
     cfg.DATASETS.ROOT = ""

@@ -1,7 +1,8 @@
 """Datasets and the training data stream.
 
-* Datasets are registered the detectron2 way (``register_coco_instances``: COCO json + image root) from
-  ``DATASETS.COCO_INSTANCES``.
+* Datasets are registered the detectron2 way (what ``register_coco_instances`` does: COCO json + image root)
+  from ``DATASETS.COCO_INSTANCES``; the json is checked first (``coco_checks.py``: a clear error naming the
+  file, or counted skips of bad annotations) and then read by detectron2's ``load_coco_json``.
 * Large-scale jitter (ViTDet / BEiT-3 recipe): random flip, resize by a factor in [0.1, 2.0] of the
   target, fixed-size crop; boxes recomputed from the cropped masks.
 * The training stream is a pure function of (seed, sample position): the order of images and every
@@ -11,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -21,8 +23,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.data import transforms as T
-from detectron2.data.datasets import register_coco_instances
 from detectron2.utils import comm
+
+from .coco_checks import load_checked_coco_json
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def dataset_root(cfg) -> str:
 
 
 def register_coco_datasets(entries: Sequence[Sequence[str]], root: str = "") -> List[str]:
-    """Register ``[name, json_file, image_root]`` entries with ``register_coco_instances``.
+    """Register ``[name, json_file, image_root]`` entries as ``register_coco_instances`` would (json checked).
 
     Relative paths are taken under ``root``. Re-registering a name with the same files is a no-op; with
     other files it is an error (detectron2's catalogs are process-global).
@@ -59,7 +62,9 @@ def register_coco_datasets(entries: Sequence[Sequence[str]], root: str = "") -> 
                 continue
             raise ValueError(f"dataset {name!r} is already registered with other files "
                              f"({getattr(meta, 'json_file', '?')}); pick another name")
-        register_coco_instances(name, {}, json_file, image_root)
+        # what detectron2's register_coco_instances does, with the json checked first (coco_checks.py)
+        DatasetCatalog.register(name, functools.partial(load_checked_coco_json, json_file, image_root, name))
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
         names.append(name)
     return names
 

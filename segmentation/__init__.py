@@ -4,7 +4,8 @@ Importing this package registers into mmseg's registries (it is what ``custom_im
 names): the ``BEiT3ViTAdapter`` and ``BEiT3FeaturePyramid`` backbones (MODELS), the
 ``SlideMask2FormerHead`` (mmseg's Mask2Former head with a sliding-window fix) (MODELS), the
 ``Beit3LayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) and the ``ADE20KFormatDataset``
-(DATASETS), the ``Beit3Runner`` that probes ``work_dir`` before building anything (RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
+(DATASETS), the ``Beit3GuardedOptimWrapper`` that refuses non-finite losses/gradients before the
+optimizer step (OPTIM_WRAPPERS), the ``Beit3Runner`` that probes ``work_dir`` before building anything (RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
 loading so that ``--resume`` and ``mim test`` work, and makes mmengine read local checkpoint files
 through the package's safe loader and write them atomically. Nothing else in the library imports mmseg.
 """
@@ -18,6 +19,7 @@ from .checkpoint_compat import (allow_mmengine_checkpoint_globals, register_atom
 from .datasets import ADE20KFormatDataset, MissingAnnotationError, SegLabelRangeError  # noqa: F401
 from .feature_pyramid import BEiT3FeaturePyramid  # noqa: F401
 from .heads import SlideMask2FormerHead  # noqa: F401
+from .nonfinite_guard import Beit3GuardedOptimWrapper, NonFiniteLossError  # noqa: F401
 from .optimizer import Beit3LayerDecayOptimizerConstructor  # noqa: F401
 from .runner import Beit3Runner  # noqa: F401
 from .vision_backbone import Beit3VisionTrunk  # noqa: F401

@@ -50,6 +50,18 @@ PUBLISHED = {
                             "task.label_smoothing": 0.1}),
     "beit3_large_imagenet": ("image_classification", "beit3_large", {"train.lr": 2e-4, "train.layer_decay": 0.8,
                              "train.drop_path": 0.25, "train.batch_size": 128, "train.mixup": 0.8}),
+    # intermediate stages (issue 13): the ImageNet-1k recipe from a 21k checkpoint with the head replaced,
+    # and the contrastive stage on pretraining pairs at the _itc_ files' 224 px
+    "beit3_base_in1k_from_in21k": ("image_classification", "beit3_base", {"train.lr": 7e-4, "train.layer_decay": 0.65,
+                                   "train.epochs": 50, "train.drop_path": 0.15, "train.mixup": 0.8,
+                                   "model.replace_heads": ["classifier"]}),
+    "beit3_large_in1k_from_in21k": ("image_classification", "beit3_large", {"train.lr": 2e-4, "train.layer_decay": 0.8,
+                                    "train.drop_path": 0.25, "model.replace_heads": ["classifier"]}),
+    "beit3_base_retrieval_itc_stage": ("retrieval", "beit3_base", {"task.image_size": 224,
+                                       "task.pairs_json": "coco/annotations/captions_train2014.json",
+                                       "task.pairs_image_dir": "coco/train2014"}),
+    "beit3_large_retrieval_itc_stage": ("retrieval", "beit3_large", {"task.image_size": 224, "train.lr": 5e-5,
+                                        "train.layer_decay": 0.85}),
 }
 
 

@@ -11,7 +11,8 @@ from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.registry import HEADS, TASKS, UnknownComponentError
 from beit3_plugins.vl_tasks import EmptySplitError
 from beit3_plugins.vl_tasks.checkpoints import load_task_checkpoint
-from beit3_plugins.vl_tasks.generation import generate, unilm_mask
+from beit3_plugins.backbones import unilm_attention_mask
+from beit3_plugins.vl_tasks.generation import generate
 from beit3_plugins.vl_tasks.optim import lr_at_step, param_groups
 
 
@@ -118,7 +119,7 @@ def test_cached_greedy_decoding_matches_full_recomputation(data_world, tiny_spm)
     with torch.no_grad():
         for _ in range(steps):
             ids = torch.tensor([s + [tok.mask_id] for s in seqs])
-            out = model.backbone.forward_fused(image, ids, attn_mask=unilm_mask(nv, ids.shape[1]))
+            out = model.backbone.forward_fused(image, ids, attn_mask=unilm_attention_mask(nv, ids.shape[1]))
             logits = model.mlm_head(out.hidden[:, -1])
             logits[:, tok.vocab_size:] = -1e9
             logits[:, [tok.mask_id, tok.pad_id, tok.bos_id, tok.eos_id]] = -1e9

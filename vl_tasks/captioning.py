@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
 from beit3_plugins.data.datasets import RecordDataset
 from beit3_plugins.data.readers import read_coco_captions
+from beit3_plugins.backbones.multiway import unilm_attention_mask
 from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
-from .generation import generate, unilm_mask
+from .generation import generate
 from .heads import MlmHead
 from .metrics import caption_metrics
 from .retrieval import KARPATHY
@@ -106,7 +107,7 @@ class CaptioningModel(TaskModel):
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         image, ids, pad, masked = batch["image"], batch["masked_ids"], batch["padding_mask"], batch["masked"]
         num_vision = self.backbone.embed_image(image[:1])[0].shape[1]
-        out = self.backbone.forward_fused(image, ids, pad, attn_mask=unilm_mask(num_vision, ids.shape[1], ids.device))
+        out = self.backbone.forward_fused(image, ids, pad, attn_mask=unilm_attention_mask(num_vision, ids.shape[1], ids.device))
         logits = self.mlm_head(out.text_tokens[masked])
         loss = official_caption_loss(logits, batch["ids"][masked], self.label_smoothing, self.drop_worst_ratio,
                                      self.drop_worst_after, int(batch.get("global_step", 0)))

@@ -7,18 +7,56 @@ keys plus the head keys of ``heads.py``; the backbone part goes through the back
 ``load_pretrained`` (q/k/v fusion, position resampling, heads kept aside), the head part through the task model's
 ``released_head_map``. Head weights the task does not use (``mim_head`` of a pretraining file, say) are
 reported, never silently dropped; heads of the wrong shape raise.
+
+Intermediate fine-tuning (ImageNet-21k -> 1k) changes a head's shape on purpose: ``replace_heads`` names the
+module prefixes (e.g. ``classifier``) whose checkpoint tensors are not loaded, so those modules keep their
+fresh init; the report lists them. Every other shape mismatch still raises.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from beit3_plugins.backbones import load_pretrained
+from beit3_plugins.backbones import convert_checkpoint, load_pretrained
 from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file
 
-__all__ = ["load_task_checkpoint", "map_released_heads"]
+__all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced"]
+
+
+def split_replaced(model, state: Dict[str, Tensor], replace_heads: Sequence[str], path: str
+                   ) -> Tuple[Dict[str, Tensor], List[str]]:
+    """``state`` without the tensors under the ``replace_heads`` module prefixes, and the model keys those
+    prefixes cover (kept at their fresh init). A prefix that names no module of the model raises: a typo
+    must not silently load a head the user meant to replace."""
+    prefixes = [p.rstrip(".") for p in replace_heads]
+    if not prefixes:
+        return state, []
+    own = model.state_dict()
+
+    def covered(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    unknown = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in own)]
+    if unknown:
+        heads = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.")})
+        raise ValueError(f"{path}: model.replace_heads names {unknown}, which are not modules of this task "
+                         f"model (its heads: {heads})")
+    if any(p == "backbone" or p.startswith("backbone.") for p in prefixes):
+        raise ValueError(f"{path}: model.replace_heads={prefixes} would discard backbone weights; it is for task "
+                         "heads only")
+    return {k: v for k, v in state.items() if not covered(k)}, sorted(k for k in own if covered(k))
+
+
+_REPLACE_HINT = ("\n(a head that should start fresh, e.g. a 21k classifier going to 1k classes: "
+                 "model.replace_heads=[<head module>])")
+
+
+def _note_replaced(report: LoadReport, replaced: List[str]) -> None:
+    if replaced:
+        report.notes.append(f"replaced heads (fresh init, checkpoint tensors not loaded, model.replace_heads): "
+                            f"{replaced}")
 
 
 def map_released_heads(model, heads: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -35,20 +73,28 @@ def map_released_heads(model, heads: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {k: v for k, v in out.items() if k in own} | {f"__unused__{k}": v for k, v in out.items() if k not in own}
 
 
-def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> LoadReport:
+def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
+                         replace_heads: Sequence[str] = ()) -> LoadReport:
     """Load ``path`` into a :class:`TaskModel` and return a report (also stored as ``model.load_report``).
 
-    Our own task checkpoints (keys ``backbone.*`` + heads) load as they are; released / pretraining files
-    are converted. Backbone keys must all be present when ``strict_backbone``; task heads may be missing
-    (fine-tuning from a pretrained backbone starts them from scratch).
+    Our own task checkpoints (keys ``backbone.*`` + heads) load as they are, except that the backbone's
+    resolution-dependent tensors are fitted to this model as for released files (an ITC stage at 224 px
+    starts retrieval at 384 px); released / pretraining files are converted. Backbone keys must all be present when ``strict_backbone``; task heads may be missing
+    (fine-tuning from a pretrained backbone starts them from scratch). ``replace_heads``: head module
+    prefixes not loaded from the file (see the module docstring).
     """
     state = load_state_dict_file(path)
     if any(k.startswith("backbone.") for k in state):
+        state, replaced = split_replaced(model, state, replace_heads, path)
+        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith("backbone.")}, model.backbone)
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")} | {
+            "backbone." + k: v for k, v in fitted.state_dict.items()}
         own = model.state_dict()
         wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and own[k].shape != v.shape]
         if wrong:
-            raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model:\n  " + "\n  ".join(wrong))
+            raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model:\n  " + "\n  ".join(wrong)
+                                          + _REPLACE_HINT)
         missing_backbone = [k for k in own if k.startswith("backbone.") and k not in state]
         unexpected_backbone = [k for k in state if k.startswith("backbone.") and k not in own]
         if strict_backbone and (missing_backbone or unexpected_backbone):
@@ -56,13 +102,16 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> Load
                                           f"backbone keys {unexpected_backbone[:10]}")
         result = model.load_state_dict(state, strict=False)
         report = LoadReport(source=path, loaded=sorted(k for k in state if k in own),
-                            missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys))
+                            missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
+                            notes=list(fitted.notes))
+        _note_replaced(report, replaced)
         model.load_report = report
         return report
     report = load_pretrained(model.backbone, state, strict=strict_backbone, source=path)
     heads = report.heads
     mapped = map_released_heads(model, model.adapt_released_heads(heads))
     usable = {k: v for k, v in mapped.items() if not k.startswith("__unused__")}
+    usable, replaced = split_replaced(model, usable, replace_heads, path)
     unused = sorted(k[len("__unused__"):] for k in mapped if k.startswith("__unused__"))
     own = model.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in usable.items()
@@ -70,7 +119,7 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> Load
     if wrong:
         raise CheckpointMismatchError(
             f"{path}: task-head tensors of the wrong shape (different number of answers/classes?):\n  "
-            + "\n  ".join(wrong))
+            + "\n  ".join(wrong) + _REPLACE_HINT)
     if usable:
         model.load_state_dict(usable, strict=False)
     head_names = {k for k in own if not k.startswith("backbone.")}
@@ -78,6 +127,7 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True) -> Load
     report.missing = sorted(["backbone." + k for k in report.missing] + sorted(head_names - set(usable)))
     if unused:
         report.notes.append(f"head weights in the file that this task does not use: {unused}")
+    _note_replaced(report, replaced)
     report.heads = heads
     model.load_report = report
     return report

@@ -26,20 +26,12 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["unilm_mask", "generate", "CANDIDATES_PER_BEAM"]
+from beit3_plugins.backbones.multiway import unilm_attention_mask
+
+__all__ = ["generate", "CANDIDATES_PER_BEAM"]
 
 #: continuations examined per beam and step (``TOPN_PER_BEAM`` of the official search)
 CANDIDATES_PER_BEAM = 3
-
-
-def unilm_mask(num_vision: int, num_text: int, device=None) -> Tensor:
-    """(N, N) bool, True = blocked: image<->image full, text->image full, text->text causal, image->text blocked."""
-    n = num_vision + num_text
-    blocked = torch.zeros(n, n, dtype=torch.bool, device=device)
-    blocked[:num_vision, num_vision:] = True
-    causal = torch.ones(num_text, num_text, dtype=torch.bool, device=device).tril()
-    blocked[num_vision:, num_vision:] = ~causal
-    return blocked
 
 
 def _drop_last(past_kv):
@@ -97,7 +89,7 @@ def generate(model, image: Tensor, bos_id: int, eos_id: int, mask_id: int, max_l
     # first step: image + [<s>, <mask>], encoded once per image, then copied to its beams
     ids = torch.tensor([[bos_id, mask_id]], device=device).expand(bsz, 2)
     num_vision = backbone.embed_image(image[:1])[0].shape[1]
-    out = backbone.forward_fused(image, ids, attn_mask=unilm_mask(num_vision, 2, device), use_cache=True)
+    out = backbone.forward_fused(image, ids, attn_mask=unilm_attention_mask(num_vision, 2, device), use_cache=True)
     rows = torch.arange(bsz, device=device).repeat_interleave(k)
     past = _reorder(_drop_last(out.past_kv), rows)
     logp = next_logprobs(out.hidden[:, -1], 0).index_select(0, rows)        # (B*k, V)

@@ -5,6 +5,9 @@ contrastive loss over the batch gathered from all ranks (learnable temperature, 
 Optionally (VL-BEiT / VLMo) an image-text matching head on the fused encoder trained on hard negatives
 sampled from the contrastive similarities (``itm_weight > 0``); evaluation can then re-rank the top
 ``rerank_k`` candidates of each query with the ITM score (``rerank_k > 0``).
+With ``pairs_json`` the training split is the image-text pairs of a COCO-captions-style file instead of the
+Karpathy training split: BEiT-3's contrastive intermediate stage on pretraining pairs (``recipe=
+beit3_base_retrieval_itc_stage``), whose checkpoint then starts retrieval fine-tuning (``model.checkpoint=``).
 VLMo backbones get VLMo's head names (``itc_image_proj`` / ``itc_text_proj`` / ``logit_scale``, ``itm_score``
 on ``pooler``, which has no LayerNorm) through :class:`VlmoRetrievalModel`; the computation is the same.
 Evaluation encodes every image and every text once and reports R@1/5/10 in both directions;
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from beit3_plugins.data import KarpathyCaptionDataset, KarpathyCaptionsConfig
+from beit3_plugins.data import (CocoCaptionPairsConfig, CocoCaptionPairsDataset, KarpathyCaptionDataset,
+                                KarpathyCaptionsConfig)
 from beit3_plugins.backbones import is_vlmo
 from beit3_plugins.vl_tasks.registry import TASKS
 
@@ -47,6 +51,8 @@ class RetrievalTaskConfig(TaskConfigBase):
     itm_weight: float = 0.0                  # > 0: add the fused ITM head and loss (VL-BEiT re-ranking)
     rerank_k: int = 0                        # > 0: re-rank the top-k of each query with the ITM head
     topk_predictions: int = 10
+    pairs_json: Optional[str] = None         # train on these image-text pairs (COCO captions format) instead
+    pairs_image_dir: Optional[str] = None    # image directory of pairs_json's file_name entries
 
 
 class RetrievalModel(TaskModel):
@@ -131,6 +137,13 @@ class RetrievalTask(ImageTextMixin, VlTask):
 
     def build_dataset(self, split: str, train: Optional[bool] = None):
         train = split == "train" if train is None else train
+        if split == "train" and self.cfg.pairs_json:
+            pairs = self.path(self.cfg.pairs_json)
+            ds = CocoCaptionPairsDataset(CocoCaptionPairsConfig(
+                json=str(pairs), image_dir=str(self.path(self.cfg.pairs_image_dir) or self.root or ""),
+                image=self.image_options(train)))
+            self.check_nonempty(ds, split, f"{pairs} (task.pairs_json)")
+            return ds
         json_path, root, train_splits = self._files()
         splits = train_splits if split == "train" else (split,)
         ds = KarpathyCaptionDataset(KarpathyCaptionsConfig(

@@ -111,7 +111,8 @@ def build_model(cfg, task, device: torch.device):
     model = task.build_model(backbone)
     report = None
     if cfg.model.get("checkpoint"):
-        report = load_task_checkpoint(model, str(cfg.model.checkpoint), strict_backbone=bool(cfg.model.strict))
+        report = load_task_checkpoint(model, str(cfg.model.checkpoint), strict_backbone=bool(cfg.model.strict),
+                                      replace_heads=list(_plain(cfg.model.get("replace_heads", [])) or []))
     return model.to(device), report
 
 

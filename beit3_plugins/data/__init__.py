@@ -4,7 +4,7 @@ that writes those formats for tests and demos. Importing this package pulls in n
 import importlib
 from typing import Any
 
-from beit3_plugins.data.datasets import (ImageFolderConfig, ImageFolderDataset, ImageOptions,
+from beit3_plugins.data.datasets import (CocoCaptionPairsConfig, CocoCaptionPairsDataset, ImageFolderConfig, ImageFolderDataset, ImageOptions,
                                          KarpathyCaptionDataset, KarpathyCaptionsConfig, Nlvr2Config,
                                          Nlvr2Dataset, RecordDataset, TextCorpusConfig, TextCorpusDataset,
                                          VqaV2Config, VqaV2Dataset)
@@ -29,7 +29,8 @@ __all__ = [
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
     # datasets (registered in beit3_plugins.registry.DATASETS)
     "RecordDataset", "ImageOptions", "VqaV2Dataset", "VqaV2Config", "Nlvr2Dataset", "Nlvr2Config",
-    "KarpathyCaptionDataset", "KarpathyCaptionsConfig", "TextCorpusDataset", "TextCorpusConfig",
+    "KarpathyCaptionDataset", "KarpathyCaptionsConfig", "CocoCaptionPairsDataset", "CocoCaptionPairsConfig",
+    "TextCorpusDataset", "TextCorpusConfig",
     "ImageFolderDataset", "ImageFolderConfig",
 ]
 

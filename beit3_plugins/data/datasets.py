@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from beit3_plugins.data.readers import (AnswerVocab, SkipCounter, load_image, read_image_folder,
+from beit3_plugins.data.readers import (AnswerVocab, SkipCounter, load_image, read_coco_captions, read_image_folder,
                                         read_karpathy, read_nlvr2, read_text_lines, read_vqa)
 from beit3_plugins.registry import DATASETS
 
 __all__ = [
     "ImageOptions", "RecordDataset", "VqaV2Dataset", "VqaV2Config", "Nlvr2Dataset", "Nlvr2Config",
-    "KarpathyCaptionDataset", "KarpathyCaptionsConfig", "TextCorpusDataset", "TextCorpusConfig",
+    "KarpathyCaptionDataset", "KarpathyCaptionsConfig", "CocoCaptionPairsDataset", "CocoCaptionPairsConfig",
+    "TextCorpusDataset", "TextCorpusConfig",
     "ImageFolderDataset", "ImageFolderConfig",
 ]
 
@@ -186,6 +187,31 @@ class KarpathyCaptionDataset(RecordDataset):
             return None
         key = "caption" if self.per_caption else "captions"
         return {"image": image, key: text, "image_index": index, "image_id": self.images[index].image_id}
+
+
+@dataclasses.dataclass
+class CocoCaptionPairsConfig:
+    json: str = ""          # COCO captions file (images + annotations), e.g. pretraining image-text pairs
+    image_dir: str = ""
+    image: ImageOptions = dataclasses.field(default_factory=ImageOptions)
+
+
+@DATASETS.register("coco_caption_pairs", config=CocoCaptionPairsConfig)
+class CocoCaptionPairsDataset(RecordDataset):
+    """One item per (image, caption) pair of a COCO-captions-style file: the image-text pairs of BEiT-3's
+    contrastive intermediate stage. Items: image, caption, image_index, image_id."""
+
+    def __init__(self, cfg: CocoCaptionPairsConfig) -> None:
+        self.images = read_coco_captions(cfg.json, cfg.image_dir)
+        records = [(index, caption) for index, record in enumerate(self.images) for caption in record.captions]
+        super().__init__(records, cfg.image.build())
+
+    def _item(self, record: Any) -> Optional[Dict[str, Any]]:
+        index, caption = record
+        image = self._image(self.images[index].image_path)
+        if image is None:
+            return None
+        return {"image": image, "caption": caption, "image_index": index, "image_id": self.images[index].image_id}
 
 
 # ---------------------------------------------------------------------------------------------- text
