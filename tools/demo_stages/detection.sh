@@ -56,8 +56,8 @@ metrics = {"val_box_AP": results["bbox"]["AP"], "val_box_AP50": results["bbox"][
            "iterations": losses[-1][0] + 1 if losses else 0, "backbone_init": init or "random"}
 report = train / "backbone_init_report.json"
 if report.exists():
-    used = json.loads(report.read_text())
-    metrics["backbone_tensors_loaded"] = len(used["used"])
+    # written by LoadReport.write (beit3_plugins/checkpoint.py)
+    metrics["backbone_tensors_loaded"] = len(json.loads(report.read_text())["loaded"])
 # chance: a detector that outputs random boxes has AP ~ 0 on COCO metrics
 chance = {"val_box_AP": 0.0, "val_mask_AP": 0.0}
 pngs = sorted((train / "visualization").glob("*.png"))
