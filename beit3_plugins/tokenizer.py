@@ -66,9 +66,25 @@ class SequenceTokenizer:
     workers. Subclasses give ``tokenize``, ``vocab_size``, ``bos_id`` / ``eos_id`` / ``pad_id`` and ``_load``
     (which keeps the file's content in ``self._source``)."""
 
+    config_type: type             # the subclass's dataclass config (``model_path``, ``max_length``, ...)
+    file_description: str         # how errors name the file, e.g. "sentencepiece model (e.g. beit3.spm)"
+    file_is_text: bool = False    # read the file as UTF-8 text instead of bytes before ``_load``
     cfg: Any
     max_length: int
     _source: Any
+
+    def __init__(self, cfg: Any) -> None:
+        """``cfg`` is a ``config_type`` instance, or simply the file's path."""
+        if not isinstance(cfg, self.config_type):
+            cfg = self.config_type(model_path=str(cfg))
+        if cfg.max_length < 2:
+            raise ValueError(f"max_length must be >= 2 (room for the start and end ids), got {cfg.max_length}")
+        self.cfg = cfg
+        self.max_length = cfg.max_length
+        path = Path(cfg.model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: {self.file_description} not found")
+        self._load(path.read_text(encoding="utf-8") if self.file_is_text else path.read_bytes(), str(path))
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"cfg": self.cfg, "source": self._source}
@@ -126,22 +142,12 @@ class Beit3Tokenizer(SequenceTokenizer):
         cfg: a :class:`SentencePieceTokenizerConfig`, or simply the model path.
     """
 
+    config_type = SentencePieceTokenizerConfig
+    file_description = "sentencepiece model (e.g. beit3.spm)"
     bos_id = 0
     pad_id = 1
     eos_id = 2
     unk_id = 3
-
-    def __init__(self, cfg: Union[SentencePieceTokenizerConfig, str, os.PathLike]) -> None:
-        if not isinstance(cfg, SentencePieceTokenizerConfig):
-            cfg = SentencePieceTokenizerConfig(model_path=str(cfg))
-        if cfg.max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (room for <s> and </s>), got {cfg.max_length}")
-        self.cfg = cfg
-        self.max_length = cfg.max_length
-        path = Path(cfg.model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: sentencepiece model (e.g. beit3.spm) not found")
-        self._load(path.read_bytes(), str(path))
 
     def _load(self, proto: bytes, name: str) -> None:
         self._source = proto

@@ -14,10 +14,7 @@ the tests check its ids against ``transformers.BertTokenizer``, the slow pure-Py
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
-from typing import Dict, Iterable, List, Union
-
+from typing import Dict, Iterable, List
 
 from beit3_plugins.registry import TOKENIZERS
 from beit3_plugins.tokenizer import SequenceTokenizer
@@ -43,17 +40,9 @@ class BertWordPieceTokenizer(SequenceTokenizer):
         cfg: a :class:`WordPieceTokenizerConfig`, or simply the vocab path.
     """
 
-    def __init__(self, cfg: Union[WordPieceTokenizerConfig, str, os.PathLike]) -> None:
-        if not isinstance(cfg, WordPieceTokenizerConfig):
-            cfg = WordPieceTokenizerConfig(model_path=str(cfg))
-        if cfg.max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {cfg.max_length}")
-        self.cfg = cfg
-        self.max_length = cfg.max_length
-        path = Path(cfg.model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: WordPiece vocabulary (BERT's vocab.txt) not found")
-        self._load(path.read_text(encoding="utf-8"), str(path))
+    config_type = WordPieceTokenizerConfig
+    file_description = "WordPiece vocabulary (BERT's vocab.txt)"
+    file_is_text = True
 
     def _load(self, vocab_text: str, name: str) -> None:
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers

@@ -164,21 +164,19 @@ class KarpathyCaptionsConfig:
     image: ImageOptions = dataclasses.field(default_factory=ImageOptions)
 
 
-@DATASETS.register("karpathy_captions", config=KarpathyCaptionsConfig)
-class KarpathyCaptionDataset(RecordDataset):
-    """Items: image, caption (or captions), image_index (position of the image in the split)."""
+class _CaptionedImagesDataset(RecordDataset):
+    """Images that each carry captions (Karpathy splits, COCO-captions files): one item per caption, or one
+    per image with all its captions. Items: image, caption (or captions), image_index (the image's position
+    in the file), image_id."""
 
-    def __init__(self, cfg: KarpathyCaptionsConfig) -> None:
-        images = read_karpathy(cfg.json, cfg.image_root, cfg.splits)
+    def __init__(self, images: List[Any], per_caption: bool, image_options: ImageOptions) -> None:
         self.images = images
-        self.per_caption = cfg.per_caption
-        records: List[Tuple[int, Any]] = []
-        for index, record in enumerate(images):
-            if cfg.per_caption:
-                records.extend((index, caption) for caption in record.captions)
-            else:
-                records.append((index, record.captions))
-        super().__init__(records, cfg.image.build())
+        self.per_caption = per_caption
+        if per_caption:
+            records = [(index, caption) for index, record in enumerate(images) for caption in record.captions]
+        else:
+            records = [(index, record.captions) for index, record in enumerate(images)]
+        super().__init__(records, image_options.build())
 
     def _item(self, record: Any) -> Optional[Dict[str, Any]]:
         index, text = record
@@ -189,6 +187,14 @@ class KarpathyCaptionDataset(RecordDataset):
         return {"image": image, key: text, "image_index": index, "image_id": self.images[index].image_id}
 
 
+@DATASETS.register("karpathy_captions", config=KarpathyCaptionsConfig)
+class KarpathyCaptionDataset(_CaptionedImagesDataset):
+    """The Karpathy-split captions json (COCO, Flickr30k) of the captioning and retrieval tasks."""
+
+    def __init__(self, cfg: KarpathyCaptionsConfig) -> None:
+        super().__init__(read_karpathy(cfg.json, cfg.image_root, cfg.splits), cfg.per_caption, cfg.image)
+
+
 @dataclasses.dataclass
 class CocoCaptionPairsConfig:
     json: str = ""          # COCO captions file (images + annotations), e.g. pretraining image-text pairs
@@ -197,21 +203,12 @@ class CocoCaptionPairsConfig:
 
 
 @DATASETS.register("coco_caption_pairs", config=CocoCaptionPairsConfig)
-class CocoCaptionPairsDataset(RecordDataset):
+class CocoCaptionPairsDataset(_CaptionedImagesDataset):
     """One item per (image, caption) pair of a COCO-captions-style file: the image-text pairs of BEiT-3's
-    contrastive intermediate stage. Items: image, caption, image_index, image_id."""
+    contrastive intermediate stage."""
 
     def __init__(self, cfg: CocoCaptionPairsConfig) -> None:
-        self.images = read_coco_captions(cfg.json, cfg.image_dir)
-        records = [(index, caption) for index, record in enumerate(self.images) for caption in record.captions]
-        super().__init__(records, cfg.image.build())
-
-    def _item(self, record: Any) -> Optional[Dict[str, Any]]:
-        index, caption = record
-        image = self._image(self.images[index].image_path)
-        if image is None:
-            return None
-        return {"image": image, "caption": caption, "image_index": index, "image_id": self.images[index].image_id}
+        super().__init__(read_coco_captions(cfg.json, cfg.image_dir), True, cfg.image)
 
 
 # ---------------------------------------------------------------------------------------------- text
