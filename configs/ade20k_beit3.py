@@ -40,13 +40,10 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000, val_interval=8000)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
-# Multi-scale + flip test ("+MS", BEiT-3 Table 6): mmseg's own TTA, `mim test mmseg configs/ade20k_beit3.py
-# --checkpoint ckpt.pth --tta` (mmseg's test.py swaps in tta_pipeline and wraps the model in SegTTAModel,
-# which averages the softmaxed logits of every pass at the original size). Scales as ViT-Adapter's
-# MultiScaleFlipAug(img_scale=(3584, 896), img_ratios=[0.5, ..., 1.75]): each pass resizes to
-# (3584 r, 896 r) keeping the aspect ratio, with and without a horizontal flip; slide inference per pass.
+# Multi-scale + flip test ("+MS", BEiT-3 Table 6), `mim test mmseg configs/ade20k_beit3.py --checkpoint
+# ckpt.pth --tta`: the protocol of _base_/seg_ade20k.py at ViT-Adapter's scale, MultiScaleFlipAug(
+# img_scale=(3584, 896), img_ratios=[0.5, ..., 1.75]); slide inference per pass.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_model = dict(type='SegTTAModel')
 tta_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[

@@ -66,17 +66,5 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000
 default_hooks = dict(checkpoint=dict(interval=16000))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
-# `mim test ... --tta`: BEiT's multi-scale + flip test (MultiScaleFlipAug(img_scale=(2048, 512),
-# img_ratios=[0.5, ..., 1.75])) through mmseg's SegTTAModel, as configs/ade20k_beit3.py
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_model = dict(type='SegTTAModel')
-tta_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='TestTimeAug', transforms=[
-        [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True) for r in img_ratios],
-        [dict(type='RandomFlip', prob=0., direction='horizontal'),
-         dict(type='RandomFlip', prob=1., direction='horizontal')],
-        [dict(type='LoadAnnotations', reduce_zero_label=True)],
-        [dict(type='PackSegInputs')],
-    ]),
-]
+# `mim test ... --tta`: BEiT's multi-scale + flip test at this config's (2048, 512) scale, inherited from
+# _base_/seg_ade20k.py (tta_model, tta_pipeline)

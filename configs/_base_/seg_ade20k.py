@@ -43,3 +43,21 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
+
+# Multi-scale + flip test of BEiT's ADE20K protocol (`mim test mmseg <config> --checkpoint ckpt.pth --tta`):
+# mmseg's test.py swaps in tta_pipeline and wraps the model in SegTTAModel, which averages the softmaxed
+# logits of every pass at the original size. As BEiT's MultiScaleFlipAug(img_scale=(2048, 512),
+# img_ratios=[0.5, ..., 1.75]): each pass resizes to (2048 r, 512 r) keeping the aspect ratio, with and
+# without a horizontal flip. Children with another test scale re-assign tta_pipeline.
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_model = dict(type='SegTTAModel')
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True) for r in img_ratios],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations', reduce_zero_label=True)],
+        [dict(type='PackSegInputs')],
+    ]),
+]
