@@ -9,11 +9,12 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from typing import IO, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from .io_checks import temporary_in
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ class UnsafeCheckpointError(CheckpointMismatchError):
     """A file that ``torch.load(weights_only=True)`` refuses: it pickles code or arbitrary objects."""
 
 
-def safe_load(path, map_location="cpu"):
+def safe_load(path, map_location="cpu", name: Optional[str] = None):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
     The one place this package unpickles a file a user supplies; weights-only loading is never turned off,
-    so a crafted checkpoint cannot run code when it is read.
+    so a crafted checkpoint cannot run code when it is read. ``path`` may be a file object; ``name`` (e.g. the
+    URL it came from) then names it in errors.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -53,7 +55,7 @@ def safe_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
-        raise unsafe_checkpoint_error(path, exc) from exc
+        raise unsafe_checkpoint_error(name or path, exc) from exc
 
 
 def _load_safetensors(path, map_location) -> Dict[str, Tensor]:
@@ -182,7 +184,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
     ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = temporary_in(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -3,19 +3,45 @@
 A run that cannot write its checkpoints should fail in seconds with the directory in the message, not after
 its first epoch: :func:`probe_output_dir` creates the directory and writes (then deletes) a 1 MiB probe file,
 so a path under a regular file, a read-only mount or a (nearly) full disk is caught before training starts.
+:func:`prepare_output_dir` (what every trainer calls) also deletes the temporaries that a killed process left
+behind: atomic writes (:func:`beit3_plugins.checkpoint.atomic_write`) and probes name theirs through
+:func:`temporary_in`, so only files of that pattern are ever removed.
 Core layer: imports no framework.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["OutputDirError", "probe_output_dir", "check_free_space", "PROBE_BYTES"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["OutputDirError", "probe_output_dir", "prepare_output_dir", "check_free_space", "temporary_in",
+           "remove_stale_temporaries", "PROBE_BYTES", "TEMPORARY_SUFFIX"]
 
 PROBE_BYTES = 1 << 20  # a probe this large also catches a (nearly) full disk
+TEMPORARY_SUFFIX = ".beit3-partial"  # distinct enough that cleaning up never touches a user's own files
+
+
+def temporary_in(folder, name: str):
+    """``(fd, path)`` of a new hidden temporary ``.<name>.<random>`` + :data:`TEMPORARY_SUFFIX` in ``folder``
+    (same filesystem, so it can be renamed over the target)."""
+    return tempfile.mkstemp(prefix=f".{name}.", suffix=TEMPORARY_SUFFIX, dir=folder)
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporaries of writes (or probes) a killed process never finished; return how many."""
+    removed = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                removed += 1
+    return removed
 
 
 class OutputDirError(OSError):
@@ -31,7 +57,7 @@ def probe_output_dir(out, setting: str = "output directory") -> Path:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=out)
+        fd, probe = temporary_in(out, "write-probe")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(b"\0" * PROBE_BYTES)
@@ -45,6 +71,16 @@ def probe_output_dir(out, setting: str = "output directory") -> Path:
             f"{setting}={out}: cannot write there ({type(exc).__name__}: {exc}); choose a writable "
             "directory with free space before training starts") from exc
     return out
+
+
+def prepare_output_dir(out, setting: str = "output directory") -> Path:
+    """What a trainer's main process runs before building anything: :func:`remove_stale_temporaries`, then
+    :func:`probe_output_dir`. Returns ``out`` as a :class:`Path`."""
+    removed = remove_stale_temporaries(out)
+    if removed:
+        logger.warning("%s=%s: removed %d temporary file(s) of writes that a killed run never finished",
+                       setting, out, removed)
+    return probe_output_dir(out, setting)
 
 
 def check_free_space(folder, checkpoint_bytes: int, setting: str = "output directory") -> None:

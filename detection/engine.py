@@ -16,7 +16,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from beit3_plugins.checkpoint import CheckpointMismatchError, atomic_write, safe_load
-from beit3_plugins.io_checks import probe_output_dir
+from beit3_plugins.io_checks import prepare_output_dir
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
 from .optimizer import build_beit3_optimizer
@@ -120,7 +120,7 @@ class Beit3DetectionTrainer(DefaultTrainer):
 
     def __init__(self, cfg) -> None:
         if comm.is_main_process():
-            probe_output_dir(cfg.OUTPUT_DIR, setting="OUTPUT_DIR")
+            prepare_output_dir(cfg.OUTPUT_DIR, setting="OUTPUT_DIR")
         super().__init__(cfg)
 
     @classmethod

@@ -3,7 +3,8 @@
 mmengine's ``Runner.__init__`` creates ``work_dir`` with ``os.makedirs`` (a path under a regular file is a
 bare ``NotADirectoryError`` from deep inside the runner) and a full disk shows only when the first
 ``iter_N.pth`` is written, after thousands of iterations. This runner first runs
-:func:`beit3_plugins.io_checks.probe_output_dir` on ``work_dir`` (create it, write 1 MiB, delete), so the
+:func:`beit3_plugins.io_checks.prepare_output_dir` on ``work_dir`` (delete the temporaries of saves a
+killed run left, create it, write 1 MiB, delete), so the
 run stops at once with an ``OutputDirError`` naming ``work_dir``. Selected by ``runner_type = 'Beit3Runner'``
 in ``configs/_base_/seg_runtime.py``; mmseg's ``tools/train.py`` builds it through ``RUNNERS``.
 """
@@ -13,7 +14,7 @@ from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from beit3_plugins.io_checks import probe_output_dir
+from beit3_plugins.io_checks import prepare_output_dir
 
 __all__ = ["Beit3Runner"]
 
@@ -24,5 +25,5 @@ class Beit3Runner(Runner):
 
     def __init__(self, *args, work_dir: str, **kwargs) -> None:
         if is_main_process():
-            probe_output_dir(work_dir, setting="work_dir")
+            prepare_output_dir(work_dir, setting="work_dir")
         super().__init__(*args, work_dir=work_dir, **kwargs)

@@ -13,6 +13,8 @@ import textwrap
 
 import torch
 
+from beit3_plugins.io_checks import TEMPORARY_SUFFIX, prepare_output_dir
+
 CHILD = textwrap.dedent("""
     import os, signal, sys, torch
     from beit3_plugins.detection import SafeDetectionCheckpointer
@@ -49,8 +51,11 @@ def test_kill_during_detectron2_save_keeps_the_last_whole_checkpoint(tmp_path):
     extra = SafeDetectionCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
     assert extra["iteration"] == 1 and torch.equal(model.weight, torch.ones(64, 64))
     names = {p.name for p in tmp_path.iterdir()}
-    assert {n for n in names if not n.endswith(".tmp")} == {"last_checkpoint", "model_final.pth"}
-    assert len(names) <= 3  # besides them, at most the dead writer's temp file
+    assert {n for n in names if not n.endswith(TEMPORARY_SUFFIX)} == {"last_checkpoint", "model_final.pth"}
+    assert len(names) == 3  # besides them, the dead writer's temporary
+    # the next run's trainer (Beit3DetectionTrainer, tools/train_net.py) prepares OUTPUT_DIR first: it goes
+    prepare_output_dir(tmp_path, setting="OUTPUT_DIR")
+    assert {p.name for p in tmp_path.iterdir()} == {"last_checkpoint", "model_final.pth"}
 
 
 def test_detectron2_stops_on_a_non_finite_loss():

@@ -16,6 +16,8 @@ import textwrap
 
 import torch
 
+from beit3_plugins.io_checks import TEMPORARY_SUFFIX
+
 CHILD = textwrap.dedent("""
     import os, resource, signal, sys, torch
     import beit3_plugins.segmentation  # noqa: F401 - registers the atomic local backend
@@ -44,5 +46,11 @@ def test_kill_during_mmengine_save_keeps_the_last_whole_checkpoint(tmp_path):
     latest = find_latest_checkpoint(str(tmp_path))
     assert latest == str(tmp_path / "iter_1.pth")
     assert torch.equal(_load_checkpoint(latest)["state_dict"]["w"], torch.full((256, 256), 1.0))
-    temporaries = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    temporaries = [p for p in os.listdir(tmp_path) if p.endswith(TEMPORARY_SUFFIX)]
     assert len(temporaries) == 1  # the unfinished write: never renamed over the whole file
+    # the next run's Beit3Runner deletes it before building anything
+    from beit3_plugins.segmentation import Beit3Runner
+
+    Beit3Runner(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(TEMPORARY_SUFFIX)]
+    assert torch.equal(_load_checkpoint(latest)["state_dict"]["w"], torch.full((256, 256), 1.0))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from beit3_plugins.io_checks import OutputDirError, probe_output_dir
+from beit3_plugins.io_checks import OutputDirError, prepare_output_dir, probe_output_dir, temporary_in
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,6 +41,25 @@ def test_probe_creates_the_dir_and_leaves_nothing(tmp_path, blocked):
     assert out.is_dir() and list(out.iterdir()) == []
     with pytest.raises(OutputDirError, match=f"x={blocked}: cannot write there .*NotADirectoryError"):
         probe_output_dir(blocked, setting="x")
+
+
+def test_prepare_removes_only_the_temporaries_of_unfinished_writes(tmp_path, caplog):
+    """What a killed atomic write or probe leaves (``temporary_in`` names) goes; the user's own files stay."""
+    from beit3_plugins.checkpoint import atomic_write
+
+    atomic_write(str(tmp_path / "model.pth"), lambda handle: handle.write(b"whole"))
+    fd, _ = temporary_in(tmp_path, "model.pth")   # as a SIGKILL mid-write leaves it
+    os.close(fd)
+    fd, _ = temporary_in(tmp_path, "write-probe")
+    os.close(fd)
+    for own in ("notes.tmp", ".cache.tmp", ".model.pth.partial"):
+        (tmp_path / own).write_text("mine")
+    with caplog.at_level("WARNING"):
+        prepare_output_dir(tmp_path, setting="work_dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.tmp", ".model.pth.partial", "model.pth",
+                                                          "notes.tmp"]
+    assert "removed 2 temporary file(s)" in caplog.text
+    assert (tmp_path / "model.pth").read_bytes() == b"whole"
 
 
 def test_fairseq_train_refuses_an_unwritable_save_dir(data_world, tiny_spm, blocked):

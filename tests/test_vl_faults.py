@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from beit3_plugins.io_checks import TEMPORARY_SUFFIX
+
 from beit3_plugins.vl_tasks.engine.loop import NonFiniteLossError
 from beit3_plugins.vl_tasks.engine.state import OutputDirError, check_free_space
 from beit3_plugins.vl_tasks.train import compose_config, run
@@ -53,7 +55,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(data_world, 
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert res.returncode == -9, res.stderr[-2000:]          # SIGKILL while step 4's checkpoint was written
     ckpt = out / "checkpoints"
-    partial = list(ckpt.glob(".last.pt.*.tmp"))
+    partial = list(ckpt.glob(".last.pt.*" + TEMPORARY_SUFFIX))
     assert len(partial) == 1 and partial[0].stat().st_size > 0
     with pytest.raises(Exception):                              # the interrupted write is not a checkpoint
         torch.load(partial[0], map_location="cpu", weights_only=True)
@@ -61,7 +63,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(data_world, 
     resumed = run(compose_config(_overrides(root, tiny_spm, out, *extra)))
     assert resumed["steps"] == 4
     assert torch.load(ckpt / "last.pt", map_location="cpu", weights_only=True)["global_step"] == 4
-    assert not list(ckpt.glob(".*.tmp"))
+    assert not list(ckpt.glob(".*" + TEMPORARY_SUFFIX))
     keys = [tuple(r.split(",")[:4]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert keys and len(keys) == len(set(keys)) and max(int(k[0]) for k in keys) == 4  # no step logged twice
 

@@ -32,7 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import beit3_plugins.detection as det
-from beit3_plugins.io_checks import probe_output_dir
+from beit3_plugins.io_checks import prepare_output_dir
 from beit3_plugins.runtime import tune_malloc_unless_disabled
 
 logger = logging.getLogger("beit3_plugins.detection.train_net")
@@ -87,7 +87,7 @@ def setup_yacs(args):
         cfg.MODEL.BEIT3.WEIGHTS = ""  # the detector checkpoint replaces every backbone tensor anyway
     cfg.freeze()
     if comm.is_main_process():  # an unwritable OUTPUT_DIR stops here, naming it, not at the first checkpoint
-        probe_output_dir(cfg.OUTPUT_DIR, setting="OUTPUT_DIR")
+        prepare_output_dir(cfg.OUTPUT_DIR, setting="OUTPUT_DIR")
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="beit3_plugins")  # our messages in log.txt
     det.register_coco_datasets(cfg.DATASETS.COCO_INSTANCES, det.data.dataset_root(cfg))
@@ -141,7 +141,7 @@ def setup_lazy(args):
         logger.warning("train.amp.enabled needs CUDA; training in fp32 on CPU")
         cfg.train.amp.enabled = False
     if comm.is_main_process():
-        probe_output_dir(cfg.train.output_dir, setting="train.output_dir")
+        prepare_output_dir(cfg.train.output_dir, setting="train.output_dir")
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="beit3_plugins")
     datasets = cfg.get("datasets", {})

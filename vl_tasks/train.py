@@ -36,7 +36,7 @@ from .engine.distributed import DistContext, resolve_device
 from .engine.logging import MetricLog, plot_curves
 from .engine.loop import evaluate, fit
 from .engine.precision import autocast_and_scaler
-from .engine.state import (TrainState, check_free_space, probe_output_dir, remove_stale_temporaries,
+from .engine.state import (TrainState, check_free_space, prepare_output_dir,
                            seed_everything, set_rng_state)
 from .optim import param_groups
 
@@ -166,9 +166,7 @@ def run(cfg) -> Dict[str, Any]:
     out = Path(str(tc.output_dir))
     ckpt_dir = out / "checkpoints"
     if dist.main:  # an unwritable or full output directory fails now, not after the first epoch
-        probe_output_dir(ckpt_dir, setting="train.output_dir")
-        if remove_stale_temporaries(ckpt_dir):
-            logger.warning("%s: removed the temporary file of a checkpoint write that did not finish", ckpt_dir)
+        prepare_output_dir(ckpt_dir, setting="train.output_dir")  # also deletes a killed save's temporary
     if tc.get("num_threads"):
         torch.set_num_threads(int(tc.num_threads))  # small CPU models run faster single-threaded on busy hosts
     device = resolve_device(str(tc.device), dist)

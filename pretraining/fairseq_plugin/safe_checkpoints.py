@@ -17,7 +17,7 @@ when there is none the error says so.
 :func:`install_save_dir_probe`: fairseq's ``verify_checkpoint_directory`` (run on the master before the
 task is set up) creates ``--save-dir`` and touches an empty file; a path under a regular file fails with a
 bare ``NotADirectoryError`` and a full disk is not noticed until the first checkpoint. It is replaced by
-:func:`beit3_plugins.io_checks.probe_output_dir` (a 1 MiB probe write, an ``OutputDirError`` naming
+:func:`beit3_plugins.io_checks.prepare_output_dir` (a 1 MiB probe write, an ``OutputDirError`` naming
 ``--save-dir``), so the run stops before any training.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 from fairseq import checkpoint_utils
 
 from beit3_plugins.checkpoint import refuse_forced_unsafe_loading, unsafe_checkpoint_error
-from beit3_plugins.io_checks import probe_output_dir
+from beit3_plugins.io_checks import prepare_output_dir
 
 __all__ = ["install", "install_save_dir_probe", "last_whole_checkpoint"]
 
@@ -80,7 +80,7 @@ def install_save_dir_probe() -> None:
         return
 
     def verify_checkpoint_directory(save_dir: str) -> None:
-        probe_output_dir(save_dir, setting="--save-dir")
+        prepare_output_dir(save_dir, setting="--save-dir")
 
     verify_checkpoint_directory.beit3_probe = True
     checkpoint_utils.verify_checkpoint_directory = verify_checkpoint_directory

@@ -1,32 +1,29 @@
 """What a run must keep to resume exactly, and how it reaches the disk without ever being half-written.
 
 * RNG state as tensors and plain Python values, so ``last.pt`` also loads with ``torch.load(weights_only=True)``.
-* :func:`atomic_save`: serialise into a temporary file in the checkpoint's own directory, fsync it, then
-  ``os.replace`` it over the old file and fsync the directory. A kill at any moment leaves either the
-  previous whole checkpoint or the new whole one; the next start deletes the orphaned temporary.
-* :func:`probe_output_dir` / :func:`check_free_space` (from the core ``beit3_plugins.io_checks``, shared by
+* :func:`atomic_save`: the core ``atomic_write`` (temporary file in the checkpoint's own directory, fsync,
+  ``os.replace``, fsync of the directory). A kill at any moment leaves either the previous whole checkpoint
+  or the new whole one; the next start deletes the orphaned temporary (``prepare_output_dir``).
+* :func:`prepare_output_dir` / :func:`check_free_space` (from the core ``beit3_plugins.io_checks``, shared by
   every trainer): an unwritable or full output directory fails before training, naming the path.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
-from beit3_plugins.io_checks import OutputDirError, check_free_space, probe_output_dir  # re-exported
+from beit3_plugins.checkpoint import atomic_write
+from beit3_plugins.io_checks import OutputDirError, check_free_space, prepare_output_dir  # re-exported
 
 __all__ = ["TrainState", "OutputDirError", "rng_state", "set_rng_state", "seed_everything", "atomic_save",
-           "remove_stale_temporaries", "probe_output_dir", "check_free_space"]
-
-_TMP_SUFFIX = ".tmp"
+           "prepare_output_dir", "check_free_space"]
 
 
 @dataclasses.dataclass
@@ -88,37 +85,7 @@ class _KillMidWrite:
         self.handle.flush()
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_save(obj: Any, path: Path, debug_kill_midway: bool = False) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial ``path`` behind (see the module docstring)."""
+    """``torch.save(obj, path)`` through :func:`beit3_plugins.checkpoint.atomic_write`: never a partial ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, _KillMidWrite(handle) if debug_kill_midway else handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the temporaries of writes that a killed process never finished; return how many."""
-    removed = 0
-    if folder.is_dir():
-        for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    atomic_write(str(path), lambda handle: torch.save(obj, _KillMidWrite(handle) if debug_kill_midway else handle))
