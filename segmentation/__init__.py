@@ -6,8 +6,8 @@ names): the ``BEiT3ViTAdapter`` and ``BEiT3FeaturePyramid`` backbones (MODELS), 
 ``Beit3LayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) and the ``ADE20KFormatDataset``
 (DATASETS), the ``Beit3GuardedOptimWrapper`` that refuses non-finite losses/gradients before the
 optimizer step (OPTIM_WRAPPERS), the ``Beit3Runner`` that probes ``work_dir`` before building anything (RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
-loading so that ``--resume`` and ``mim test`` work, and makes mmengine read local checkpoint files
-through the package's safe loader and write them atomically. Nothing else in the library imports mmseg.
+loading so that ``--resume`` and ``mim test`` work, and makes mmengine read checkpoints from every source (local, URL, named
+schemes) through the package's safe loader and write them atomically. Nothing else in the library imports mmseg.
 """
 from beit3_plugins.optional import require
 
@@ -15,7 +15,7 @@ for _module in ("mmengine", "mmcv.ops", "mmdet", "mmseg"):
     require(_module, "mmseg", "beit3_plugins.segmentation")
 
 from .checkpoint_compat import (allow_mmengine_checkpoint_globals, register_atomic_local_backend,
-                                register_safe_local_loader)
+                                register_safe_checkpoint_loaders)
 from .datasets import ADE20KFormatDataset, MissingAnnotationError, SegLabelRangeError  # noqa: F401
 from .feature_pyramid import BEiT3FeaturePyramid  # noqa: F401
 from .heads import SlideMask2FormerHead  # noqa: F401
@@ -26,5 +26,5 @@ from .vision_backbone import Beit3VisionTrunk  # noqa: F401
 from .vit_adapter import BEiT3ViTAdapter, default_interaction_indexes  # noqa: F401
 
 allow_mmengine_checkpoint_globals()
-register_safe_local_loader()  # load_from / resume read local files through beit3_plugins.checkpoint.safe_load
+register_safe_checkpoint_loaders()  # load_from / resume / Pretrained init: every scheme reads weights-only
 register_atomic_local_backend()  # iter_N.pth / last_checkpoint: temp file + rename, never torn by a kill

@@ -11,11 +11,16 @@ One more global is needed: ``HistoryBuffer.__getstate__`` stores its statistics 
 any attribute of any allowed object (e.g. ``ndarray.tofile``), so the pickled name ``builtins.getattr``
 is mapped to :func:`_history_buffer_getattr`, which only returns HistoryBuffer's statistics methods.
 
-mmengine's own local-file loader (``load_from_local``, behind ``load_from`` and ``resume``) calls ``torch.load``
-without ``weights_only``, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would turn into a full unpickler, and its
-refusal names no remedy. :func:`register_safe_local_loader` replaces that loader through mmengine's documented
-``CheckpointLoader.register_scheme`` with :func:`beit3_plugins.checkpoint.safe_load` (explicit
-``weights_only=True``, an error that says how to re-save the file).
+mmengine's checkpoint loaders (``CheckpointLoader`` schemes, behind ``load_from``, ``resume`` and every
+``init_cfg=dict(type='Pretrained', checkpoint=...)``) call ``torch.load`` without ``weights_only`` (local files,
+``pavi://``, ``s3://``) or through ``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to
+False even in torch 2.14 (``http(s)://`` and the named schemes ``open-mmlab://``, ``torchvision://``,
+``mmcls://`` that resolve to a URL): a crafted file behind a URL in a config would run code when read.
+:func:`register_safe_checkpoint_loaders` replaces every scheme through mmengine's documented
+``CheckpointLoader.register_scheme(force=True)`` with loaders that fetch the file as mmengine does (its own
+name tables, torch.hub's downloader and cache folder, its file backends) and read it with
+:func:`beit3_plugins.checkpoint.safe_load` (explicit ``weights_only=True``, an error that says how to re-save
+the file). :data:`SAFE_SCHEMES` lists them; a test fails if mmengine gains a scheme this table lacks.
 
 mmengine writes checkpoints in place: ``save_checkpoint`` serialises to bytes and hands them to the local
 file backend's ``put``, which opens ``iter_N.pth`` (and ``CheckpointHook``'s ``last_checkpoint``, through
@@ -28,13 +33,15 @@ makes ``resume='auto'`` start again from scratch). :func:`register_atomic_local_
 from __future__ import annotations
 
 import importlib
+import io
+import os
 import pickle
-from typing import Any, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
-__all__ = ["allow_mmengine_checkpoint_globals", "register_safe_local_loader", "register_atomic_local_backend",
-           "MMENGINE_SAFE_GLOBALS"]
+__all__ = ["allow_mmengine_checkpoint_globals", "register_safe_checkpoint_loaders", "register_atomic_local_backend",
+           "MMENGINE_SAFE_GLOBALS", "SAFE_SCHEMES"]
 
 # (module, attribute): plain-data types found in mmengine 0.10 runner checkpoints
 MMENGINE_SAFE_GLOBALS = [
@@ -94,20 +101,117 @@ def allow_mmengine_checkpoint_globals() -> List[str]:
     return added
 
 
-def _safe_load_from_local(filename, map_location):
-    """mmengine's local-file checkpoint loader, reading through the package's one safe loader."""
-    import os.path as osp
+def load_from_local_weights_only(filename, map_location=None):
+    """Local files (the ``''`` scheme)."""
+    from beit3_plugins.checkpoint import safe_load
+
+    return safe_load(os.path.expanduser(filename), map_location=map_location)
+
+
+def _download_to_hub_cache(url: str) -> str:
+    """``url`` in mmengine's ``load_url`` cache (``<torch hub dir>/checkpoints/<file name>``): downloaded once
+    by torch.hub's downloader (temporary file, then rename), reused afterwards."""
+    from urllib.parse import urlparse
+
+    from torch.hub import download_url_to_file, get_dir
+
+    folder = os.path.join(get_dir(), "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    cached = os.path.join(folder, os.path.basename(urlparse(url).path))
+    if not os.path.isfile(cached):
+        download_url_to_file(url, cached, None, progress=False)
+    return cached
+
+
+def load_from_http_weights_only(filename, map_location=None):
+    """``http(s)://``: rank 0 downloads first and the other ranks wait, then read the cached copy (as mmengine's
+    ``load_from_http``)."""
+    from mmengine.dist import get_dist_info
 
     from beit3_plugins.checkpoint import safe_load
 
-    return safe_load(osp.expanduser(filename), map_location=map_location)
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        path = _download_to_hub_cache(filename)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            path = _download_to_hub_cache(filename)
+    return safe_load(path, map_location=map_location, name=f"{filename} (downloaded to {path})")
 
 
-def register_safe_local_loader() -> None:
-    """Make ``CheckpointLoader`` read local files (the ``''`` scheme) with :func:`_safe_load_from_local`."""
+def load_from_named_url_weights_only(filename, map_location=None):
+    """``torchvision://`` / ``modelzoo://``, ``open-mmlab://`` / ``openmmlab://``, ``mmcls://``: the name is
+    looked up in mmengine's own tables (``open_mmlab.json`` in ``$MMENGINE_HOME`` extends them), then read
+    like any URL or, for open-mmlab names that map to a relative path, like a file under ``$MMENGINE_HOME``."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+
+    from beit3_plugins.checkpoint import safe_load
+
+    scheme, name = filename.split("://", 1)
+    if scheme in ("torchvision", "modelzoo"):
+        url = mmengine_checkpoint.get_torchvision_models()[name]
+    elif scheme == "mmcls":
+        checkpoint = load_from_http_weights_only(mmengine_checkpoint.get_mmcls_models()[name], map_location)
+        return mmengine_checkpoint._process_mmcls_checkpoint(checkpoint)
+    else:
+        name = mmengine_checkpoint.get_deprecated_model_names().get(name, name)
+        url = mmengine_checkpoint.get_external_models()[name]
+        if not url.startswith(("http://", "https://")):
+            return safe_load(os.path.join(mmengine_checkpoint._get_mmengine_home(), url), map_location=map_location)
+    return load_from_http_weights_only(url, map_location)
+
+
+def load_from_object_store_weights_only(filename, map_location=None, backend="petrel"):
+    """``s3://`` / ``petrel://`` (optionally ``name:`` in front): the bytes through mmengine's file backend."""
+    from mmengine.fileio import get_file_backend
+
+    from beit3_plugins.checkpoint import safe_load
+
+    with io.BytesIO(get_file_backend(filename, backend_args={"backend": backend}).get(filename)) as buffer:
+        return safe_load(buffer, map_location=map_location, name=filename)
+
+
+def load_from_pavi_weights_only(filename, map_location=None):
+    """``pavi://``: downloaded by the pavi client into a temporary folder, then read."""
+    import tempfile
+
+    from beit3_plugins.checkpoint import safe_load
+
+    try:
+        from pavi import modelcloud
+    except ImportError:
+        raise ImportError("pavi:// checkpoints need the pavi package (pip install pavi)") from None
+    model = modelcloud.get(filename[len("pavi://"):])
+    with tempfile.TemporaryDirectory() as folder:
+        downloaded = os.path.join(folder, model.name)
+        model.download(downloaded)
+        return safe_load(downloaded, map_location=map_location)
+
+
+# every prefix mmengine 0.10 registers, with its weights-only replacement (mmengine logs a loader by its name
+# after "load_from_": "Loads checkpoint by http_weights_only backend")
+SAFE_SCHEMES: Dict[str, Callable] = {
+    "": load_from_local_weights_only,
+    "http://": load_from_http_weights_only,
+    "https://": load_from_http_weights_only,
+    "torchvision://": load_from_named_url_weights_only,
+    "modelzoo://": load_from_named_url_weights_only,
+    "open-mmlab://": load_from_named_url_weights_only,
+    "openmmlab://": load_from_named_url_weights_only,
+    "mmcls://": load_from_named_url_weights_only,
+    r"(\S+\:)?s3://": load_from_object_store_weights_only,
+    r"(\S+\:)?petrel://": load_from_object_store_weights_only,
+    "pavi://": load_from_pavi_weights_only,
+}
+
+
+def register_safe_checkpoint_loaders() -> None:
+    """Make every ``CheckpointLoader`` scheme read weights-only (see the module docstring)."""
     from mmengine.runner import CheckpointLoader
 
-    CheckpointLoader.register_scheme(prefixes="", loader=_safe_load_from_local, force=True)
+    for prefix, loader in SAFE_SCHEMES.items():
+        CheckpointLoader.register_scheme(prefixes=prefix, loader=loader, force=True)
 
 
 def register_atomic_local_backend() -> None:

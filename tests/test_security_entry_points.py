@@ -172,6 +172,68 @@ def test_mmengine_load_from_and_resume(evil, force_env, tmp_path):
     assert torch.equal(_load_checkpoint(str(good), map_location="cpu")["state_dict"]["w"], torch.ones(1))
 
 
+def test_mmengine_remote_schemes(evil, force_env, tmp_path, monkeypatch):
+    """A checkpoint behind a URL (``load_from='https://...'``, ``init_cfg=dict(type='Pretrained', ...)``) or a
+    named scheme (``open-mmlab://``, resolved through ``$MMENGINE_HOME/open_mmlab.json``): mmengine's own
+    loaders pass it to ``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to False. Served
+    from 127.0.0.1: the crafted file is refused, a plain one still loads."""
+    import json
+
+    import beit3_plugins.segmentation  # noqa: F401
+    from mmengine.model import BaseModule
+    from mmengine.runner.checkpoint import _load_checkpoint
+    from zoo_server import ZooServer
+
+    path, marker = evil
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "evil.pth").write_bytes(path.read_bytes())
+    torch.save({"state_dict": {"layer.weight": torch.full((1, 1), 3.0), "layer.bias": torch.zeros(1)}},
+               served / "good.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))      # torch.hub's download cache
+    home = tmp_path / "mmengine_home"
+    home.mkdir()
+    monkeypatch.setenv("MMENGINE_HOME", str(home))
+    (home / "evil_local.pth").write_bytes(path.read_bytes())
+
+    class Linear(BaseModule):
+        def __init__(self, checkpoint):
+            super().__init__(init_cfg=dict(type="Pretrained", checkpoint=checkpoint))
+            self.layer = torch.nn.Linear(1, 1)
+
+    with ZooServer(served) as server:
+        (home / "open_mmlab.json").write_text(json.dumps(
+            {"evil_net": server.url + "/evil.pth", "good_net": server.url + "/good.pth",
+             "evil_local": "evil_local.pth"}))
+        for source in (server.url + "/evil.pth", "open-mmlab://evil_net", "openmmlab://evil_local"):
+            with pytest.raises(UnsafeCheckpointError) as info:
+                _load_checkpoint(source, map_location="cpu")
+            assert "re-save" in str(info.value) and not marker.exists(), (source, str(info.value))
+        with pytest.raises(UnsafeCheckpointError):
+            Linear(server.url + "/evil.pth").init_weights()
+        assert not marker.exists()
+        good = _load_checkpoint("open-mmlab://good_net", map_location="cpu")
+        assert torch.equal(good["state_dict"]["layer.weight"], torch.full((1, 1), 3.0))
+        model = Linear(server.url + "/good.pth")
+        model.init_weights()
+        assert model.layer.weight.item() == 3.0
+    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / "good.pth").is_file()  # mmengine's cache folder
+
+
+def test_every_mmengine_scheme_reads_weights_only():
+    """Each prefix mmengine, mmdet and mmseg register in ``CheckpointLoader`` is one of our weights-only loaders;
+    a scheme added by a newer release fails here instead of silently unpickling."""
+    import beit3_plugins.segmentation  # noqa: F401
+    import mmdet.models  # noqa: F401
+    import mmseg.models  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+
+    from beit3_plugins.segmentation.checkpoint_compat import SAFE_SCHEMES
+
+    assert set(CheckpointLoader._schemes) == set(SAFE_SCHEMES)
+    assert all(CheckpointLoader._schemes[prefix] is loader for prefix, loader in SAFE_SCHEMES.items())
+
+
 def test_safetensors(evil, force_env, tmp_path):
     from safetensors.torch import save_file
 
