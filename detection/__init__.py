@@ -15,11 +15,12 @@ from .optimizer import beit3_optimizer_params, build_beit3_optimizer
 from .coco_checks import CocoAnnotationError, check_coco_json
 from .data import (ResumableTrainingStream, SeededMapper, build_resumable_train_loader, build_train_mapper,
                    lsj_augmentations, register_coco_datasets)
+from .evaluation import CheckedCOCOEvaluator, checked_ground_truth
 from .engine import Beit3DetectionTrainer, SafeDetectionCheckpointer, SeedPerIteration
 from .visualize import visualize_predictions
 
 __all__ = [
-    "CocoAnnotationError", "check_coco_json",
+    "CocoAnnotationError", "check_coco_json", "CheckedCOCOEvaluator", "checked_ground_truth",
     "add_beit3_config", "Beit3ViTDet", "Beit3ViTDetSpec", "build_beit3_net", "build_beit3_vitdet_backbone",
     "build_simple_feature_pyramid", "default_global_attn_indexes", "SoftNMSCascadeROIHeads", "batched_soft_nms",
     "soft_nms", "soft_nms_inference_single_image", "beit3_optimizer_params", "build_beit3_optimizer",

@@ -12,13 +12,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from beit3_plugins.checkpoint import CheckpointMismatchError, atomic_write, safe_load
 from beit3_plugins.io_checks import prepare_output_dir
 
 from .data import build_resumable_train_loader, build_train_mapper, mix_seed
+from .evaluation import CheckedCOCOEvaluator
 from .optimizer import build_beit3_optimizer
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ class Beit3DetectionTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
-                             use_fast_impl=False)
+        return CheckedCOCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
+                                    use_fast_impl=False)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):  # noqa: N802 - detectron2's name for it (tools/train_net.py)

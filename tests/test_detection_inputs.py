@@ -93,3 +93,57 @@ def test_pickled_detector_checkpoints_are_refused(tmp_path):
     torch.save({"model": model.state_dict(), "extra": Path("/")}, tmp_path / "model.pth")
     with pytest.raises(CheckpointMismatchError, match="weights-only"):
         det.SafeDetectionCheckpointer(model).load(str(tmp_path / "model.pth"))
+
+
+def _perfect_predictions(records):
+    """The kept ground truth boxes as detections with score 1 (what a perfect detector outputs)."""
+    from detectron2.structures import Boxes, BoxMode, Instances
+
+    outputs = []
+    for record in records:
+        instances = Instances((record["height"], record["width"]))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]]
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.long)
+        outputs.append({"instances": instances})
+    return [{"image_id": r["image_id"]} for r in records], outputs
+
+
+def test_evaluation_ground_truth_is_what_the_loader_kept(data_world, tmp_path):
+    """Annotations the checked loader skips (a NaN box, one without ``bbox``) are not in the evaluation ground
+    truth either: detectron2's own COCOEvaluator, reading the original json, crashes on the missing box
+    (and without it scores the NaN box as a missed object); ours scores a perfect detector at AP 100."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import COCOEvaluator
+
+    _, manifest = data_world
+    data = json.loads(manifest.path("instances_val").read_text())
+    data["annotations"][0]["bbox"] = [1.0, 2.0, float("nan"), 4.0]
+    del data["annotations"][1]["bbox"]
+    path = tmp_path / "instances_val_damaged.json"
+    path.write_text(json.dumps(data))
+    name = "damaged_val"
+    det.register_coco_datasets([[name, str(path), str(manifest.path("det_images_val"))]])
+    try:
+        records = DatasetCatalog.get(name)
+        assert MetadataCatalog.get(name).skipped_annotations == {"bbox missing or not 4 finite numbers": 2}
+        assert sum(len(r["annotations"]) for r in records) == len(data["annotations"]) - 2
+        inputs, outputs = _perfect_predictions(records)
+
+        ours = det.CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "eval"))
+        ours.reset()
+        ours.process(inputs, outputs)
+        assert ours.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+        assert (tmp_path / "eval" / f"{name}_checked_gt.json").is_file()
+        assert json.loads(path.read_text())["annotations"][1].get("bbox") is None   # the user's file is untouched
+
+        stock = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "stock"))
+        stock.reset()
+        stock.process(inputs, outputs)
+        with pytest.raises(KeyError, match="bbox"):
+            stock.evaluate()
+    finally:
+        for catalog_name in (name, f"{name}_checked"):
+            DatasetCatalog.pop(catalog_name, None)
+            MetadataCatalog.pop(catalog_name, None)

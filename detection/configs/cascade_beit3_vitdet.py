@@ -8,7 +8,6 @@ from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -17,9 +16,9 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 import torch
 
-from beit3_plugins.detection import (Beit3ViTDetSpec, SoftNMSCascadeROIHeads, beit3_optimizer_params,
-                                     build_beit3_net, build_resumable_train_loader, build_simple_feature_pyramid,
-                                     lsj_augmentations)
+from beit3_plugins.detection import (Beit3ViTDetSpec, CheckedCOCOEvaluator, SoftNMSCascadeROIHeads,
+                                     beit3_optimizer_params, build_beit3_net, build_resumable_train_loader,
+                                     build_simple_feature_pyramid, lsj_augmentations)
 
 IMAGE_SIZE = 1280
 
@@ -63,7 +62,8 @@ dataloader = dict(
         mapper=L(DatasetMapper)(is_train=False, augmentations=[
             L(T.ResizeShortestEdge)(short_edge_length=IMAGE_SIZE, max_size=IMAGE_SIZE)], image_format="RGB"),
         num_workers=4),
-    evaluator=L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False),
+    # detectron2's COCOEvaluator, scoring against the annotations the loader kept (detection/evaluation.py)
+    evaluator=L(CheckedCOCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False),
 )
 
 # multi-scale + flip evaluation with detectron2's GeneralizedRCNNWithTTA (tools/train_net.py --tta or
