@@ -1,16 +1,25 @@
-"""Which attention kernel runs: PyTorch's fused ``scaled_dot_product_attention`` or two matmuls around a softmax,
-chosen by measurement.
+"""Which attention kernel runs: PyTorch's fused ``scaled_dot_product_attention`` or two matmuls around a softmax.
 
 Which one is faster depends on the CPU family, the dtype and whether a backward pass follows: on an AMD EPYC
-(this project's CI machine) bf16 bmm+softmax+bmm ran about twice as fast as the fused kernel forward and
-backward at BEiT-3's lengths, while on an Intel Xeon with AMX the fused kernel won bf16 *inference* (matmul at
-0.49-0.89x) and lost only forward+backward. A fixed rule tuned on one machine is wrong on the other, so
-``auto`` times both kernels once per *shape class* - (grad mode, dtype, device, head dim, Lq*Lk and B*H in
-powers of two) - at first use, on copies of the real inputs, and keeps the faster one for the rest of the
-process (``kernel_choices()`` shows the table; ``python -m bench.attention_kernels`` prints it beside the
-timings). In grad mode the matmul path stores the attention matrix for backward, so it must win by
-``TRAINING_MARGIN`` to be picked; above ``MATMUL_MAX_SCORES`` it is never tried (memory). On CUDA, while
-compiling / tracing, and for score matrices above that size ``auto`` is the fused kernel without measuring.
+bf16 bmm+softmax+bmm ran about twice as fast as the fused kernel forward and backward at BEiT-3's lengths,
+while on an Intel Xeon with AMX the fused kernel won bf16 *inference* (matmul at 0.34-0.89x) and lost
+forward+backward; in fp32 the fused kernel was level or faster on both. ``auto`` therefore is
+
+* the fused kernel on CUDA, while compiling / tracing, above ``MATMUL_MAX_SCORES`` (memory), and in fp32;
+* the matmul path for bf16/fp16 training (a backward pass follows) on the CPU: faster on every CPU measured;
+* for bf16/fp16 inference on the CPU, the one measured faster - timed once per *shape class* (grad mode,
+  dtype, device, head dim, Lq*Lk and B*H in powers of two) at first use, on copies of the real inputs, and
+  kept for the rest of the process (``kernel_choices()`` shows the table; ``python -m bench.attention_kernels``
+  prints it beside the timings). Matmul must win by ``INFERENCE_MARGIN`` so noise does not flip near-ties.
+
+Why training never depends on a measurement under ``auto``: the two kernels round differently, and a choice
+that flips with machine load between the run that saved a checkpoint and the run that resumes it (or between
+a run and its ``--eval-only`` twin in fp32) makes them compute different weights. So everything a training run
+computes follows fixed rules; only reduced-precision inference, where either kernel can be 2x faster, is timed
+(its outputs may differ between processes at bf16 rounding level). ``measured`` times every shape class,
+training and fp32 included (matmul must then win by ``TRAINING_MARGIN`` in grad mode, as it keeps the
+attention matrix): the fastest choice on an unknown CPU, at the price ``torch.backends.cudnn.benchmark`` asks
+too - the arithmetic, hence a resumed run's weights, may then depend on the machine's load.
 
 Both kernels take the same masks (boolean, True = may attend; or an additive float bias with -inf where
 not allowed) and give the same result, including a query row with every key masked: all zeros, as SDPA
@@ -31,20 +40,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["AttentionKernel", "attend", "resolve_kernel", "MATMUL_MAX_SCORES", "kernel_choices",
-           "clear_kernel_choices", "shape_class", "TRAINING_MARGIN"]
+           "clear_kernel_choices", "shape_class", "TRAINING_MARGIN", "INFERENCE_MARGIN"]
 
 # Above this Lq * Lk the matmul path is never tried: the saved attention matrices grow large, and near 2000
 # tokens the fused kernel was faster on every machine measured.
 MATMUL_MAX_SCORES = 1100 * 1100
-# matmul must be this much faster to be picked when a backward pass will follow (it keeps the matrix);
-# for inference a smaller margin keeps timing noise from flipping near-ties
+# matmul must be this much faster to be picked when a backward pass will follow (it keeps the matrix;
+# ``measured`` only); for inference a smaller margin keeps timing noise from flipping near-ties
 TRAINING_MARGIN = 0.9
 INFERENCE_MARGIN = 0.97
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 _REPEATS = 5
 
 
 class AttentionKernel(str, enum.Enum):
-    AUTO = "auto"        # the faster of the two, measured once per shape class (see the module docstring)
+    AUTO = "auto"        # fixed rules, and a measurement for reduced-precision inference (module docstring)
+    MEASURED = "measured"  # the faster of the two, measured per shape class, training too (not reproducible)
     SDPA = "sdpa"        # always torch's fused scaled_dot_product_attention
     MATMUL = "matmul"    # always bmm + softmax + bmm
 
@@ -171,14 +182,19 @@ def _static_choice() -> bool:
 
 def resolve_kernel(q: Tensor, k: Tensor, kernel: AttentionKernel = AttentionKernel.AUTO, v: Optional[Tensor] = None,
                    mask: Optional[Tensor] = None) -> AttentionKernel:
-    """The kernel ``attend`` runs for these inputs: an explicit choice is kept; ``auto`` is the fused kernel on
-    CUDA, for large score matrices and while compiling, else the measured faster one of the shape class."""
+    """The kernel ``attend`` runs for these inputs: ``sdpa`` / ``matmul`` are kept; ``auto`` and ``measured``
+    follow the rules of the module docstring."""
     kernel = AttentionKernel(kernel)
-    if kernel != AttentionKernel.AUTO:
+    if kernel in (AttentionKernel.SDPA, AttentionKernel.MATMUL):
         return kernel
     if q.device.type != "cpu" or q.shape[-2] * k.shape[-2] > MATMUL_MAX_SCORES or _static_choice():
         return AttentionKernel.SDPA
     training = _training(q, k, v)
+    if kernel == AttentionKernel.AUTO:  # fixed rules wherever the result feeds training or fp32 numbers
+        if q.dtype not in REDUCED_PRECISION:
+            return AttentionKernel.SDPA
+        if training:
+            return AttentionKernel.MATMUL
     key = shape_class(q, k, training)
     choice = _CHOICES.get(key)
     if choice is None:

@@ -1,9 +1,9 @@
 """Attention kernels side by side: torch's fused ``scaled_dot_product_attention`` against the matmul path
 (``backbones.attention``), forward and forward+backward, fp32 and bf16, at the sequence lengths BEiT-3 meets.
 
-What ``attention_kernel="auto"`` decides on this machine: it measures both kernels once per (grad mode, dtype,
-shape class) at first use, so the table shows its pick for inference and for training beside the timings
-(``python -m bench.attention_kernels`` prints it; ``bench.run_all`` puts it in the report). Outputs and gradients
+What ``attention_kernel="auto"`` decides on this machine: fixed rules for training and fp32, a one-time
+measurement per shape class for bf16 inference, so the table shows its pick for inference and for training
+beside the timings (``python -m bench.attention_kernels`` prints it; ``bench.run_all`` puts it in the report). Outputs and gradients
 are checked equal before timing.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The two attention kernels (torch's fused SDPA and bmm + softmax + bmm) give the same results for every mask
-the backbone builds, and ``auto`` picks the kernel measured faster, per grad mode and shape class."""
+the backbone builds, and ``auto``: fixed rules for training and fp32, the kernel measured faster per shape class
+for reduced-precision inference."""
 import pytest
 import torch
 
@@ -76,35 +77,48 @@ def test_auto_picks_the_measured_faster_kernel(monkeypatch, fresh_choices, slow,
 
 
 def test_choice_is_measured_once_per_grad_mode_and_shape_class(monkeypatch, fresh_choices):
-    """Inference and training are separate classes (the Xeon AMX case: fused wins forward, matmul wins fwd+bwd);
-    a repeated class reuses the measurement, a new length bucket measures again."""
+    """A repeated class reuses the measurement, a new length bucket measures again; with ``measured`` training
+    and fp32 are measured too, as classes of their own (the Xeon AMX case: fused wins forward, matmul fwd+bwd)."""
     calls = []
     monkeypatch.setattr(attention, "_measure", lambda q, k, v, mask, training: calls.append(training) or
                         ((1.0, 2.0) if not training else (2.0, 1.0)))
     q = torch.randn(2, 2, 30, 8, dtype=torch.bfloat16)
     assert resolve_kernel(q, q) == AttentionKernel.SDPA
     assert resolve_kernel(q + 1, q) == AttentionKernel.SDPA
-    grad_q = q.clone().requires_grad_()
-    assert resolve_kernel(grad_q, q) == AttentionKernel.MATMUL
-    with torch.no_grad():
-        assert resolve_kernel(grad_q, q) == AttentionKernel.SDPA       # no backward follows: inference class
     longer = torch.randn(2, 2, 120, 8, dtype=torch.bfloat16)
     resolve_kernel(longer, longer)
-    assert calls == [False, True, False]
-
-
-def test_training_needs_a_clear_win_and_large_or_cuda_shapes_skip_measuring(monkeypatch, fresh_choices):
+    assert calls == [False, False]
+    grad_q = q.clone().requires_grad_()
+    assert resolve_kernel(grad_q, q, "measured") == AttentionKernel.MATMUL
+    with torch.no_grad():
+        assert resolve_kernel(grad_q, q, "measured") == AttentionKernel.SDPA   # inference class, already measured
+    assert resolve_kernel(q.float(), q.float(), "measured") == AttentionKernel.SDPA
+    assert calls == [False, False, True, False]
     monkeypatch.setattr(attention, "_measure", lambda *a: (1.0, 0.95))   # matmul 5% faster: within the margin
-    grad_q = torch.randn(1, 1, 16, 8).requires_grad_()
-    assert resolve_kernel(grad_q, grad_q) == AttentionKernel.SDPA
-    assert resolve_kernel(grad_q.detach(), grad_q.detach()) == AttentionKernel.MATMUL
+    attention.clear_kernel_choices()
+    assert resolve_kernel(grad_q, grad_q, "measured") == AttentionKernel.SDPA
+    assert resolve_kernel(grad_q.detach(), grad_q.detach(), "measured") == AttentionKernel.MATMUL
+
+
+def test_auto_training_and_fp32_follow_fixed_rules_never_a_measurement(monkeypatch, fresh_choices):
+    """Under ``auto`` what a training run computes must not depend on machine load (a resumed run must redo the
+    original's arithmetic): bf16 training is the matmul path, fp32 the fused kernel, whatever a timing would
+    say; large shapes are the fused kernel in every mode; an explicit choice is kept."""
     monkeypatch.setattr(attention, "_measure", lambda *a: pytest.fail("must not measure"))
+    grad_q = torch.randn(1, 1, 16, 8, dtype=torch.bfloat16).requires_grad_()
+    assert resolve_kernel(grad_q, grad_q) == AttentionKernel.MATMUL
+    fp32 = torch.randn(1, 1, 16, 8)
+    assert resolve_kernel(fp32, fp32) == AttentionKernel.SDPA
+    assert resolve_kernel(fp32.requires_grad_(), fp32) == AttentionKernel.SDPA
     side = int(MATMUL_MAX_SCORES ** 0.5) + 1
     large = torch.zeros(1, 1, side, 64, dtype=torch.bfloat16)
     assert resolve_kernel(large, large) == AttentionKernel.SDPA
+    assert resolve_kernel(large.requires_grad_(), large) == AttentionKernel.SDPA
+    assert resolve_kernel(large, large, "measured") == AttentionKernel.SDPA
     small = torch.zeros(1, 1, 229, 64)
     assert resolve_kernel(small, small, "matmul") == AttentionKernel.MATMUL   # an explicit choice is kept
     assert resolve_kernel(small.bfloat16(), small.bfloat16(), "sdpa") == AttentionKernel.SDPA
+    assert attention.kernel_choices() == {}
 
 
 def test_unknown_kernel_names_list_the_choices():
@@ -127,10 +141,11 @@ def _count_sdpa_calls(monkeypatch):
 
 
 def test_model_forward_follows_the_measured_choice(monkeypatch, fresh_choices):
-    """Inside the backbone (fp32 and bf16 autocast), every attention call runs the kernel measured faster."""
+    """Inside the backbone under bf16 autocast, every attention call runs the kernel measured faster; in fp32
+    nothing is measured and every call is the fused kernel."""
     model = BACKBONES.build("beit3_tiny").eval()
     image, ids = torch.randn(2, 3, 64, 64), torch.randint(4, 1000, (2, 6))
-    for slow, autocast in ((AttentionKernel.MATMUL, False), (AttentionKernel.SDPA, True)):
+    for slow, autocast in ((AttentionKernel.MATMUL, True), (AttentionKernel.SDPA, True), (AttentionKernel.SDPA, False)):
         attention.clear_kernel_choices()
         monkeypatch.undo()
         _slowed(monkeypatch, slow, 0.005)
@@ -141,8 +156,9 @@ def test_model_forward_follows_the_measured_choice(monkeypatch, fresh_choices):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model.forward_fused(image, ids)
         picked = {choice for choice, _, _ in attention.kernel_choices().values()}
-        assert picked == {"sdpa" if slow == AttentionKernel.MATMUL else "matmul"}
-        assert len(calls) == (2 * model.cfg.depth if slow == AttentionKernel.MATMUL else 0)
+        runs_sdpa = slow == AttentionKernel.MATMUL or not autocast
+        assert picked == (set() if not autocast else {"sdpa" if runs_sdpa else "matmul"})
+        assert len(calls) == (2 * model.cfg.depth if runs_sdpa else 0)
 
 
 @pytest.mark.parametrize("name", ["beit3_tiny", "vlmo_tiny"])
