@@ -171,7 +171,7 @@ class CaptioningTask(ImageTextMixin, VlTask):
 
     @torch.no_grad()
     def evaluate(self, model: CaptioningModel, dataset, device) -> Tuple[Dict[str, float], Any]:
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         preds, refs = [], {}
         for batch in iterate_eval(self, dataset, device):

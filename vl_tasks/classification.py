@@ -117,7 +117,7 @@ class ImageClassificationTask(_ImageFolderTask):
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         preds, labels = [], []
         for batch in iterate_eval(self, dataset, device):
@@ -154,7 +154,7 @@ class ImageTextClassificationTask(_ImageFolderTask):
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         preds, labels = [], []
         for batch in iterate_eval(self, dataset, device):
@@ -261,7 +261,7 @@ class TextClassificationTask(VlTask):
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         preds, labels = [], []
         for batch in iterate_eval(self, dataset, device):

@@ -132,7 +132,7 @@ class Nlvr2Task(ImageTextMixin, VlTask):
 
     @torch.no_grad()
     def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         preds, labels, out = [], [], []
         for batch in iterate_eval(self, dataset, device):

@@ -170,7 +170,7 @@ class RetrievalTask(ImageTextMixin, VlTask):
     @torch.no_grad()
     def encode_split(self, model: RetrievalModel, dataset, device):
         """Every image and every caption encoded exactly once."""
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         img_emb, image_ids, texts, text_to_image = [], [], [], []
         for batch in iterate_eval(self, dataset, device):

@@ -188,7 +188,7 @@ class VqaTask(ImageTextMixin, VlTask):
 
     @torch.no_grad()
     def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:
-        from .loop import iterate_eval
+        from .batches import iterate_eval
 
         vocab = self._require_vocab()
         predictions: List[Dict[str, Any]] = []

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ..loop import to_device
+from ..batches import to_device
 from ..optim import lr_at_step
 from .distributed import DistContext
 from .logging import MetricLog

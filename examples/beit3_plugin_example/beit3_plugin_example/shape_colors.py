@@ -19,7 +19,7 @@ from beit3_plugins.data.datasets import RecordDataset
 from beit3_plugins.registry import HEADS, METRICS, TASKS
 from beit3_plugins.vl_tasks import TaskConfigBase, TaskModel, VlTask
 from beit3_plugins.vl_tasks.base import stack_images
-from beit3_plugins.vl_tasks.loop import iterate_eval
+from beit3_plugins.vl_tasks.batches import iterate_eval
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Small data-loading helpers shared by the trainer and the tasks' ``evaluate``."""
+"""Batches for evaluation: moving a batch to the device, and iterating a dataset in order (shared by the
+trainer and the tasks' ``evaluate``; the training loop itself is ``engine/loop.py``)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator
