@@ -3,8 +3,8 @@
 
 What ``attention_kernel="auto"`` decides on this machine: fixed rules for training and fp32, a one-time
 measurement per shape class for bf16 inference, so the table shows its pick for inference and for training
-beside the timings (``python -m bench.attention_kernels`` prints it; ``bench.run_all`` puts it in the report). Outputs and gradients
-are checked equal before timing.
+beside the timings (``python -m bench.attention_kernels`` prints it; ``bench.run_all`` puts it in the
+report). Outputs and gradients are checked equal before timing.
 """
 from __future__ import annotations
 

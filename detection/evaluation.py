@@ -5,9 +5,9 @@ annotation that :mod:`.coco_checks` skipped while loading (a NaN box, a polygon 
 ``bbox``) crashes ``COCOeval`` or stays in the ground truth as an object no model could match. So the
 skip counted at load time would silently change the score, or end a long run at its first evaluation.
 :class:`CheckedCOCOEvaluator` scores against the cleaned json when, and only when, something was skipped:
-the cleaned file is written beside the evaluator's other outputs (``<output_dir>/<name>_checked_gt.json``)
-and registered as the metadata of ``<name>_checked``; a file with nothing skipped is evaluated from the
-original, exactly as detectron2 does.
+the cleaned file is written once per run beside the first evaluator's outputs
+(``<output_dir>/<name>_checked_gt.json``) and registered as the metadata of ``<name>_checked``, which later
+evaluations reuse; a file with nothing skipped is evaluated from the original, exactly as detectron2 does.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def checked_ground_truth(dataset_name: str, output_dir: Optional[str] = None) ->
         DatasetCatalog.get(dataset_name)  # the loader records what it skipped (and the id maps the evaluator uses)
     if not meta.skipped_annotations:
         return dataset_name
+    checked = f"{dataset_name}_checked"
+    if checked in MetadataCatalog.list() and os.path.isfile(MetadataCatalog.get(checked).json_file):
+        return checked  # written by an earlier evaluation of this run (e.g. the previous EVAL_PERIOD, or TTA's)
     data, report = check_coco_json(meta.json_file)
     folder = output_dir or tempfile.mkdtemp(prefix="beit3_coco_eval_")
     os.makedirs(folder, exist_ok=True)
@@ -51,10 +54,9 @@ def checked_ground_truth(dataset_name: str, output_dir: Optional[str] = None) ->
     atomic_write(cleaned, lambda handle: handle.write(json.dumps(data).encode("utf-8")))
     logger.warning("%s: evaluating against %s, without the %d annotations the loader skipped (%s)",
                    dataset_name, cleaned, sum(report.skipped.values()), dict(report.skipped))
-    checked = f"{dataset_name}_checked"
     fields = {k: v for k, v in meta.as_dict().items() if k not in ("name", "json_file")}
     if checked in MetadataCatalog.list():
-        MetadataCatalog.remove(checked)  # another output_dir (e.g. TTA's) holds the same cleaned content
+        MetadataCatalog.remove(checked)  # its file was deleted since: point at the one just written
     MetadataCatalog.get(checked).set(json_file=cleaned, **fields)
     return checked
 

@@ -5,9 +5,11 @@ names): the ``BEiT3ViTAdapter`` and ``BEiT3FeaturePyramid`` backbones (MODELS), 
 ``SlideMask2FormerHead`` (mmseg's Mask2Former head with a sliding-window fix) (MODELS), the
 ``Beit3LayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) and the ``ADE20KFormatDataset``
 (DATASETS), the ``Beit3GuardedOptimWrapper`` that refuses non-finite losses/gradients before the
-optimizer step (OPTIM_WRAPPERS), the ``Beit3Runner`` that probes ``work_dir`` before building anything (RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only
-loading so that ``--resume`` and ``mim test`` work, and makes mmengine read checkpoints from every source (local, URL, named
-schemes) through the package's safe loader and write them atomically. Nothing else in the library imports mmseg.
+optimizer step (OPTIM_WRAPPERS), the ``Beit3Runner`` that probes ``work_dir`` before building anything
+(RUNNERS); it also allow-lists the plain-data types of mmengine checkpoints for torch's weights-only loading
+so that ``--resume`` and ``mim test`` work, makes mmengine read checkpoints from every source (local files,
+URLs, named schemes) through the package's safe loader, and makes it write them atomically. Nothing else in
+the library imports mmseg.
 """
 from beit3_plugins.optional import require
 

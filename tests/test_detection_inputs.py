@@ -136,6 +136,11 @@ def test_evaluation_ground_truth_is_what_the_loader_kept(data_world, tmp_path):
         ours.process(inputs, outputs)
         assert ours.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
         assert (tmp_path / "eval" / f"{name}_checked_gt.json").is_file()
+        again = det.CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "e2"))
+        again.reset()
+        again.process(inputs, outputs)
+        assert again.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+        assert not (tmp_path / "e2" / f"{name}_checked_gt.json").exists()   # the next evaluation reuses it
         assert json.loads(path.read_text())["annotations"][1].get("bbox") is None   # the user's file is untouched
 
         stock = COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / "stock"))
