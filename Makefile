@@ -1,10 +1,11 @@
 # The two commands of the README:
 #   make demo   set up the venv if needed, then run the end-to-end demo on generated data
 #   make test   set up the venv if needed, then run the whole test suite
+#   make test-quick   the quick loop: every test not marked slow (see pytest.ini)
 PY := .venv/bin/python
 OUT ?= outputs/demo
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-quick bench
 setup:
 	bash tools/setup_env.sh
 
@@ -13,6 +14,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-quick: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: setup
 	$(PY) bench/run_all.py

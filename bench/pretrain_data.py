@@ -210,7 +210,7 @@ def main(argv=None) -> int:
               "|---|---|---|",
               f"| {throughput['units_per_s']:.1f} units/s | {step['units_per_s']:.2f} units/s (batch {step['batch']}) "
               f"| {ratio:.1f}x (target >= 2x) |", "",
-              "The deterministic form of the flatness claim is `tests/test_shards_data.py::"
+              "The deterministic form of the flatness claim is `tests/pretraining/test_shards_data.py::"
               "test_shards_per_sample_cost_does_not_grow_with_corpus` (peak allocation per item, 1e4 vs 1e7 records); "
               "timings on a shared machine vary with its load (`uptime` at start: "
               f"{os.getloadavg()[0]:.1f}).", ""]

@@ -28,3 +28,15 @@ def world_shards(data_world):
 
     world, _ = data_world
     return make_world_shards(world, world / "shards", per_shard=64)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped (and counted as skipped) on a machine without an NVIDIA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

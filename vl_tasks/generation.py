@@ -5,7 +5,7 @@ each later step feeds ``[last token, <mask>]`` through :meth:`forward_text_step`
 distribution at the ``<mask>`` and keeps only the real token's keys/values (the ``<mask>`` is a query slot).
 
 The search follows the official ``CaptioningHandler.eval_batch`` (microsoft/unilm ``beit3/``) decision for
-decision, so captions agree token for token (``tests/golden/captioning`` holds its outputs):
+decision, so captions agree token for token (``tests/support/golden/captioning`` holds its outputs):
 
 * ``max_len`` is the text length the model was trained with (``--num_max_bpe_tokens``, 32 for COCO) and counts
   ``<s>``, the ``<mask>`` slot and ``</s>``: at most ``max_len - 3`` caption tokens. When the next step would

@@ -34,7 +34,7 @@ __all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_normalize", "recall_at_
 
 # ---------------------------------------------------------------------------------------------- VQA
 # The official VQA evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py), rewritten
-# from its rules; tests/golden/vqa_eval holds that script's own scores on crafted cases.
+# from its rules; tests/support/golden/vqa_eval holds that script's own scores on crafted cases.
 _VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 _VQA_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the script's pattern, look-behind typo included
 _VQA_PERIOD_MAX = 32                                # it passes re.UNICODE (= 32) as sub()'s count

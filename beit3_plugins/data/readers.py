@@ -7,7 +7,7 @@ UTF-8 -> ``ValueError`` with file, line and column; a field of the wrong type or
 :class:`InvalidRecordError` naming the file, the record and the field) and is counted where it is a
 per-sample accident (a corrupt, missing or decompression-bomb image -> a :class:`SkipCounter` entry, never a
 crash of the whole epoch). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
-it instead of raising. The fuzz tests (``tests/test_fuzz_readers.py``) hold every reader to this.
+it instead of raising. The fuzz tests (``tests/core/test_fuzz_readers.py``) hold every reader to this.
 """
 from __future__ import annotations
 

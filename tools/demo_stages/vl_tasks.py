@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 # (task, extra overrides, headline metric, its chance / untrained level on the default shape world)
-# Settings follow tests/test_vl_learning.py (retrieval: see below); about 2-3 minutes in total on 2 cores.
+# Settings follow tests/vl_tasks/test_vl_learning.py (retrieval: see below); about 2-3 minutes in total on 2 cores.
 STAGES = [
     ("vqa", ["train.epochs=12", "train.lr=5e-4", "train.head_lr_mult=10"], "vqa_accuracy", 27.9),
     # 64 px (the pretraining export's resolution) and 30 epochs: with the demo's 281-piece tokenizer, 15
@@ -107,7 +107,7 @@ def _make_glue(world: Path, out: Path) -> Path:
 def _make_nlvr2_world(out: Path) -> Path:
     """800 training pairs of the presence statements, 200 dev contrast items (each image pair judged by the
     left- and the right-image statement, so only a model that reads the sentence beats 50%); as
-    tests/test_vl_learning.py uses."""
+    tests/vl_tasks/test_vl_learning.py uses."""
     from beit3_plugins.data import WorldConfig, generate_world
 
     root = out / "nlvr2_world"
@@ -117,7 +117,7 @@ def _make_nlvr2_world(out: Path) -> Path:
 
 
 def _make_class_world(out: Path) -> Path:
-    """ImageNet-style folders with 12 "<colour>_<shape>" classes (as tests/test_vl_learning.py uses)."""
+    """ImageNet-style folders with 12 "<colour>_<shape>" classes (as tests/vl_tasks/test_vl_learning.py uses)."""
     from beit3_plugins.data import WorldConfig, generate_world
 
     root = out / "class_world"
