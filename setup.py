@@ -11,6 +11,7 @@ dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic 
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
     pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
+    search/         -> beit3_plugins.search      (embed -> FAISS index -> search service)
 
 Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
 the code that reads them, so a wheel install has them too.
@@ -19,7 +20,7 @@ from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
           "segmentation": "segmentation", "vl_tasks": "vl_tasks",
-          "pipelines": "pipelines"}
+          "pipelines": "pipelines", "search": "search"}
 # Data-only packages: config trees stay user-visible in configs/ and are installed next to their adapter so that
 # a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
 # the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
@@ -58,8 +59,10 @@ EXTRAS = {
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
     "hub": ["huggingface_hub"],
+    # embed -> index -> serve (docs/search.md); selenium drives Debian's chromium in the browser test
+    "search": ["faiss-cpu>=1.8", "pyarrow>=14", "starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.9"],
     # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
-    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40"],
+    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40", "selenium>=4.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -75,7 +78,8 @@ setup(
     package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.py"],
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
                   "beit3_plugins.segmentation.configs": ["_base_/*.py"],
-                  "beit3_plugins.pretraining.configs": ["*.yaml"]},
+                  "beit3_plugins.pretraining.configs": ["*.yaml"],
+                  "beit3_plugins.search": ["page.html"]},
     install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
                               "omegaconf>=2.3",
                               "matplotlib"],
@@ -91,6 +95,10 @@ setup(
             "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
+            "embed=beit3_plugins.search.embed:cli_main",
+            "index=beit3_plugins.search.index:index_main",
+            "query=beit3_plugins.search.index:query_main",
+            "serve=beit3_plugins.search.serve:serve_main",
         ],
     },
 )

@@ -117,6 +117,19 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
 # pins timm==0.6.13 but it runs with timm 1.x, so it goes in without its declared dependencies.
 ensure_wheel 'fairscale-0.4.0-*.whl' "fairscale 0.4.0" build_fairscale
 "${PIP[@]}" install -q --no-deps "$WHEEL" torchscale==0.3.0
+# search (docs/search.md): FAISS, parquet, the ASGI app and its server; selenium for the browser test
+"${PIP[@]}" install -q 'faiss-cpu>=1.8' 'pyarrow>=14' 'starlette>=0.40' 'uvicorn>=0.30' 'python-multipart>=0.0.9' \
+  'selenium>=4.20'
+# Debian's headless chromium + its driver for the browser test (tests/search/test_browser.py); apt only when
+# missing, and only where apt exists and we are root (elsewhere the test says what to install)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    say "chromium + chromium-driver (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    say "chromium / chromedriver missing and apt-get unavailable (not root?): the browser test will fail"
+  fi
+fi
 
 say "this project (editable, with every extra)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
@@ -125,7 +138,8 @@ say "checking imports"
 "$PY" - <<'PYEOF'
 import importlib
 for name in ["torch", "torchvision", "fairseq", "detectron2", "mmcv.ops", "mmengine", "mmdet", "mmseg",
-             "mim", "timm", "sentencepiece", "hydra", "pycocotools", "torchscale", "beit3_plugins"]:
+             "mim", "timm", "sentencepiece", "hydra", "pycocotools", "torchscale", "faiss", "pyarrow",
+             "starlette", "uvicorn", "selenium", "beit3_plugins"]:
     mod = importlib.import_module(name)
     print(f"  {name:14s} {getattr(mod, '__version__', '')}")
 PYEOF

@@ -1,0 +1,80 @@
+"""The FAISS index: exact below the threshold, IVF / IVF-PQ above it with recall@10 measured against exact
+search; and the trained tiny model finds each training caption's own image at rank 1 far above chance."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beit3_plugins.search import IndexConfig, SearchIndex, Searcher, build_index
+from beit3_plugins.search.index import recall_at_k
+
+
+def _clustered(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(64, d))
+    x = centres[rng.integers(0, 64, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_exact_below_threshold_and_ivf_above_it_with_measured_recall():
+    x = _clustered(6000, 32)
+    exact, report = build_index(x, IndexConfig(exact_threshold=10_000))
+    assert report["factory"].startswith("Flat") and report["recall_at_10"] == 1.0
+    assert report["index_bytes"] >= x.nbytes
+    approx, report = build_index(x, IndexConfig(exact_threshold=1000, target_recall=0.9, sample=200))
+    assert report["factory"].startswith("IVF") and report["factory"].endswith(",Flat")
+    assert report["recall_at_10"] >= 0.9 and 1 <= report["nprobe"] <= report["nlist"]
+    # the reported recall is what a fresh measurement on other queries finds (within sampling noise)
+    queries = _clustered(300, 32, seed=1)
+    _, truth = exact.search(queries, 10)
+    _, found = approx.search(queries, 10)
+    assert recall_at_k(found, truth) >= report["recall_at_10"] - 0.08
+
+
+def test_pq_when_the_vectors_do_not_fit_the_memory_budget():
+    x = _clustered(6000, 32)
+    _, report = build_index(x, IndexConfig(exact_threshold=1000, memory_budget=6000 * 24, target_recall=0.5,
+                                           sample=200))
+    assert ",PQ" in report["factory"] and report["index_bytes"] < x.nbytes
+    m = int(report["factory"].rsplit("PQ", 1)[1])
+    assert 6000 * (m + 8) <= 6000 * 24 and 32 % m == 0
+    assert 0.0 < report["recall_at_10"] <= 1.0
+
+
+@pytest.mark.slow
+def test_each_caption_finds_its_own_image_first(indexed_world, world_captions, data_world):
+    images, texts = indexed_world
+    report = json.loads((images / "index.json").read_text())
+    assert report["recall_at_10"] == 1.0 and report["vectors"] == len(world_captions)
+    searcher = Searcher(SearchIndex(images), SearchIndex(texts))
+    paths = list(world_captions)
+    queries = [(p, c) for p in paths for c in world_captions[p]]
+    found = searcher.text_to_images([c for _, c in queries], k=5)
+    top1 = np.mean([hits[0]["source"] == p for (p, _), hits in zip(queries, found)])
+    chance = 1 / len(paths)
+    print(f"text->image rank-1: {top1:.3f} over {len(queries)} captions, chance {chance:.3f}")
+    assert top1 >= 10 * chance, top1
+    # image -> image: an indexed image is its own nearest neighbour; image -> texts: one of its captions ranks high
+    same = searcher.image_to_images(paths[:8], k=1)
+    assert [hits[0]["source"] for hits in same] == paths[:8]
+    assert same[0][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    to_text = searcher.image_to_texts(paths, k=10)
+    hit10 = np.mean([any(h["caption"] in world_captions[p] for h in hits) for p, hits in zip(paths, to_text)])
+    assert hit10 >= 0.5, hit10
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_cli_query_prints_the_same_ranking(indexed_world, world_captions):
+    images, texts = indexed_world
+    caption = next(iter(world_captions.values()))[0]
+    out = subprocess.run([str(Path(sys.executable).parent / "beit3-plugins"), "query", "--image-index", str(images),
+                          "--text-index", str(texts), "--text", caption, "-k", "3"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)["text_to_images"][caption]
+    want = Searcher(SearchIndex(images)).text_to_images([caption], k=3)[0]
+    assert [h["id"] for h in got] == [h["id"] for h in want]
