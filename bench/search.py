@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -190,7 +189,8 @@ def table(info: Dict, embed: Dict[str, float], load: List[Dict[str, float]]) -> 
              "", "**embed vs bare forward** (same batches; busy = bare forward time / embed wall time, target >= 90%)",
              "", "| images | batch | loader workers | embed | bare forward | busy |", "|---|---|---|---|---|---|",
              f"| {embed['images']} | {embed['batch']} | {embed['workers']} | {embed['embed_images_per_s']:.1f} img/s "
-             f"({embed['embed_seconds']:.1f} s) | {embed['bare_images_per_s']:.1f} img/s ({embed['bare_seconds']:.1f} s) "
+             f"({embed['embed_seconds']:.1f} s) | {embed['bare_images_per_s']:.1f} img/s "
+             f"({embed['bare_seconds']:.1f} s) "
              f"| {100 * embed['busy']:.0f}% |", "",
              "**serve load test** (text queries, `POST /api/search/text`, k=10, 127.0.0.1; dynamic batching: 5 ms "
              "window, up to 32; off = `--max-batch 1`)", "",
@@ -243,7 +243,8 @@ def main(argv=None) -> int:
     print(text)
     out = Path(args.out) if args.out else Path(__file__).with_name("search.md")
     out.write_text("## Search (`python -m bench.search`)\n\n" + text)
-    Path(str(out).replace(".md", ".json")).write_text(json.dumps({"info": info, "embed": embed, "load": load}, indent=1))
+    record = {"info": info, "embed": embed, "load": load}
+    Path(str(out).replace(".md", ".json")).write_text(json.dumps(record, indent=1))
     if not args.no_docs:
         _update_docs(text)
     return 0

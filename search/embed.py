@@ -86,9 +86,6 @@ class _UnitImages(torch.utils.data.Dataset):
         else:
             item = ImageItem(source="", shard=unit.shard, row=row)
         decoded = read_image_item(item, self._shards)
-        if unit.kind == "shard":
-            index = self._shards[unit.shard]
-            item.source = f"{unit.shard}#{index.keys[row]}"
         out = {"id": unit.first_id + row, "source": item.source, "caption": decoded.caption, "reason": decoded.reason,
                "detail": decoded.detail, "width": 0, "height": 0, "pixels": None}
         if decoded.image is not None:
@@ -108,7 +105,8 @@ def _batch_plan(units: Sequence[Unit], batch_size: int) -> List[List[int]]:
     """Flat item indices per batch; batches restart at every unit (same batches in every kind of run)."""
     plan, start = [], 0
     for unit in units:
-        plan += [list(range(start + b, start + min(b + batch_size, unit.count))) for b in range(0, unit.count, batch_size)]
+        plan += [list(range(start + b, start + min(b + batch_size, unit.count)))
+                 for b in range(0, unit.count, batch_size)]
         start += unit.count
     return plan
 
@@ -208,7 +206,8 @@ def run_embed(cfg: EmbedConfig) -> Dict[str, Any]:
     stats = {"units": len(mine), "units_done_before": len(mine) - len(pending), "items": 0, "skipped": 0,
              "seconds": 0.0, "model_seconds": 0.0}
     total = sum(u.count for u in pending)
-    bar = tqdm(total=total, unit=kind[:3], desc=f"embed {kind}s" + (f" [rank {cfg.rank}]" if cfg.world_size > 1 else ""),
+    rank = f" [rank {cfg.rank}]" if cfg.world_size > 1 else ""
+    bar = tqdm(total=total, unit="img" if kind == "image" else "text", desc=f"embed {kind}s{rank}",
                disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()
     batches = _text_batches(pending, cfg.batch_size) if kind == "text" else _image_batches(pending, pipe, cfg, device)
@@ -327,3 +326,9 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"beit3-plugins embed: {exc}\n")
     print(json.dumps(stats))
     return 0
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node N -m beit3_plugins.search.embed ...`
+    import sys
+
+    sys.exit(cli_main())

@@ -70,7 +70,7 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
 
 
 def _factory(n: int, d: int, cfg: IndexConfig) -> str:
-    nlist = int(max(1, min(4 * math.sqrt(n), n // 39)))
+    nlist = int(max(1, min(4 * math.sqrt(n), (n - min(cfg.sample, n // 2)) // 39)))
     if n * d * 4 + n * 8 <= cfg.memory_budget:
         return f"IVF{nlist},Flat"
     for m in sorted((m for m in range(1, d + 1) if d % m == 0), reverse=True):
@@ -97,7 +97,9 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig = IndexConfig()) -> "tuple
         factory = _factory(n, d, cfg)
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         nlist = faiss.extract_index_ivf(index).nlist
-        held_out = set(rng.choice(n, size=min(cfg.sample, n), replace=False).tolist())
+        if hasattr(index, "do_polysemous_training"):   # minutes of annealing for Hamming filtering we do not use
+            index.do_polysemous_training = False
+        held_out = set(rng.choice(n, size=min(cfg.sample, n // 2), replace=False).tolist())
         train_rows = np.array([i for i in rng.permutation(n)[:256 * nlist + len(held_out)] if i not in held_out])
         queries = vectors[sorted(held_out)]
         trainer = _gpu(index)

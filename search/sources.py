@@ -151,7 +151,8 @@ def _within(path: str, root: str) -> bool:
 
 
 def read_image_item(item: ImageItem, shard_cache: Dict[str, object]) -> DecodedImage:
-    """Decode one item with the core's image decoding; a failure is a reason, never an exception."""
+    """Decode one item with the core's image decoding; a failure is a reason, never an exception. A shard
+    item's ``source`` ("<shard>#<key>") is filled in here, from the shard's index."""
     from beit3_plugins.data.readers import load_image
     from beit3_plugins.pretraining.shards import ShardLimits, TarShardIndex, caption_of
 
@@ -170,6 +171,7 @@ def read_image_item(item: ImageItem, shard_cache: Dict[str, object]) -> DecodedI
             old.close()
         shard_cache.clear()
         index = shard_cache[item.shard] = TarShardIndex(item.shard, SkipCounter(), ShardLimits())
+    item.source = f"{item.shard}#{index.keys[item.row]}"
     data = index.read(item.row, 0)
     caption = caption_of(index.read(item.row, 1), index.read(item.row, 2), item.source, SkipCounter()) or ""
     if data is None:

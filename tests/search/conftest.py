@@ -9,7 +9,7 @@ from beit3_plugins.search import ModelSpec
 
 # the trainer's retrieval settings at 64 px (tools/demo_stages/vl_tasks.py); fewer epochs: these images are
 # queried with their own training captions, not held-out ones
-RETRIEVAL_EPOCHS = 12
+RETRIEVAL_EPOCHS = 16
 LIKE = "beit3_base_patch16_384_coco_retrieval"
 
 

@@ -72,7 +72,8 @@ def test_page_search_upload_and_question(browser, indexed_world, world_captions,
         assert scores == sorted(scores, reverse=True)
         # every thumbnail loaded (served from the indexed folder)
         _wait(browser, lambda d: d.execute_script(
-            "return Array.from(document.querySelectorAll('#results img')).every(i => i.complete && i.naturalWidth > 0)"))
+            "return Array.from(document.querySelectorAll('#results img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"))
 
         upload = paths[3]
         browser.find_element(By.ID, "image-file").send_keys(upload)

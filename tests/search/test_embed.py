@@ -13,9 +13,6 @@ import pytest
 
 from beit3_plugins.search import EmbedConfig, EmbeddingSet, run_embed
 
-BIN = Path(sys.executable).parent
-
-
 def _corpus(data_world, world_shards, tmp_path):
     """A copy of coco/train2014 plus two bad files and an escaping symlink, and the pair shards."""
     root, _ = data_world
@@ -32,14 +29,16 @@ def _corpus(data_world, world_shards, tmp_path):
 
 
 def _embed(out, inputs, spec, *extra, torchrun=False):
-    args = ["embed", "--out", str(out), "--images", *inputs, "--model", spec.model, "--like", spec.like,
+    """``python -m beit3_plugins.search.embed`` (what ``beit3-plugins embed`` runs), or the same under torchrun."""
+    args = ["--out", str(out), "--images", *inputs, "--model", spec.model, "--like", spec.like,
             "--backbone", spec.backbone, "--image-size", str(spec.image_size), "--tokenizer", spec.tokenizer,
             "--batch-size", "8", "--unit-size", "16", "--workers", "2", "--save-dtype", "float32", "--no-progress",
             *extra]
+    module = ["-m", "beit3_plugins.search.embed"]
     if torchrun:
-        cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--no-python", str(BIN / "beit3-plugins"), *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *module, *args]
     else:
-        cmd = [str(BIN / "beit3-plugins"), *args]
+        cmd = [sys.executable, *module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
