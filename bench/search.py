@@ -100,7 +100,7 @@ def embed_vs_forward(spec, images: Path, out: Path, batch: int = 16, workers: in
 
 
 def _start_server(folder: Path, port: int, max_batch: int) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).parent / "beit3-plugins"), "serve", "--images", str(folder), "--port", str(port),
+    cmd = [sys.executable, "-m", "beit3_plugins.search.serve", "--images", str(folder), "--port", str(port),
            "--max-batch", str(max_batch), "--batch-window-ms", "5", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import requests

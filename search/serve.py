@@ -358,3 +358,9 @@ def serve_main(argv: Optional[Sequence[str]] = None) -> int:
                       max_pixels=args.max_pixels)
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+if __name__ == "__main__":  # `python -m beit3_plugins.search.serve ...` = `beit3-plugins serve ...`
+    import sys
+
+    sys.exit(serve_main())
