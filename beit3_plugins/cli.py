@@ -23,6 +23,8 @@ COMMAND_ENTRY_POINT_GROUP = "beit3_plugins.commands"
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "make-world": ("beit3_plugins.data.world:cli_main",
                    "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
+    "data": ("beit3_plugins.data.official:cli_main",
+             "data check / data prepare: the official download layout of every benchmark, its derived files"),
     "train-spm": ("beit3_plugins.tokenizer:cli_main",
                   "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
     "convert-safetensors": ("beit3_plugins.checkpoint:convert_cli",
