@@ -230,10 +230,12 @@ def test_registered_datasets(data_world):
     assert {"vqa_v2", "nlvr2", "karpathy_captions", "text_corpus", "imagenet_folder"} <= set(DATASETS.names())
     vqa = DATASETS.build({"name": "vqa_v2", "questions": str(manifest.path("vqa_questions_train")),
                           "annotations": str(manifest.path("vqa_annotations_train")),
-                          "image_dir": str(manifest.path("coco_images_train")), "drop_out_of_vocab": True})
+                          "image_dir": str(manifest.path("coco_images_train")), "drop_out_of_vocab": True,
+                          "answer_list_from": [str(manifest.path("vqa_annotations_train")),
+                                               str(manifest.path("vqa_annotations_val"))], "min_answer_count": 1})
     item = vqa[0]
     assert set(item) == {"image", "question", "labels", "scores", "question_id"} and item["image"].size == (64, 64)
-    assert len(vqa) == manifest.counts["vqa_train_questions"] and len(vqa.vocab) >= 13
+    assert len(vqa) == manifest.counts["vqa_train_questions"] and len(vqa.vocab) == 13
     nlvr2 = DATASETS.build({"name": "nlvr2", "jsonl": str(manifest.path("nlvr2_dev")),
                             "image_dir": str(manifest.path("nlvr2_images_dev"))})
     assert {nlvr2[i]["label"] for i in range(len(nlvr2))} == {0, 1}
