@@ -100,7 +100,7 @@ def test_official_text_segments_are_what_our_tokenizer_encodes(official_world):
             assert enc.padding_mask == [False] * len(official) + [True] * (max_len - len(official))
 
 
-def test_check_passes_on_the_world_and_counts(official_world, capsys):
+def test_check_passes_on_the_world_and_counts(official_world, capsys, tmp_path):
     root, _ = official_world
     report = check(root)
     assert report.ok, report.format()
@@ -108,9 +108,12 @@ def test_check_passes_on_the_world_and_counts(official_world, capsys):
     counts = {f.path: f.count for f in vqa.files}
     assert counts["coco/train2014"] == WORLD["coco_train_images"] and counts["coco/test2015"] == 4
     assert vqa.images_expected == 24 + 8 + 4 and all(vqa.derived.values())
-    assert cli(["data", "check", str(root), "-b", "nlvr2:dev", "-b", "imagenet"]) == 0
+    assert cli(["data", "check", str(root), "-b", "nlvr2:dev", "-b", "imagenet", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "nlvr2/dev (16 images)" in out and "flickr30k" not in out
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["ok"] and [b["name"] for b in written["benchmarks"]] == ["nlvr2", "imagenet"]
+    assert written["benchmarks"][0]["splits"] == ["dev"]
 
 
 def test_check_names_every_missing_and_damaged_file(official_world, tmp_path, capsys):
