@@ -12,7 +12,7 @@ from PIL import Image
 import beit3_plugins
 from beit3_plugins import cli, zoo
 from beit3_plugins.checkpoint import convert_to_safetensors, safe_load
-from beit3_plugins.pipelines import create_model_and_transforms, pipeline
+from beit3_plugins.pipelines import create_model_and_transforms, get_tokenizer, pipeline
 from beit3_plugins.transforms import build_image_transform
 from beit3_plugins.vl_tasks.base import encode_texts
 
@@ -52,8 +52,13 @@ def _ids(pipe, texts):
 
 def test_every_twin_downloads_and_builds_by_name(world):
     for name, ref in world["refs"].items():
-        model, transform, tok = create_model_and_transforms(name)
+        model, preprocess_train, preprocess_val = create_model_and_transforms(name)   # open_clip's contract
+        tok = get_tokenizer(name)
         assert (world["cache"] / os.path.basename(model.zoo_entry.weights.url)).is_file()
+        image = Image.open(world["images"][0]).convert("RGB")
+        assert preprocess_val(image).shape == preprocess_train(image).shape == (3, TWIN_SIZE, TWIN_SIZE)
+        torch.manual_seed(0)
+        assert not torch.equal(preprocess_train(image), preprocess_val(image))      # random crop / flip vs resize
         expected = ref.state_dict()
         got = model.state_dict()
         assert set(got) == set(expected), name
