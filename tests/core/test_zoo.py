@@ -152,3 +152,28 @@ def test_hf_hub_names_go_through_huggingface_hub(tmp_path, monkeypatch):
         assert any(r["path"].endswith("/resolve/main/weights.safetensors") for r in server.requests)
     with pytest.raises(ValueError, match="hf-hub:<org>/<repo>/<file>"):
         download_file(ZooFile("hf-hub:justarepo"), cache=tmp_path)
+
+
+def test_release_modules_are_data_and_import_only_entry_types():
+    """The release lists import the entry types and nothing else of the project, export ``ENTRIES`` and register
+    nothing when imported; the zoo reads them on its first lookup."""
+    import ast
+    import subprocess
+    import sys
+
+    from beit3_plugins.zoo import beit3_release, vlmo_release
+
+    for module in (beit3_release, vlmo_release):
+        tree = ast.parse(open(module.__file__).read())
+        imported = [(n.module, n.level, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    for a in n.names if n.module != "__future__"]
+        assert {(m, lvl) for m, lvl, _ in imported} == {("entries", 1)}, module.__name__
+        assert {a for _, _, a in imported} <= {"ZooEntry", "ZooFile", "TokenizerSpec"}
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import)]
+        assert module.ENTRIES and all(isinstance(e, ZooEntry) for e in module.ENTRIES)
+    code = ("import beit3_plugins.zoo.beit3_release, beit3_plugins.zoo.vlmo_release\n"
+            "from beit3_plugins.zoo import ZOO\n"
+            "print(len(ZOO._entries), len(ZOO.names()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", str(len(beit3_release.ENTRIES) + len(vlmo_release.ENTRIES))]
