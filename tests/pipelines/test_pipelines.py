@@ -107,8 +107,12 @@ def test_image_inputs_path_pil_array_tensor_agree(world):
     with torch.no_grad():
         expected = world["refs"]["twin_itc"].embed_images(_pixels(world["images"]))
     assert torch.allclose(batch, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="cannot read image"):
+    # the core decoder's errors: a missing file, an undecodable one (CorruptImageError, a ValueError)
+    with pytest.raises(FileNotFoundError, match="missing.png: image file not found"):
         pipe(str(world["cache"] / "missing.png"))
+    (world["cache"] / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png: cannot decode image"):
+        pipe(str(world["cache"] / "broken.png"))
 
 
 def test_text_embeddings_retrieval_and_safetensors_entry(world):
@@ -181,7 +185,7 @@ def test_nlvr2_and_image_classification(world):
 
 
 def test_wrong_task_for_weights_and_missing_heads_are_clear_errors(world, tmp_path):
-    with pytest.raises(ValueError, match="runs vqa weights; twin_itc is a itc checkpoint"):
+    with pytest.raises(ValueError, match="runs vqa weights; twin_itc is a retrieval checkpoint"):
         pipeline("vqa", model="twin_itc", answers=ANSWERS)
     with pytest.raises(Exception, match="heads are not in this file"):
         pipeline("captioning", model=str(world["cache"] / "twin_nlvr2.pth"), like="twin_captioning")
