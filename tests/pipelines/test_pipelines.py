@@ -189,7 +189,7 @@ def test_wrong_task_for_weights_and_missing_heads_are_clear_errors(world, tmp_pa
         pipeline("vqa", model="twin_itc", answers=ANSWERS)
     with pytest.raises(Exception, match="heads are not in this file"):
         pipeline("captioning", model=str(world["cache"] / "twin_nlvr2.pth"), like="twin_captioning")
-    with pytest.raises(ValueError, match="unknown pipeline task"):
+    with pytest.raises(KeyError, match="unknown pipeline 'vqa2'. Did you mean 'vqa'"):
         pipeline("vqa2", model="twin_vqa")
 
 
