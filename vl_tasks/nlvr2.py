@@ -7,7 +7,7 @@ vector (row 2 of VLMo's ``token_type_embeddings``)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,9 +126,12 @@ class Nlvr2Task(ImageTextMixin, VlTask):
                 "label": torch.tensor([it["label"] for it in items]),
                 "identifier": [it["identifier"] for it in items]}
 
-    def build_model(self, backbone: nn.Module) -> Nlvr2Model:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"head_init_scale": self.cfg.head_init_scale}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> Nlvr2Model:
         model_type = VlmoNlvr2Model if is_vlmo(backbone.cfg) else Nlvr2Model
-        return model_type(backbone, self.cfg.head_init_scale)
+        return model_type(backbone, **({"head_init_scale": head["head_init_scale"]} if "head_init_scale" in head else {}))
 
     @torch.no_grad()
     def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:

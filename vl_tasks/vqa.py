@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -182,9 +182,12 @@ class VqaTask(ImageTextMixin, VlTask):
         return {"image": stack_images([it["image"] for it in items]), "ids": ids, "padding_mask": pad,
                 "targets": targets, "question_id": [it["question_id"] for it in items]}
 
-    def build_model(self, backbone: nn.Module) -> VqaModel:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"num_answers": len(self._require_vocab())}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> VqaModel:
         model_type = VlmoVqaModel if is_vlmo(backbone.cfg) else VqaModel
-        return model_type(backbone, len(self._require_vocab()))
+        return model_type(backbone, int(head.get("num_answers", 3129)))
 
     @torch.no_grad()
     def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:

@@ -47,7 +47,12 @@ class RecordDataset:
         records: the reader's records.
         transform: callable applied to each PIL image (None keeps PIL images).
         max_consecutive_skips: after this many bad records in a row, fail with the skip report.
+
+    ``decode_policy``: the image decoder's policy (``beit3_plugins.data.images``), "viewer" unless a task
+    reproduces the reference protocol ("official").
     """
+
+    decode_policy: str = "viewer"
 
     def __init__(self, records: Sequence[Any], transform: Optional[Callable] = None,
                  max_consecutive_skips: int = 32) -> None:
@@ -61,7 +66,7 @@ class RecordDataset:
         return len(self.records)
 
     def _image(self, path: str) -> Any:
-        image = load_image(path, self.skips)
+        image = load_image(path, self.skips, policy=self.decode_policy)
         if image is None or self.transform is None:
             return image
         return self.transform(image)

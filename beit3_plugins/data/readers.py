@@ -6,7 +6,7 @@ setup error (missing file -> ``FileNotFoundError`` saying what the file should b
 UTF-8 -> ``ValueError`` with file, line and column; a field of the wrong type or missing ->
 :class:`InvalidRecordError` naming the file, the record and the field) and is counted where it is a
 per-sample accident (a corrupt, missing or decompression-bomb image -> a :class:`SkipCounter` entry, never a
-crash of the whole epoch). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
+crash of the whole epoch; images are decoded by the one decoder, :func:`beit3_plugins.data.images.load_image`). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
 it instead of raising. The fuzz tests (``tests/core/test_fuzz_readers.py``) hold every reader to this.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 
 from beit3_plugins.data.official.answers import (OFFICIAL_MIN_ANSWER_COUNT, beit3_normalize_word,
                                                  official_answer_list, official_vqa_targets)
+
+from .images import CorruptImageError, load_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,10 +83,6 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter({self.as_dict()})"
-
-
-class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded (or would decode to more pixels than Pillow allows)."""
 
 
 class InvalidRecordError(ValueError):
@@ -199,71 +197,6 @@ def _expect_keys(data: Any, keys: Sequence[str], path: PathLike, what: str) -> N
     missing = [k for k in keys if k not in data]
     if missing:
         raise ValueError(f"{path}: not a valid {what}: missing key(s) {missing}; has {sorted(data)[:10]}")
-
-
-_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _to_8_bit(image):
-    """16-bit grey (PNG/TIFF) scaled to 8 bits; Pillow's own ``convert("RGB")`` clips it at 255 instead,
-    which turns almost every pixel white."""
-    from PIL import Image
-
-    values = np.asarray(image)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"{image.mode} pixel values outside 0..65535")
-    return Image.fromarray((values.astype(np.uint32) // 257).astype(np.uint8), mode="L")
-
-
-def _decode(path: Path, mode: str):
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.load()  # decode now (first frame of an animation): truncated files fail here, not in a transform
-        image = ImageOps.exif_transpose(image)  # as detectron2's read_image: pixels as the camera meant them
-        if image.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
-            image = _to_8_bit(image)
-        elif image.mode == "F" and mode != "F":
-            raise ValueError("floating-point images have no defined 8-bit range")
-        if image.mode == "P" and "transparency" in image.info and mode == "RGB":
-            image = image.convert("RGBA")  # palette transparency goes through RGBA (Pillow's advice)
-        return image.convert(mode)
-
-
-def load_image(path: PathLike, skips: Optional[SkipCounter] = None, mode: str = "RGB"):
-    """Open an image fully decoded in ``mode``.
-
-    Without ``skips`` a missing file raises ``FileNotFoundError`` and an undecodable one (truncated, not an
-    image, more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows) :class:`CorruptImageError`; with ``skips``
-    they are counted ("missing_image" / "corrupt_image" / "decompression_bomb") and ``None`` is returned so
-    one bad file cannot end an epoch. EXIF orientation is applied, animations give their first frame, 16-bit
-    grey is scaled to 8 bits, CMYK / LA / palette-with-alpha convert as Pillow converts them.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    reason = "corrupt_image"
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found")
-        try:
-            return _decode(path, mode)
-        except Image.DecompressionBombError as exc:
-            reason = "decompression_bomb"
-            raise CorruptImageError(f"{path}: refused to decode image: {exc}") from exc
-        except (MemoryError, RecursionError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on a bad file is this file's fault
-            raise CorruptImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    except FileNotFoundError as exc:
-        if skips is None:
-            raise
-        skips.add("missing_image", path, exc)
-    except CorruptImageError as exc:
-        if skips is None:
-            raise
-        skips.add(reason, path, exc.__cause__)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- captions
