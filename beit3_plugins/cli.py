@@ -44,6 +44,8 @@ COMMANDS = Registry("command", entry_type=Command, entry_point_group=COMMAND_ENT
 for _command in (
     Command("make-world", "beit3_plugins.data.world:cli_main",
             "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
+    Command("data", "beit3_plugins.data.official:cli_main",
+            "data check / data prepare: the official download layout of every benchmark, its derived files"),
     Command("train-spm", "beit3_plugins.tokenizer:cli_main",
             "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
     Command("convert-safetensors", "beit3_plugins.checkpoint:convert_cli",

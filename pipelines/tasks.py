@@ -41,8 +41,8 @@ class VqaPipeline(Pipeline):
             answers = _local_or_download(self.entry.answer_vocab)
         if answers is None:
             raise ValueError(f"{self.entry.name}: VQA needs its answer list (answer2label.txt, label order); the "
-                             "BEiT-3 release does not publish it. Rebuild it with AnswerVocab.from_annotations over "
-                             "the VQA v2 train+val annotations and pass answers=<path>")
+                             "BEiT-3 release does not publish it. `beit3-plugins data prepare ROOT` rebuilds it as the "
+                             "official code does (ROOT/coco/answer2label.txt); pass answers=<that file>")
         vocab = answers if isinstance(answers, AnswerVocab) else (
             AnswerVocab.load(answers) if isinstance(answers, (str, os.PathLike)) else AnswerVocab(list(answers)))
         classes = self.model.head[-1].out_features

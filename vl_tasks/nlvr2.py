@@ -28,11 +28,11 @@ __all__ = ["Nlvr2TaskConfig", "Nlvr2Model", "VlmoNlvr2Model", "Nlvr2Task"]
 class Nlvr2TaskConfig(TaskConfigBase):
     image_size: int = 224
     max_text_len: int = 64
-    train_jsonl: str = "nlvr2/data/train.json"
+    train_jsonl: str = "nlvr2/nlvr/nlvr2/data/train.json"
     train_images: str = "nlvr2/images/train"
-    val_jsonl: str = "nlvr2/data/dev.json"
+    val_jsonl: str = "nlvr2/nlvr/nlvr2/data/dev.json"
     val_images: str = "nlvr2/dev"
-    test_jsonl: str = "nlvr2/data/test1.json"
+    test_jsonl: str = "nlvr2/nlvr/nlvr2/data/test1.json"
     test_images: str = "nlvr2/test1"
     # the released head starts its linears at 0.001 x trunc-normal(0.02), which suits a pretrained backbone;
     # from scratch that near-zero head leaves the fused encoder without a learning signal (accuracy stays

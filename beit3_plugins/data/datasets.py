@@ -104,8 +104,9 @@ class VqaV2Config:
     questions: str = ""
     annotations: Optional[str] = None
     image_dir: Optional[str] = None
-    answer_vocab: Optional[str] = None      # answer2label.txt; default: built from ``annotations``
-    min_answer_count: int = 1
+    answer_vocab: Optional[str] = None      # answer2label.txt (``beit3-plugins data prepare`` writes it)
+    answer_list_from: Tuple[str, ...] = ()  # else the official list from these annotations (train, val); () = annotations
+    min_answer_count: int = 9               # the official threshold; lower only for tiny data
     drop_out_of_vocab: bool = False         # True for training, as the reference does
     image: ImageOptions = dataclasses.field(default_factory=ImageOptions)
 
@@ -117,8 +118,9 @@ class VqaV2Dataset(RecordDataset):
     def __init__(self, cfg: VqaV2Config) -> None:
         if cfg.answer_vocab:
             self.vocab = AnswerVocab.load(cfg.answer_vocab)
-        elif cfg.annotations:
-            self.vocab = AnswerVocab.from_annotations(cfg.annotations, min_count=cfg.min_answer_count)
+        elif cfg.answer_list_from or cfg.annotations:
+            self.vocab = AnswerVocab.from_annotations(list(cfg.answer_list_from) or cfg.annotations,
+                                                      min_count=cfg.min_answer_count)
         else:
             self.vocab = AnswerVocab([])
         read_skips = SkipCounter()

@@ -15,11 +15,13 @@ import collections
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from beit3_plugins.data.official.answers import (OFFICIAL_MIN_ANSWER_COUNT, beit3_normalize_word,
+                                                 official_answer_list, official_vqa_targets)
 
 from .images import CorruptImageError, load_image
 
@@ -28,7 +30,7 @@ PathLike = Union[str, os.PathLike]
 __all__ = [
     "SkipCounter", "CorruptImageError", "InvalidRecordError", "read_json", "read_jsonl", "load_image",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
-    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa", "read_vg_qa",
+    "VqaRecord", "AnswerVocab", "read_vqa", "read_vg_qa",
     "Nlvr2Record", "read_nlvr2", "ImageFolderRecord", "read_image_folder", "IMAGE_EXTENSIONS",
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
 ]
@@ -291,45 +293,6 @@ def read_text_lines(path: PathLike, skip_empty: bool = True) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------- VQA v2
-_CONTRACTIONS = {
-    "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hasnt": "hasn't", "havent": "haven't", "isnt": "isn't", "its": "it's",
-    "shouldnt": "shouldn't", "wasnt": "wasn't", "werent": "weren't", "wont": "won't", "wouldnt": "wouldn't",
-    "youre": "you're", "theyre": "they're", "whats": "what's", "thats": "that's", "theres": "there's",
-}
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-          "?", "!"]
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-
-
-def normalize_answer(answer: str) -> str:
-    """The VQA evaluation's answer normalisation: punctuation, number words -> digits, articles,
-    contractions (as the official evaluation script and the BEiT-3 answer vocabulary do)."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or re.search(_COMMA_STRIP, text) is not None:
-            text = text.replace(p, "")
-        else:
-            text = text.replace(p, " ")
-    text = _PERIOD_STRIP.sub("", text)
-    words = []
-    for word in text.split():
-        word = _NUMBERS.get(word, word)
-        if word in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(word, word))
-    return " ".join(words)
-
-
-def vqa_score(matching_annotators: int) -> float:
-    """Soft target of an answer given by ``n`` of the 10 annotators: 0, 0.3, 0.6, 0.9, then 1.0."""
-    return (0.0, 0.3, 0.6, 0.9)[matching_annotators] if matching_annotators < 4 else 1.0
-
-
 class AnswerVocab:
     """Answer string <-> label index for VQA classification heads (3129 answers in BEiT-3)."""
 
@@ -346,18 +309,19 @@ class AnswerVocab:
         return answer in self.index
 
     @classmethod
-    def from_annotations(cls, annotation_paths: Union[PathLike, Sequence[PathLike]], min_count: int = 1,
-                         top_k: Optional[int] = None) -> "AnswerVocab":
-        """Answers given by annotators at least ``min_count`` times, most frequent first (ties by text)."""
+    def from_annotations(cls, annotation_paths: Union[PathLike, Sequence[PathLike]],
+                         min_count: int = OFFICIAL_MIN_ANSWER_COUNT) -> "AnswerVocab":
+        """The official answer list (``VQAv2Dataset.make_dataset_index``): the ``multiple_choice_answer`` of every
+        question of ``annotation_paths`` in the order given (official: train2014 then val2014), normalised by
+        :func:`beit3_normalize_word`, kept when seen ``min_count`` (9) times, in order of first appearance.
+        Lower ``min_count`` only for tiny data sets."""
         if isinstance(annotation_paths, (str, os.PathLike)):
             annotation_paths = [annotation_paths]
-        counts: Dict[str, int] = collections.Counter()
+        majority = []
         for path in annotation_paths:
-            for ann in _read_vqa_annotations(path):
-                for answer in ann["answers"]:
-                    counts[normalize_answer(answer["answer"])] += 1
-        ranked = sorted((a for a, n in counts.items() if n >= min_count and a), key=lambda a: (-counts[a], a))
-        return cls(ranked[:top_k] if top_k else ranked)
+            for i, ann in enumerate(_read_vqa_annotations(path)):
+                majority.append(_field(ann, "multiple_choice_answer", str, path, f"annotation {i}"))
+        return cls(official_answer_list(majority, min_count))
 
     def save(self, path: PathLike) -> None:
         """BEiT-3's ``answer2label.txt`` format: one ``{"answer": ..., "label": i}`` object per line."""
@@ -398,7 +362,7 @@ class VqaRecord:
     image_id: int
     image_path: Optional[str]
     question: str
-    answers: List[str]            # normalised answers of the annotators (empty for test questions)
+    answers: List[str]            # annotator answers, beit3_normalize_word'ed (empty for test questions)
     labels: List[int]             # answer-vocabulary indices with a non-zero score
     scores: List[float]           # soft scores aligned with ``labels``
     multiple_choice_answer: str = ""
@@ -435,9 +399,9 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
              drop_out_of_vocab: bool = False, skips: Optional[SkipCounter] = None) -> List[VqaRecord]:
     """Merge VQA v2 questions with their annotations into records with soft-score targets.
 
-    Targets follow the reference: each distinct (normalised) answer in ``vocab`` gets
-    :func:`vqa_score` of the number of annotators who gave it. A question whose answers are all outside
-    the vocabulary is counted in ``skips`` as "vqa_answers_out_of_vocab" (and dropped with
+    Targets are the official ones (:func:`~beit3_plugins.data.official.answers.official_vqa_targets`): each
+    distinct *raw* annotator answer found in ``vocab`` scores by how many annotators gave it. A question whose
+    answers are all outside the vocabulary is counted in ``skips`` as "vqa_answers_out_of_vocab" (and dropped with
     ``drop_out_of_vocab``, as training does). Without annotations (test-dev/test) targets are empty.
     Image paths follow COCO: ``image_dir/COCO_<data_subtype>_<image_id:012d>.jpg``.
     """
@@ -468,21 +432,18 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
     for q in questions:
         image_path = None
         if image_dir is not None:
-            image_path = str(Path(image_dir) / f"COCO_{subtype}_{q['image_id']:012d}.jpg")
+            images = "test2015" if subtype == "test-dev2015" else subtype  # test-dev asks about test2015 images
+            image_path = str(Path(image_dir) / f"COCO_{images}_{q['image_id']:012d}.jpg")
         record = VqaRecord(question_id=q["question_id"], image_id=q["image_id"], image_path=image_path,
                            question=q["question"], answers=[], labels=[], scores=[])
         ann = annotations.get(q["question_id"])
         if ann is not None:
-            record.answers = [normalize_answer(a["answer"]) for a in ann["answers"]]
             record.raw_answers = [a["answer"] for a in ann["answers"]]
-            record.multiple_choice_answer = normalize_answer(ann.get("multiple_choice_answer", ""))
+            record.answers = [beit3_normalize_word(a) for a in record.raw_answers]
+            record.multiple_choice_answer = beit3_normalize_word(ann.get("multiple_choice_answer", ""))
             record.question_type = ann.get("question_type", "")
             record.answer_type = ann.get("answer_type", "")
-            counts = collections.Counter(record.answers)
-            for answer in sorted(counts, key=lambda a: vocab.index.get(a, -1)):
-                if answer in vocab:
-                    record.labels.append(vocab.index[answer])
-                    record.scores.append(vqa_score(counts[answer]))
+            record.labels, record.scores = official_vqa_targets(record.raw_answers, vocab.index)
             if not record.labels:
                 if skips is not None:
                     skips.add("vqa_answers_out_of_vocab", f"question {q['question_id']}")
@@ -511,7 +472,7 @@ def read_vg_qa(qa_path: PathLike, image_dir: Optional[PathLike] = None, vocab: O
             if missing:
                 raise ValueError(f"{qa_path}: a question of image {entry.get('id')} lacks {missing}")
             image_id = qa.get("image_id", entry.get("id"))
-            answer = normalize_answer(qa["answer"])
+            answer = beit3_normalize_word(qa["answer"])  # no official VG code: normalised like the list
             record = VqaRecord(question_id=qa["qa_id"], image_id=image_id, question=qa["question"],
                                image_path=str(Path(image_dir) / f"{image_id}.jpg") if image_dir is not None else None,
                                answers=[answer], labels=[], scores=[], raw_answers=[qa["answer"]])

@@ -6,8 +6,9 @@ Source: the file tables of microsoft/unilm ``beit3/README.md`` and ``beit2/READM
 1000 classes) and ``run_beit3_finetuning.py`` (64 text tokens; 32 for captioning). The release publishes no
 checksums: a file's sha256 and size are recorded in the cache on first download and checked on every later
 use (see ``download.py``); the VQ-KD names carry a sha256 prefix that is checked from the first download.
-The released VQA answer list (``answer2label.txt``) is not published; it is rebuilt from the VQA v2
-annotations (``AnswerVocab.from_annotations``) and passed to the VQA pipeline.
+The released VQA answer list (``answer2label.txt``) is not published; ``beit3-plugins data prepare`` rebuilds it
+from the VQA v2 annotations by the official procedure (``beit3_plugins.data.official``) and it is passed to the
+VQA pipeline.
 """
 from __future__ import annotations
 

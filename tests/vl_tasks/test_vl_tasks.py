@@ -180,7 +180,7 @@ def test_bad_input_is_counted_or_refused(data_world, tiny_spm, tmp_path):
     with pytest.raises(ValueError, match="invalid JSON .* line"):
         task.build_dataset("val")
     # empty split: clear error
-    nlvr = world / "nlvr2" / "data" / "dev.json"
+    nlvr = world / "nlvr2" / "nlvr" / "nlvr2" / "data" / "dev.json"
     nlvr.write_text("")
     with pytest.raises(EmptySplitError, match="no usable records"):
         _task("nlvr2", world, tiny_spm).build_dataset("val")
