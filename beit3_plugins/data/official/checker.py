@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from beit3_plugins.data.official.layout import BENCHMARKS, Benchmark, RawFile, benchmark
-from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, CorruptImageError, _field, load_image,
-                                        read_coco_captions, read_json, read_jsonl, read_karpathy, read_nlvr2)
+from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, CorruptImageError, load_image, read_coco_captions,
+                                        read_json, read_jsonl, read_karpathy, read_nlvr2)
 
 __all__ = ["FileStatus", "BenchmarkReport", "DataReport", "DataCheckError", "check", "parse_selection",
            "referenced_images"]
@@ -211,11 +211,8 @@ def _nlvr2_images(folder: Path, split: str) -> List[Path]:
 
 def _nocaps_images(folder: Path, split: str) -> List[Path]:
     json_name = {"val": "nocaps_val_4500_captions.json", "test": "nocaps_test_image_info.json"}[split]
-    if split == "val":
-        return [Path(r.image_path) for r in read_coco_captions(folder / json_name, folder / split)]
-    images = read_json(folder / json_name, "NoCaps test image info")["images"]  # no captions: the server has them
-    return [folder / split / _field(image, "file_name", str, folder / json_name, f"image {i}")
-            for i, image in enumerate(images)]
+    records = read_coco_captions(folder / json_name, folder / split, with_captions=split == "val")
+    return [Path(r.image_path) for r in records]
 
 
 _REFERRED: Dict[str, Callable[[Path, str], List[Path]]] = {
