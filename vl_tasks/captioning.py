@@ -139,7 +139,8 @@ class CaptioningTask(ImageTextMixin, VlTask):
     def _nocaps(self, split: str):
         if split not in NOCAPS:
             raise ValueError(f"NoCaps has splits {sorted(NOCAPS)}, got {split!r}")
-        records = read_coco_captions(self.path(NOCAPS[split]), self.path(f"{self.cfg.nocaps_root}/{split}"))
+        records = read_coco_captions(self.path(NOCAPS[split]), self.path(f"{self.cfg.nocaps_root}/{split}"),
+                                     with_captions=split == "val")  # the test file has images only
         ds = _CaptionImages(records, self.image_options(False).build())
         self.check_nonempty(ds, split, self.path(NOCAPS[split]))
         return ds

@@ -209,13 +209,17 @@ class CaptionRecord:
 
 
 def read_coco_captions(json_path: PathLike, image_dir: Optional[PathLike] = None,
-                       skips: Optional[SkipCounter] = None) -> List[CaptionRecord]:
-    """COCO ``captions_*.json``: one record per image (sorted by id) with all its captions."""
-    what = "COCO captions file (annotations/captions_<split>.json)"
+                       skips: Optional[SkipCounter] = None, with_captions: bool = True) -> List[CaptionRecord]:
+    """COCO ``captions_*.json``: one record per image (sorted by id) with all its captions.
+
+    ``with_captions=False`` reads an image-info file of a server-scored split (``image_info_test2014.json``,
+    NoCaps' ``nocaps_test_image_info.json``): ``images`` only, every record without captions.
+    """
+    what = "COCO captions file (annotations/captions_<split>.json)" if with_captions else "COCO image-info file"
     data = read_json(json_path, what)
-    _expect_keys(data, ["images", "annotations"], json_path, what)
+    _expect_keys(data, ["images", "annotations"] if with_captions else ["images"], json_path, what)
     captions: Dict[int, List[str]] = collections.defaultdict(list)
-    for i, ann in enumerate(_list_field(data, "annotations", json_path, what)):
+    for i, ann in enumerate(_list_field(data, "annotations", json_path, what) if with_captions else []):
         try:
             where = f"annotation {i}"
             image_id = _field(ann, "image_id", int, json_path, where)

@@ -94,3 +94,20 @@ def test_pipeline_transforms_of_every_zoo_entry_are_official(real_format_images)
         ours = build_image_transform(kind, train=False, image_size=size)
         official = official_eval_transform("imagenet" if kind == "imagenet" else "vqav2", size)
         assert torch.equal(ours(image), official(image)), (kind, size)
+
+
+def test_text_lengths_are_the_official_ones():
+    """``--num_max_bpe_tokens``: 64 by default (VQA, NLVR2, retrieval), 32 in the captioning commands; the same
+    in the task configs the trainer evaluates with and in the zoo entries the pipelines encode with. No task
+    lower-cases: the official code tokenises the raw text, and so does ``Beit3Tokenizer`` (ids checked against
+    ``XLMRobertaTokenizer`` in tests/core/test_official_data.py)."""
+    from beit3_plugins.vl_tasks.registry import TASKS
+    from beit3_plugins.zoo import get_pretrained, list_pretrained
+
+    official = {"vqa": 64, "nlvr2": 64, "retrieval": 64, "captioning": 32}
+    assert {name: TASKS.build({"name": name}).cfg.max_text_len for name in official} == official
+    entries = [get_pretrained(n) for n in list_pretrained(family="beit3")]
+    lengths = {(e.task, e.tokenizer.max_length) for e in entries if e.task in official}
+    assert {task for task, _ in lengths} == set(official)
+    assert {n for task, n in lengths if task == "captioning"} == {32}
+    assert {n for task, n in lengths if task != "captioning"} == {64}
