@@ -133,7 +133,7 @@ class SearchService:
         """Upload bytes -> model input tensor, refusing non-images and oversized images before decoding."""
         from PIL import Image, UnidentifiedImageError
 
-        from .sources import decode_image_bytes
+        from .sources import decode_image
 
         if not data:
             raise BadInput(400, "the upload is empty; choose an image file")
@@ -151,7 +151,7 @@ class SearchService:
         if width * height > self.cfg.max_pixels:
             raise BadInput(413, f"the image is {width}x{height} = {width * height} pixels; at most "
                                 f"{self.cfg.max_pixels} allowed")
-        decoded = decode_image_bytes(data, "upload")
+        decoded = decode_image(data, "upload")
         if decoded.image is None:
             raise BadInput(400, f"the image cannot be decoded ({decoded.reason}: {decoded.detail})")
         return pipe.transform(decoded.image)
@@ -167,18 +167,16 @@ class SearchService:
 
     @functools.lru_cache(maxsize=4096)
     def _thumbnail(self, source: str) -> bytes:
-        from beit3_plugins.data.readers import SkipCounter, load_image
-
-        from .sources import decode_image_bytes
+        from .sources import decode_image
 
         if "#" in source and not os.path.isfile(source):
             shard, _, key = source.rpartition("#")
-            image = decode_image_bytes(self._member(shard, key), source).image
+            image = decode_image(self._member(shard, key), source).image
         else:
             real = os.path.realpath(source)
             if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
                 raise BadInput(403, f"{source!r} resolves outside the indexed folders (a symlink?); refused")
-            image = load_image(real, SkipCounter())
+            image = decode_image(real, source).image
         if image is None:
             raise BadInput(404, f"{source!r} can no longer be decoded")
         image.thumbnail((self.cfg.thumbnail_size, self.cfg.thumbnail_size))

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from beit3_plugins.data.readers import IMAGE_EXTENSIONS, SkipCounter
 
 __all__ = ["Unit", "ImageItem", "plan_image_units", "plan_text_units", "read_image_item", "text_column",
-           "DecodedImage", "decode_image_bytes"]
+           "DecodedImage", "decode_image"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,20 +151,14 @@ def _within(path: str, root: str) -> bool:
 
 
 def read_image_item(item: ImageItem, shard_cache: Dict[str, object]) -> DecodedImage:
-    """Decode one item with the core's image decoding; a failure is a reason, never an exception. A shard
-    item's ``source`` ("<shard>#<key>") is filled in here, from the shard's index."""
-    from beit3_plugins.data.readers import load_image
+    """Decode one item with the core's one decoder (``beit3_plugins.data.load_image``); a failure is a reason,
+    never an exception. A shard item's ``source`` ("<shard>#<key>") is filled in here, from the shard's index."""
     from beit3_plugins.pretraining.shards import ShardLimits, TarShardIndex, caption_of
 
     if item.path:
         if item.root and not _within(item.path, item.root):
             return DecodedImage(None, "", "outside_root", f"{item.path} resolves outside {item.root}")
-        skips = SkipCounter()
-        image = load_image(item.path, skips)
-        if image is None:
-            reason = next(iter(skips.counts))
-            return DecodedImage(None, "", reason, skips.examples[reason][0])
-        return DecodedImage(image, "")
+        return decode_image(item.path, item.path)
     index = shard_cache.get(item.shard)
     if index is None:
         for old in list(shard_cache.values()):
@@ -176,17 +170,16 @@ def read_image_item(item: ImageItem, shard_cache: Dict[str, object]) -> DecodedI
     caption = caption_of(index.read(item.row, 1), index.read(item.row, 2), item.source, SkipCounter()) or ""
     if data is None:
         return DecodedImage(None, caption, "missing_image", f"{item.source}: no image member")
-    return decode_image_bytes(data, item.source, caption)
+    return decode_image(data, item.source, caption)
 
 
-def decode_image_bytes(data: bytes, where: str, caption: str = "") -> DecodedImage:
-    """Bytes (a shard member, an upload) -> RGB image through the core decoder, or the reason it is refused."""
-    from beit3_plugins.pretraining.shards import decode_image
+def decode_image(source, where: str, caption: str = "") -> DecodedImage:
+    """A path or encoded bytes (a shard member, an upload) -> RGB image, or the reason it is refused."""
+    from beit3_plugins.data import load_image
 
     skips = SkipCounter()
-    image = decode_image(data, where, skips)
+    image = load_image(source, skips, where=where)
     if image is None:
-        detail = "; ".join(skips.examples.get("corrupt_image", [])) or where
-        reason = "decompression_bomb" if "DecompressionBomb" in detail else "corrupt_image"
-        return DecodedImage(None, caption, reason, detail)
+        reason = next(iter(skips.counts))
+        return DecodedImage(None, caption, reason, skips.examples[reason][0])
     return DecodedImage(image, caption)
