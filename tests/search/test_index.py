@@ -56,6 +56,7 @@ def test_each_caption_finds_its_own_image_first(indexed_world, world_captions, d
     chance = 1 / len(paths)
     print(f"text->image rank-1: all {len(queries)} captions {top1:.3f}, fullest captions {top1_full:.3f}, "
           f"chance {chance:.3f}")
+    # measured (16 epochs): all captions 24.2%, fullest 37.5%, chance 2.1%
     assert top1 >= 4 * chance and top1_full >= 8 * chance, (top1, top1_full, chance)
     # image -> image: an indexed image is its own nearest neighbour; image -> texts: one of its captions ranks high
     same = searcher.image_to_images(paths[:8], k=1)
