@@ -11,6 +11,7 @@ dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic 
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
     pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
+    reproduction/   -> beit3_plugins.reproduction (published tables, cells, `beit3-plugins benchmark`)
 
 Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
 the code that reads them, so a wheel install has them too.
@@ -19,7 +20,7 @@ from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
           "segmentation": "segmentation", "vl_tasks": "vl_tasks",
-          "pipelines": "pipelines"}
+          "pipelines": "pipelines", "reproduction": "reproduction"}
 # Data-only packages: config trees stay user-visible in configs/ and are installed next to their adapter so that
 # a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
 # the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
@@ -75,7 +76,8 @@ setup(
     package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.py"],
                   "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
                   "beit3_plugins.segmentation.configs": ["_base_/*.py"],
-                  "beit3_plugins.pretraining.configs": ["*.yaml"]},
+                  "beit3_plugins.pretraining.configs": ["*.yaml"],
+                  "beit3_plugins.reproduction": ["data/*.json"]},
     install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
                               "omegaconf>=2.3",
                               "matplotlib"],
@@ -91,6 +93,7 @@ setup(
             "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
+            "benchmark=beit3_plugins.reproduction.cli:benchmark_main",
         ],
     },
 )
