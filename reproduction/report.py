@@ -72,6 +72,8 @@ def compare(plan: Plan, results: Dict[str, Dict[str, Any]], errors: Optional[Dic
                 status = f"submit {result['submission']} to {result['server']}"
             elif r.metric in result.get("metrics", {}):
                 ours = float(result["metrics"][r.metric])
+            elif r.metric in result.get("not_computed", {}):
+                status = result["not_computed"][r.metric]
             else:
                 status = f"no {r.metric} in the result (have: {', '.join(sorted(result.get('metrics', {})))})"
         rows.append(Row(table, r.model, evaluated, r.benchmark, bench.split, r.metric, r.value, ours, status,

@@ -144,8 +144,8 @@ def plan(target: str, models: Sequence[str] = ()) -> Plan:
     tables = _target_tables(target)
     specs = _parse_models(models)
     rows: List[Tuple[str, Reported, Optional[Cell]]] = []
+    covered = set()
     for table in tables:
-        covered = set()
         for r in table.rows:
             cell = None
             if not specs:
@@ -159,16 +159,18 @@ def plan(target: str, models: Sequence[str] = ()) -> Plan:
                         covered.add(name)
                         break
             rows.append((table.name, r, cell))
-        # a model named alone that has no row yet: one row per benchmark of the table its kind fits
-        for name, row in specs:
-            if row is not None or name in covered:
-                continue
-            kind = _task_of(name)
+    # a model named alone that has no row: rows of its own, once per benchmark of the target its kind fits
+    for name, row in specs:
+        if row is not None or name in covered:
+            continue
+        kind = _task_of(name)
+        seen = set()
+        for table in tables:
             for bench in dict.fromkeys(r.benchmark for r in table.rows):
                 b = BENCHMARKS[bench]
-                if kind in b.zoo_tasks:
-                    for metric in b.metrics:
-                        rows.append((table.name, Reported(name, bench, metric, None, "-"), Cell(name, bench)))
+                if kind in b.zoo_tasks and bench not in seen:
+                    seen.add(bench)
+                    rows += [(table.name, Reported(name, bench, m, None, "-"), Cell(name, bench)) for m in b.metrics]
     return Plan(target, tables, rows)
 
 
@@ -248,7 +250,7 @@ def cell_overrides(cell: Cell, bench: Benchmark, cfg: RunConfig, work: Path) -> 
              else f"model.name={entry.backbone}")
     root = Path(cfg.data_root).resolve()
     out = [f"task={bench.task}", model, f"model.checkpoint={_q(_local(weights))}",
-           f"model.tokenizer={entry.tokenizer.kind}", f"data.root={_q(root)}",
+           f"++model.tokenizer={entry.tokenizer.kind}", f"data.root={_q(root)}",
            f"data.tokenizer={_q(_local(entry.tokenizer.file))}", f"task.image_size={entry.image_size}",
            f"task.max_text_len={entry.tokenizer.max_length}",
            f"++model.overrides.normalize_output={str(entry.normalize_output).lower()}",
@@ -271,7 +273,8 @@ def cell_overrides(cell: Cell, bench: Benchmark, cfg: RunConfig, work: Path) -> 
         classes = root / "imagenet" / "classes.json"
         if classes.is_file() and len(json.loads(classes.read_text())) == 1000:   # ImageNet-1k: CLIP's names
             out.append(f"task.classnames_json={_q(ZEROSHOT_PROMPTS)}")
-    return out
+    # a task yaml lists only the fields its recipe sets: ++ sets the others too
+    return ["++" + o if o.startswith("task.") else o for o in out]
 
 
 def _fingerprint(cell: Cell) -> Dict[str, Any]:
@@ -321,6 +324,11 @@ def evaluate_cell(cell: Cell, cfg: RunConfig) -> Dict[str, Any]:
                            "split": bench.split, "metrics": metrics, "world_size": results.get("world_size", 1),
                            "seconds": round(time.perf_counter() - start, 2), "overrides": overrides,
                            "skipped": results.get("skipped", {}), **_fingerprint(cell)}
+    if bench.task == "captioning":   # a Java scorer that cannot run here: the row says what it needs
+        from beit3_plugins.vl_tasks.metrics import caption_scorers_unavailable
+
+        out["not_computed"] = {m: f"not computed: {m} needs {why}" for m, why in caption_scorers_unavailable().items()
+                               if m in bench.metrics and m not in metrics}
     if not bench.local:
         task_name = results["task"]
         predictions = work / "predictions" / f"{task_name}_{bench.eval_split}.json"

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_normalize", "recall_at_k", "caption_tokenize",
            "tokenize_captions", "ptb_available",
            "bleu", "cider", "rouge_l", "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy",
-           "top_k_accuracy", "recall_at_k_chunked"]
+           "top_k_accuracy", "recall_at_k_chunked", "caption_scorers_unavailable"]
 
 
 # ---------------------------------------------------------------------------------------------- VQA
@@ -361,6 +361,13 @@ def spice(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Seq
     return {"spice": 100.0 * float(_scored(Spice(), gts, res))}
 
 
+def caption_scorers_unavailable() -> Dict[str, str]:
+    """{metric: what it needs} for the Java scorers of :func:`caption_metrics` that cannot run here."""
+    missing = {"meteor": _java_scorer_missing("meteor.meteor"),
+               "spice": _java_scorer_missing("spice.spice", needs_models=True)}
+    return {name: why for name, why in missing.items() if why}
+
+
 def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
                     use_ptb: Optional[bool] = None) -> Dict[str, float]:
     """COCOEvalCap's set, x100: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE, on one tokenisation.
@@ -376,21 +383,18 @@ def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Has
     gts, res, used_ptb = tokenize_captions(predictions, references, use_ptb)
     scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"bleu{n}": 100.0 * float(v) for n, v in enumerate(scores, 1)}
-    skipped = []
-    if meteor_available():
+    unavailable = caption_scorers_unavailable()
+    if "meteor" not in unavailable:
         from pycocoevalcap.meteor.meteor import Meteor
 
         out["meteor"] = 100.0 * float(_scored(Meteor(), gts, res))
-    else:
-        skipped.append(f"meteor (needs {_java_scorer_missing('meteor.meteor')})")
     out["rouge_l"] = 100.0 * float(_scored(Rouge(), gts, res))
     out["cider"] = 100.0 * float(_scored(Cider(), gts, res))
-    if spice_available():
+    if "spice" not in unavailable:
         from pycocoevalcap.spice.spice import Spice
 
         out["spice"] = 100.0 * float(_scored(Spice(), gts, res))
-    else:
-        skipped.append(f"spice (needs {_java_scorer_missing('spice.spice', needs_models=True)})")
+    skipped = [f"{name} (needs {why})" for name, why in unavailable.items()]
     out["ptb_tokenizer"] = 1.0 if used_ptb else 0.0
     if skipped or not used_ptb:
         logger.warning("caption metrics: %s%s", "" if used_ptb else "PTB tokenizer unavailable (no Java), "
