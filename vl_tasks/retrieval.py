@@ -34,6 +34,10 @@ from .metrics import recall_at_k, recall_at_k_chunked
 
 __all__ = ["RetrievalTaskConfig", "RetrievalModel", "VlmoRetrievalModel", "RetrievalTask"]
 
+#: rows of the similarity matrix scored at a time: memory O(SCORE_CHUNK x max(images, texts)) (25k COCO captions:
+#: 26 MB of scores per block; torch's topk keeps int64 indices of a whole block besides)
+SCORE_CHUNK = 256
+
 KARPATHY = {
     "coco": ("coco/dataset_coco.json", "coco", ("train", "restval")),
     "flickr30k": ("flickr30k/dataset_flickr30k.json", "flickr30k/flickr30k-images", ("train",)),
@@ -215,14 +219,15 @@ class RetrievalTask(ImageTextMixin, VlTask):
     def score(self, raw: Dict[str, Any], dataset) -> Tuple[Dict[str, float], Any]:
         """R@1/5/10 in bounded memory (``recall_at_k_chunked``) and each query's top-k as the predictions."""
         img, txt, image_ids = raw["image"], raw["text"], raw["image_ids"]
-        metrics = recall_at_k_chunked(img, txt, raw["text_to_image"])
+        chunk = SCORE_CHUNK
+        metrics = recall_at_k_chunked(img, txt, raw["text_to_image"], chunk=chunk)
         k = min(self.cfg.topk_predictions, txt.shape[0])
         i2t, t2i = {}, {}
-        for start in range(0, img.shape[0], 1024):
-            top = (img[start:start + 1024] @ txt.T).topk(k, dim=1).indices.tolist()
+        for start in range(0, img.shape[0], chunk):
+            top = (img[start:start + chunk] @ txt.T).topk(k, dim=1).indices.tolist()
             i2t.update({str(image_ids[start + r]): row for r, row in enumerate(top)})
-        for start in range(0, txt.shape[0], 1024):
-            top = (txt[start:start + 1024] @ img.T).topk(min(k, img.shape[0]), dim=1).indices.tolist()
+        for start in range(0, txt.shape[0], chunk):
+            top = (txt[start:start + chunk] @ img.T).topk(min(k, img.shape[0]), dim=1).indices.tolist()
             t2i.update({str(start + r): [image_ids[i] for i in row] for r, row in enumerate(top)})
         return metrics, {"i2t": i2t, "t2i": t2i, "captions": raw["texts"]}
 
