@@ -2,7 +2,8 @@
 
     beit3-plugins benchmark list
     beit3-plugins benchmark run beit3_release --data-root /data          # every released file, downloaded
-    beit3-plugins benchmark run coco_retrieval_test --data-root /data --model my.pth=beit3_base_patch16_384_coco_retrieval
+    beit3-plugins benchmark run coco_retrieval_test --data-root /data \
+        --model my.pth=beit3_base_patch16_384_coco_retrieval
     torchrun --nproc_per_node 2 -m beit3_plugins.reproduction.cli run nlvr2_dev --data-root /data
     beit3-plugins benchmark show results/
 

@@ -67,8 +67,10 @@ def _release_rows() -> Tuple[Reported, ...]:
         name = f"beit3_{kind}_patch16_224_in1k"
         rows += [Reported(name, "imagenet1k_val", "accuracy", top1, _line(line)),
                  Reported(name, "imagenet1k_val", "accuracy_top5", top5, _line(line))]
-    for line, name, dev in ((90, "beit3_base_patch16_480_vqa", 77.65), (91, "beit3_base_indomain_patch16_480_vqa", 78.46),
-                            (92, "beit3_large_patch16_480_vqa", 81.85), (93, "beit3_large_indomain_patch16_480_vqa", 82.53),
+    for line, name, dev in ((90, "beit3_base_patch16_480_vqa", 77.65),
+                            (91, "beit3_base_indomain_patch16_480_vqa", 78.46),
+                            (92, "beit3_large_patch16_480_vqa", 81.85),
+                            (93, "beit3_large_indomain_patch16_480_vqa", 82.53),
                             (94, "beit3_large_indomain_patch16_768_vgqaaug_vqa", 82.97)):
         rows.append(Reported(name, "vqav2_test_dev", "vqa_accuracy", dev, _line(line)))
     rows.append(Reported("beit3_large_indomain_patch16_768_vgqaaug_vqa", "vqav2_test_std", "vqa_accuracy", 83.03,

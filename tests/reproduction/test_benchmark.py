@@ -23,7 +23,6 @@ from zoo_twins import KINDS, make_twins
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 # the twins in the rows of the released files and of the paper's (unreleased) giant model; first match wins
 SUBSTITUTES = ["twin_vqa=*_vqa", "twin_nlvr2=*_nlvr2", "twin_captioning=*_coco_captioning",
@@ -79,7 +78,7 @@ def _train_tiny_classifier(root: Path, spm: Path, out: Path) -> Path:
            "preset=cpu_tiny", f"data.root={root}", f"data.tokenizer={spm}", f"train.output_dir={out}",
            "train.epochs=1", "train.max_steps=6", "train.batch_size=8", "train.tensorboard=false",
            "task.image_size=32"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=out.parent)
     return out / "checkpoints" / "last.pt"
 
 
@@ -122,7 +121,11 @@ def _cmd(setup, target, out, *extra, module=False):
             "--model", *SUBSTITUTES, "--no-progress", "--batch-size", "4", *extra]
     if module:
         return args
-    return [str(Path(PY).parent / "beit3-plugins"), "benchmark", *args]
+    return [PY, "-m", "beit3_plugins.cli", "benchmark", *args]     # = the beit3-plugins console script
+
+
+def _run(setup, cmd, check=False):
+    return subprocess.run(cmd, capture_output=True, text=True, env=setup["env"], cwd=setup["base"], check=check)
 
 
 def _rows(out: Path, target: str):
@@ -138,13 +141,13 @@ def _straight(setup):
     """The release table's rows of one uninterrupted single-process run (the first test's, or a new run)."""
     out = setup["base"] / "all"
     if not (out / "all.csv").is_file():
-        subprocess.run(_cmd(setup, "all", out), capture_output=True, text=True, env=setup["env"], cwd=REPO)
+        _run(setup, _cmd(setup, "all", out))
     return _numbers(_rows(out, "all"))
 
 
 def test_every_table_prints_reported_beside_ours_and_reruns_from_cache(setup):
     out = setup["base"] / "all"
-    first = subprocess.run(_cmd(setup, "all", out), capture_output=True, text=True, env=setup["env"], cwd=REPO)
+    first = _run(setup, _cmd(setup, "all", out))
     assert (out / "all.md").is_file(), first.stderr[-3000:]
     rows = _rows(out, "all")
     from beit3_plugins.reproduction import TABLES
@@ -183,12 +186,11 @@ def test_every_table_prints_reported_beside_ours_and_reruns_from_cache(setup):
     cells = sorted((out / "cells").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in cells}
     start = time.perf_counter()
-    second = subprocess.run(_cmd(setup, "all", out), capture_output=True, text=True, env=setup["env"], cwd=REPO,
-                            check=True)
+    second = _run(setup, _cmd(setup, "all", out), check=True)
     assert {p: p.stat().st_mtime_ns for p in cells} == stamps    # nothing evaluated again
     assert _rows(out, "all") == rows
     assert time.perf_counter() - start < 60, "the cached run should only read the cells"
-    shown = subprocess.run([str(Path(PY).parent / "beit3-plugins"), "benchmark", "show", str(out)],
+    shown = subprocess.run([PY, "-m", "beit3_plugins.cli", "benchmark", "show", str(out)],
                            capture_output=True, text=True, env=setup["env"], check=True)
     assert shown.stdout == second.stdout
 
@@ -197,7 +199,7 @@ def test_sigkill_mid_run_resumes_to_the_same_table(setup):
     out = setup["base"] / "killed"
     target = "beit3_release"
     proc = subprocess.Popen(_cmd(setup, target, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=setup["env"], cwd=REPO)
+                            env=setup["env"], cwd=setup["base"])
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.1)
@@ -205,7 +207,7 @@ def test_sigkill_mid_run_resumes_to_the_same_table(setup):
     proc.wait()
     done = len(list((out / "cells").glob("*.json")))
     assert 2 <= done < len(plan(target, SUBSTITUTES).cells()), "the kill should land between the first and last cell"
-    resumed = subprocess.run(_cmd(setup, target, out), capture_output=True, text=True, env=setup["env"], cwd=REPO)
+    resumed = _run(setup, _cmd(setup, target, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _numbers(_rows(out, target)) == _straight(setup)
 
@@ -213,9 +215,8 @@ def test_sigkill_mid_run_resumes_to_the_same_table(setup):
 def test_torchrun_two_processes_give_the_numbers_of_one(setup):
     out = setup["base"] / "torchrun"
     target = "beit3_release"
-    run = subprocess.run([str(Path(PY).parent / "torchrun"), "--nproc_per_node", "2", "-m",
-                          "beit3_plugins.reproduction.cli", *_cmd(setup, target, out, module=True)],
-                         capture_output=True, text=True, env=setup["env"], cwd=REPO)
+    run = _run(setup, [str(Path(PY).parent / "torchrun"), "--nproc_per_node", "2", "-m",
+                          "beit3_plugins.reproduction.cli", *_cmd(setup, target, out, module=True)])
     assert run.returncode == 0, run.stderr[-3000:]
     cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert cells and all(c["world_size"] == 2 for c in cells)

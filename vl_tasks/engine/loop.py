@@ -27,7 +27,8 @@ from .state import TrainState, atomic_save, rng_state
 
 logger = logging.getLogger("beit3_plugins.vl_tasks.train")
 
-__all__ = ["fit", "evaluate", "shard_indices", "epoch_batches", "NonFiniteLossError", "NonFiniteGuard", "NONFINITE_MODES"]
+__all__ = ["fit", "evaluate", "shard_indices", "epoch_batches", "NonFiniteLossError", "NonFiniteGuard",
+           "NONFINITE_MODES"]
 
 NONFINITE_MODES = ("skip", "stop")
 
