@@ -289,20 +289,18 @@ def _fingerprint(cell: Cell) -> Dict[str, Any]:
 
 
 def _check_data(root: Path, bench: Benchmark) -> None:
-    """The data layer's check of the official files a benchmark needs, when it is installed."""
+    """The data layer's check of the official files a benchmark reads (``beit3_plugins.data.official.check``,
+    where installed), so a missing or damaged file is named before anything is evaluated; the datasets' own
+    readers name a missing file either way."""
     try:
-        from beit3_plugins.data import official
+        from beit3_plugins.data.official import check
     except ImportError:
-        return   # the datasets' own readers still fail naming the missing file
-    check = getattr(official, "check", None)
-    if check is None:
         return
-    report = check(root, [bench.name])
-    problems = getattr(report, "problems", None)
-    if callable(problems):
-        problems = problems()
+    if not bench.data:
+        return
+    problems = check(root, [bench.data], decode=False).problems()
     if problems:
-        raise FileNotFoundError(f"{bench.name}: " + "; ".join(map(str, problems)))
+        raise FileNotFoundError(f"{bench.name} ({bench.data}): " + "; ".join(map(str, problems)))
 
 
 def evaluate_cell(cell: Cell, cfg: RunConfig) -> Dict[str, Any]:

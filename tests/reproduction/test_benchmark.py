@@ -221,3 +221,16 @@ def test_torchrun_two_processes_give_the_numbers_of_one(setup):
     cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert cells and all(c["world_size"] == 2 for c in cells)
     assert _numbers(_rows(out, target)) == _straight(setup)
+
+
+def test_missing_data_is_an_error_naming_the_file_never_a_number(setup):
+    empty = setup["base"] / "empty_root"
+    empty.mkdir()
+    out = setup["base"] / "missing"
+    cmd = _cmd(setup, "nlvr2_dev", out)
+    cmd[cmd.index("--data-root") + 1] = str(empty)
+    run = _run(setup, cmd)
+    assert run.returncode == 1
+    rows = [r for r in _rows(out, "nlvr2_dev") if r["evaluated"]]
+    assert rows and all(r["ours"].startswith("error: FileNotFoundError") and "dev.json" in r["ours"] for r in rows)
+    assert not list((out / "cells").glob("*.json"))      # nothing cached: the next run tries again
