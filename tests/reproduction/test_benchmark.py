@@ -134,7 +134,11 @@ def _rows(out: Path, target: str):
 
 
 def _numbers(rows, table="beit3_release"):
-    return [(r["model"], r["benchmark"], r["metric"], r["ours"]) for r in rows if r["table"] == table]
+    """(row, ours) of a table; a submission row by the file's content (the folders differ between runs)."""
+    def ours(r):
+        return Path(r["ours"].split()[1]).read_text() if r["ours"].startswith("submit ") else r["ours"]
+
+    return [(r["model"], r["benchmark"], r["metric"], ours(r)) for r in rows if r["table"] == table]
 
 
 def _straight(setup):
