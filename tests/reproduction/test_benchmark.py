@@ -34,34 +34,6 @@ SUBSTITUTES = ["twin_vqa=*_vqa", "twin_nlvr2=*_nlvr2", "twin_captioning=*_coco_c
                "tiny_trained_in1k=beit3_base_patch16_224_in1k", "twin_in1k=*_in1k"]
 
 
-def _data_root(world_root: Path, dest: Path) -> Path:
-    """The world in the official layout, plus the files it lacks, derived from it: VQA test-dev / test2015
-    questions (val's, without answers), NoCaps val (COCO val captions in NoCaps' file and folder names)."""
-    dest.mkdir()
-    for child in world_root.iterdir():
-        if child.name != "coco":
-            (dest / child.name).symlink_to(child)
-    coco = dest / "coco"
-    coco.mkdir()
-    for child in (world_root / "coco").iterdir():
-        if child.name != "vqa":
-            (coco / child.name).symlink_to(child)
-    vqa = coco / "vqa"
-    vqa.mkdir()
-    for child in (world_root / "coco" / "vqa").iterdir():
-        (vqa / child.name).symlink_to(child)
-    questions = json.loads((vqa / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
-    for name in ("test-dev2015", "test2015"):
-        (vqa / f"v2_OpenEnded_mscoco_{name}_questions.json").write_text(json.dumps(questions))
-    (coco / "test2015").symlink_to(world_root / "coco" / "val2014")
-    nocaps = dest / "nocaps"
-    nocaps.mkdir()
-    captions = json.loads((world_root / "coco" / "annotations" / "captions_val2014.json").read_text())
-    (nocaps / "val").symlink_to(world_root / "coco" / "val2014")
-    (nocaps / "nocaps_val_4500_captions.json").write_text(json.dumps(captions))
-    return dest
-
-
 def _path_without_java(farm: Path) -> Path:
     """/usr/bin without java: the harness is tested here, not pycocoevalcap's Java scorers (METEOR alone takes
     a minute on 2 busy cores; tests/vl_tasks checks them). Without Java the captioning cells use the Python
@@ -91,8 +63,7 @@ def _zoo_json(path: Path, names, extra) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, data_world, tiny_spm):
     base = tmp_path_factory.mktemp("reproduction")
-    world_root, _ = data_world
-    root = _data_root(world_root, base / "data")
+    root, _ = data_world   # every benchmark's files in the official layout (VQA test-dev, NoCaps included)
     old = os.environ.get(zoo.CACHE_ENV)
     os.environ[zoo.CACHE_ENV] = str(base / "cache")
     (base / "served").mkdir()

@@ -108,7 +108,7 @@ def evaluate(task, model, split: str, device, out: Path, task_name: str, predict
     sharded = dist is not None and dist.enabled
     if sharded and not dist.main and not task.shardable:
         return {}
-    dataset = task.build_dataset(split, train=False)
+    dataset = task.dataset(split, train=False)
     was_training = model.training
     model.eval()
     try:
