@@ -71,7 +71,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
               zoo_tasks=("retrieval", "itc"), data="flickr30k:test"),
     Benchmark("flickr30k_retrieval_test_zeroshot", "Flickr30k Karpathy test, zero-shot (no Flickr30k tuning)",
               "retrieval_flickr30k", "test", ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"),
-              ("task.rerank_k=0",), zoo_tasks=("itc",), data="flickr30k:test"),
+              ("task.rerank_k=0",), zoo_tasks=("itc", "retrieval"), data="flickr30k:test"),
     Benchmark("coco_detection_val", "COCO val2017, multi-scale + flip test-time augmentation", "detection", "val",
               ("bbox_AP", "segm_AP"), kind="detection"),
     Benchmark("ade20k_val", "ADE20K val, single scale", "segmentation", "val", ("mIoU",), kind="segmentation"),
