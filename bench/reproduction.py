@@ -89,7 +89,7 @@ def overhead(images: int, repeats: int, backbone: str, size: int) -> dict:
         load_task_checkpoint(model, str(weights))
         model.eval()
         with torch.no_grad():
-            return t.evaluate(model, t.build_dataset("test", train=False), torch.device("cpu"))[0]
+            return t.evaluate(model, t.dataset("test", train=False), torch.device("cpu"))[0]
 
     def harness(i: int) -> dict:
         cfg = RunConfig(data_root=tmp / "data", out=tmp / f"out{i}", device="cpu", progress=False)

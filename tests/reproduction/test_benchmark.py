@@ -160,11 +160,9 @@ def test_every_table_prints_reported_beside_ours_and_reruns_from_cache(setup):
 
     cells = sorted((out / "cells").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in cells}
-    start = time.perf_counter()
     second = _run(setup, _cmd(setup, "all", out), check=True)
     assert {p: p.stat().st_mtime_ns for p in cells} == stamps    # nothing evaluated again
     assert _rows(out, "all") == rows
-    assert time.perf_counter() - start < 60, "the cached run should only read the cells"
     shown = subprocess.run([PY, "-m", "beit3_plugins.cli", "benchmark", "show", str(out)],
                            capture_output=True, text=True, env=setup["env"], check=True)
     assert shown.stdout == second.stdout
