@@ -58,6 +58,8 @@ EXTRAS = {
               "ftfy", "regex"],
     "vl": ["hydra-core>=1.3", "omegaconf>=2.3", "tensorboard", "pycocotools", "pycocoevalcap"],
     "hub": ["huggingface_hub"],
+    # ONNX export of the task models and its check with onnxruntime (pipelines/onnx_export.py)
+    "onnx": ["onnx", "onnxruntime"],
     # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
     "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40"],
 }
@@ -91,6 +93,9 @@ setup(
             "make-shards=beit3_plugins.pretraining.make_shards:cli_main",
             "init-vlmo-from-beit=beit3_plugins.pretraining.init_vlmo:cli_main",
             "predict=beit3_plugins.pipelines.cli:predict_main",
+            "save=beit3_plugins.pipelines.hub:save_cli",
+            "push=beit3_plugins.pipelines.hub:push_cli",
+            "export-onnx=beit3_plugins.pipelines.onnx_export:export_cli",
         ],
     },
 )

@@ -21,7 +21,7 @@ __all__ = [
     "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "Beit3BaseSharedConfig",
     "Beit3BaseStandardConfig", "VlBeitBaseConfig", "Beit3TinySharedConfig", "Beit3TinyStandardConfig",
     "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "VlmoBasePlusConfig", "VlmoTinyPlusConfig",
-    "is_vlmo", "build_backbone",
+    "is_vlmo", "build_backbone", "describe_backbone",
 ]
 
 
@@ -174,6 +174,16 @@ class VlmoTinyPlusConfig(VlmoTinyConfig):
     layer_scale_init: Optional[float] = None
     absolute_positions: bool = True
     relative_position_bias: bool = False
+
+
+def describe_backbone(cfg: MultiwayConfig) -> "tuple[str, dict]":
+    """(registered variant name, the config fields that differ from that variant's defaults): what a model
+    description (``ModelConfig.backbone`` / ``backbone_config``) records to rebuild exactly this backbone."""
+    from dataclasses import fields
+
+    name = BACKBONES.name_for_config(cfg)
+    default = BACKBONES.default_config(name)
+    return name, {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
 
 
 def is_vlmo(cfg) -> bool:

@@ -33,6 +33,8 @@ _LAZY = {
     "download_pretrained": "beit3_plugins.zoo",
     "pipeline": "beit3_plugins.pipelines",
     "create_model_and_transforms": "beit3_plugins.pipelines",
+    "save_pretrained": "beit3_plugins.pipelines",
+    "push_to_hub": "beit3_plugins.pipelines",
 }
 
 __all__ = sorted(_LAZY) + ["list_backbones", "__version__"]

@@ -41,19 +41,20 @@ class UnsafeCheckpointError(CheckpointMismatchError):
     """A file that ``torch.load(weights_only=True)`` refuses: it pickles code or arbitrary objects."""
 
 
-def safe_load(path, map_location="cpu", name: Optional[str] = None):
+def safe_load(path, map_location="cpu", name: Optional[str] = None, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
     The one place this package unpickles a file a user supplies; weights-only loading is never turned off,
     so a crafted checkpoint cannot run code when it is read. ``path`` may be a file object; ``name`` (e.g. the
-    URL it came from) then names it in errors.
+    URL it came from) then names it in errors. ``mmap``: map the tensors instead of reading them (a cheap look
+    at a big file's other entries, e.g. its ``model_config``).
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if isinstance(path, (str, os.PathLike)) and is_safetensors(path):
         return _load_safetensors(path, map_location)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
         raise unsafe_checkpoint_error(name or path, exc) from exc
 

@@ -152,6 +152,11 @@ class VlTask:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
 
+    def describe(self, model: TaskModel) -> Dict[str, Any]:
+        """What a model description (``ModelConfig``) needs from the task: ``head`` shapes, ``labels`` (answers /
+        class names in label order) and the image ``transform`` kind. Default: no head fields, no labels."""
+        return {"head": {}, "labels": None, "transform": "vl"}
+
     def check_nonempty(self, dataset, split: str, source: Any) -> None:
         if len(dataset) == 0:
             raise EmptySplitError(f"{type(self).__name__}: split {split!r} has no usable records (read from "

@@ -115,6 +115,11 @@ class ImageClassificationTask(_ImageFolderTask):
                           num_classes=num_classes)
         return ImageClassifierModel(backbone, num_classes, self.cfg.label_smoothing, mixup)
 
+    def describe(self, model) -> Dict[str, Any]:
+        names = self.classes() or getattr(self, "class_names", None)
+        return {"head": {"num_classes": model.classifier.head.out_features},
+                "labels": [str(n) for n in names] if names else None, "transform": self.cfg.transform}
+
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
         from .batches import iterate_eval
