@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from beit3_plugins.checkpoint import save_safetensors
-from beit3_plugins.zoo import CONFIG_NAME, WEIGHTS_NAME, ImageTransformConfig, ModelConfig, TokenizerConfig
+from beit3_plugins.zoo import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, TokenizerConfig
 from beit3_plugins.zoo.hub import hf_endpoint
 
 __all__ = ["save_pretrained", "push_to_hub", "model_config_of", "model_card", "save_cli", "push_cli"]
@@ -35,18 +35,13 @@ _PIPELINE_TAGS = {"vqa": "visual-question-answering", "captioning": "image-to-te
 def model_config_of(model: nn.Module, *, task: Optional[str] = None, labels: Optional[Sequence[str]] = None,
                     tokenizer: Optional[str] = None) -> ModelConfig:
     """The description of ``model``: the one it was loaded with (``model.zoo_entry``), or for a bare backbone
-    or a task model built by hand, one made from its backbone config and ``task`` (``labels``/``tokenizer``
-    completing it)."""
-    from beit3_plugins.backbones import MultiwayTransformer, describe_backbone, is_vlmo
+    or a task model built by hand, the backbone's (``backbone_model_config``) with ``task`` (``labels`` /
+    ``tokenizer`` completing it)."""
+    from beit3_plugins.backbones import MultiwayTransformer, backbone_model_config, describe_backbone
 
-    backbone = model if isinstance(model, MultiwayTransformer) else getattr(model, "backbone", None)
-    if not isinstance(backbone, MultiwayTransformer):
-        raise TypeError(f"save_pretrained takes a task model of beit3_plugins.vl_tasks or a MultiwayTransformer, "
-                        f"not a {type(model).__name__}")
-    variant, fields = describe_backbone(backbone.cfg)
-    fields = {"img_size": backbone.cfg.img_size, "normalize_output": backbone.cfg.normalize_output, **fields}
     entry = getattr(model, "zoo_entry", None)
     if entry is not None:
+        _, fields = describe_backbone(model.backbone.cfg if entry.task != "pretrain" else model.cfg)
         config = ModelConfig.from_entry(entry, backbone_config=fields)
         if labels is None and config.labels is None and entry.answer_vocab is not None:
             from beit3_plugins.data import AnswerVocab
@@ -55,16 +50,14 @@ def model_config_of(model: nn.Module, *, task: Optional[str] = None, labels: Opt
 
             labels = AnswerVocab.load(_local_or_download(entry.answer_vocab)).answers  # the folder keeps them
     else:
-        kind = task or ("pretrain" if model is backbone else None)
+        kind = task or ("pretrain" if isinstance(model, MultiwayTransformer) else None)
         if kind is None:
             raise ValueError(f"{type(model).__name__} was not loaded from a described model; pass task=<zoo task "
                              "kind: vqa, nlvr2, retrieval, captioning, image_classification>")
-        config = ModelConfig(name=kind, family="vlmo" if is_vlmo(backbone.cfg) else "beit3", task=kind,
-                             backbone=variant, backbone_config=fields,
-                             image_transform=ImageTransformConfig.of("vl", backbone.cfg.img_size),
-                             tokenizer=TokenizerConfig("wordpiece" if is_vlmo(backbone.cfg) else "sentencepiece")
-                             if kind not in ("pretrain", "image_classification") else None,
-                             trained_by="save_pretrained")
+        config = backbone_model_config(model, task=kind, trained_by="save_pretrained", name=kind)
+        if kind not in ("pretrain", "image_classification"):  # text tasks: the family's tokenizer kind
+            config = dataclasses.replace(config, tokenizer=TokenizerConfig(
+                "wordpiece" if config.family == "vlmo" else "sentencepiece"))
     changes: Dict[str, Any] = {}
     if task is not None and task != config.task:
         changes["task"] = task

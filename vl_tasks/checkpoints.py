@@ -136,26 +136,22 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
 def describe_task_model(task, task_name: str, model, *, name: str, tokenizer_kind: Optional[str] = "sentencepiece",
                         tokenizer_file: Optional[str] = None, base: Optional[str] = None,
                         benchmark: Optional[Dict[str, float]] = None, trained_by: str = "vl_tasks.train"):
-    """The :class:`~beit3_plugins.zoo.ModelConfig` of a task model the trainer built: backbone variant and every
-    non-default field, the task's head shapes, labels and transform (``VlTask.describe``), the tokenizer the
-    run read (absolute path) and the run's metrics. Written into ``best.pt`` / ``last.pt``."""
+    """The :class:`~beit3_plugins.zoo.ModelConfig` of a task model the trainer built: the backbone's
+    (``backbone_model_config``), the task's head shapes, labels and transform (``VlTask.describe``), the
+    tokenizer the run read (absolute path) and the run's metrics. Written into ``best.pt`` / ``last.pt``."""
     import os
 
-    from beit3_plugins.backbones import describe_backbone, is_vlmo
-    from beit3_plugins.zoo import ImageTransformConfig, ModelConfig, TokenizerConfig
+    from beit3_plugins.backbones import backbone_model_config
+    from beit3_plugins.zoo import ImageTransformConfig, TokenizerConfig
 
-    cfg = model.backbone.cfg
-    variant, fields = describe_backbone(cfg)
-    fields = {"img_size": cfg.img_size, "normalize_output": cfg.normalize_output, **fields}
     spec = task.describe(model)
+    labels = spec.get("labels")
     tokenizer = None
     if tokenizer_kind and tokenizer_file:  # no tokenizer file: the task reads no text (image classification)
         tokenizer = TokenizerConfig(kind=tokenizer_kind, file=os.path.abspath(str(tokenizer_file)),
                                     max_length=int(getattr(task.cfg, "max_text_len", 64)))
-    labels = spec.get("labels")
-    return ModelConfig(name=name, family="vlmo" if is_vlmo(cfg) else "beit3", task=task_name, backbone=variant,
-                       backbone_config=fields, head=dict(spec.get("head") or {}),
-                       image_transform=ImageTransformConfig.of(spec.get("transform", "vl"), cfg.img_size),
-                       tokenizer=tokenizer, labels=tuple(labels) if labels is not None else None, base=base,
-                       benchmark={k: float(v) for k, v in (benchmark or {}).items() if isinstance(v, (int, float))},
-                       trained_by=trained_by)
+    return backbone_model_config(
+        model, task=task_name, trained_by=trained_by, name=name, head=dict(spec.get("head") or {}),
+        image_transform=ImageTransformConfig.of(spec.get("transform", "vl"), model.backbone.cfg.img_size),
+        tokenizer=tokenizer, labels=tuple(labels) if labels is not None else None, base=base,
+        benchmark={k: float(v) for k, v in (benchmark or {}).items() if isinstance(v, (int, float))})

@@ -38,17 +38,18 @@ def pretrained_weights(name_or_path: str, backbone: "str | None" = None, **kwarg
     import os
 
     described = describe(name_or_path)
-    if described is not None:
-        entry = described.entry()
-    elif os.path.isfile(str(name_or_path)):
+    if described is not None:  # a folder or any trainer's checkpoint (task model, detector, segmentor, export)
+        config = described.config
+        if backbone is not None and backbone != config.backbone:
+            raise ValueError(f"{name_or_path} holds {config.backbone} weights, not {backbone}; build "
+                             f"{config.backbone!r}")
+        return str(described.weights), dict(config.backbone_config)
+    if os.path.isfile(str(name_or_path)):
         return str(name_or_path), {}
-    else:
-        entry = get_pretrained(str(name_or_path))
+    entry = get_pretrained(str(name_or_path))
     if entry.backbone is None:
         raise ValueError(f"zoo entry {entry.name!r} is a {entry.task} file, not backbone weights")
     if backbone is not None and backbone != entry.backbone:
         raise ValueError(f"zoo entry {entry.name!r} holds {entry.backbone} weights, not {backbone}; build "
                          f"{entry.backbone!r} or pick another entry (list_pretrained())")
-    if described is not None:
-        return str(described.weights), entry.backbone_overrides()
     return str(download_file(entry.weights, **kwargs)), entry.backbone_overrides()

@@ -72,7 +72,7 @@ class ModelConfig:
 
     name: str
     family: str                      # "beit3" | "vlmo"
-    task: str                        # a zoo task kind (TASK_KINDS) or a registered TASKS name
+    task: str                        # a zoo task kind (TASK_KINDS), a TASKS name, "detection" or "segmentation"
     backbone: str                    # a BACKBONES name
     backbone_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fields set on the variant
     head: Mapping[str, int] = dataclasses.field(default_factory=dict)  # {"num_answers": 3129}, {"num_classes": 3}
