@@ -18,6 +18,8 @@ from beit3_plugins.zoo import ImageTransformConfig, ModelConfig, ModelConfigErro
 
 from hf_server import HubServer
 
+pytestmark = [pytest.mark.slow]  # the module trains a tiny VQA model once (about 20 s on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def trained(data_world, tiny_spm, tmp_path_factory):
@@ -122,6 +124,13 @@ def test_cli_save_and_push_from_a_trainer_checkpoint(trained, hub, tmp_path, cap
     assert cli.main(["push", str(trained["best"]), "lab/from-cli"]) == 0
     assert "hf-hub:lab/from-cli" in capsys.readouterr().out
     assert "config.json" in hub.repos["lab/from-cli"]
+    # the pulled model exported to ONNX; outputs checked against PyTorch by onnxruntime (dynamic batch/length)
+    pytest.importorskip("onnxruntime", reason="pip install 'beit3-plugins[onnx]'")
+    assert cli.main(["export-onnx", "hf-hub:lab/from-cli", str(tmp_path / "onnx")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    print("ONNX vs PyTorch, max |diff|:", report["max_abs_diff"])
+    assert report["max_abs_diff"]["model"] < 1e-4
+    assert ModelConfig.read(tmp_path / "onnx" / "config.json").labels == config.labels
 
 
 def test_description_is_read_strictly(trained, tmp_path):

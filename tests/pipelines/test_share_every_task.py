@@ -62,6 +62,7 @@ def test_bare_backbone_saves_and_loads_through_build_backbone(tmp_path):
         build_backbone("vlmo_tiny", pretrained=str(tmp_path / "bb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,graphs", [("twin_itc", {"image_tower", "text_tower"}), ("twin_vqa", {"model"}),
                                          ("twin_nlvr2", {"model"}), ("twin_in1k", {"model"})])
 def test_onnx_export_matches_pytorch(twins, name, graphs, tmp_path):
