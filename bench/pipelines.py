@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-if __package__ in (None, ""):  # `python bench/pipelines.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import torch
 

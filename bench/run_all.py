@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 from typing import List
 
-if __package__ in (None, ""):  # `python bench/run_all.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from bench import attention_kernels

@@ -22,8 +22,12 @@ from torch import Tensor, nn
 
 from beit3_plugins.data.readers import SkipCounter
 
-__all__ = ["VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images", "encode_texts",
-           "ImageTextMixin", "Augmentation"]
+__all__ = ["BACKBONE_PREFIX", "VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images",
+           "encode_texts", "ImageTextMixin", "Augmentation"]
+
+# Where a task model keeps the Multiway backbone (TaskModel.backbone); read by the optimizer groups and the
+# checkpoint loader, checked against a built model in tests.
+BACKBONE_PREFIX = "backbone."
 
 
 class EmptySplitError(ValueError):

@@ -135,6 +135,9 @@ def test_cached_greedy_decoding_matches_full_recomputation(data_world, tiny_spm)
 def test_layer_decay_and_weight_decay_groups(data_world, tiny_spm):
     root, _ = data_world
     model = _task("nlvr2", root, tiny_spm).build_model(_backbone())
+    from beit3_plugins.vl_tasks.base import BACKBONE_PREFIX
+
+    assert model.get_submodule(BACKBONE_PREFIX[:-1]) is model.backbone
     groups = param_groups(model, weight_decay=0.05, layer_decay=0.5, head_lr_mult=20.0)
     by_name = {n: g for g in groups for n in g["param_names"]}
     depth = len(model.backbone.layers)
