@@ -173,7 +173,7 @@ def _load_for_save(source: str, tokenizer: Optional[str]):
     from .factory import create_model_and_transforms
 
     described = describe(source)
-    model = create_model_and_transforms(source, tokenizer=tokenizer)[0]
+    model = create_model_and_transforms(source)[0]
     config = described.config if described is not None else model_config_of(model)
     if tokenizer and config.tokenizer is not None:
         config = dataclasses.replace(config, tokenizer=dataclasses.replace(config.tokenizer, file=str(tokenizer)))

@@ -133,7 +133,6 @@ def export_cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("model", help="trainer checkpoint, model folder, hf-hub:org/name or zoo name")
     p.add_argument("folder", help="output folder for the .onnx graphs (and config.json)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--tokenizer", help="tokenizer file, for a checkpoint whose stored one moved")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     args = p.parse_args(argv)
     from beit3_plugins.zoo import CONFIG_NAME
@@ -141,7 +140,7 @@ def export_cli(argv: Optional[Sequence[str]] = None) -> int:
     from .factory import create_model_and_transforms
     from .hub import model_config_of
 
-    model = create_model_and_transforms(args.model, tokenizer=args.tokenizer or object())[0]
+    model = create_model_and_transforms(args.model)[0]
     start = time.perf_counter()
     paths = export_onnx(model, args.folder, opset=args.opset)
     model_config_of(model).write(Path(args.folder) / CONFIG_NAME)  # preprocessing and labels for the runtime

@@ -3,13 +3,13 @@ cached, checked download. Building models from entries happens above the core (`
 and ``build_backbone(..., pretrained=name)``)."""
 from .download import (CACHE_ENV, MIRROR_ENV, OFFLINE_ENV, ZooDownloadError, cache_dir,  # noqa: F401
                        download_file, resolve_url)
-from .entries import (TASK_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
+from .entries import (FILE_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
                       get_pretrained, list_pretrained, register_pretrained)
 from .hub import Described, describe, is_hub_name, model_folder, read_model_folder  # noqa: F401
 from .model_config import (CONFIG_NAME, WEIGHTS_NAME, ImageTransformConfig, ModelConfig,  # noqa: F401
                            ModelConfigError, TokenizerConfig)
 
-__all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "TASK_KINDS", "ZOO", "register_pretrained", "get_pretrained",
+__all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "FILE_KINDS", "ZOO", "register_pretrained", "get_pretrained",
            "list_pretrained", "download_file", "download_pretrained", "cache_dir", "resolve_url",
            "ZooDownloadError", "UnknownPretrainedError", "pretrained_weights",
            "ModelConfig", "ModelConfigError", "ImageTransformConfig", "TokenizerConfig", "describe", "Described",

@@ -24,6 +24,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"          # a model folder's self-description
 WEIGHTS_NAME = "model.safetensors"   # a model folder's weights (the task model's state dict)
 MODEL_CONFIG_KEY = "model_config"    # the key of the same dictionary inside a trainer checkpoint
+WHOLE_MODEL_TASKS = ("detection", "segmentation")  # detectron2 / mmseg checkpoints: only their backbone loads here
 
 # (mean, std) of each transform kind of beit3_plugins.transforms
 TRANSFORM_CONSTANTS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
@@ -72,7 +73,7 @@ class ModelConfig:
 
     name: str
     family: str                      # "beit3" | "vlmo"
-    task: str                        # a zoo task kind (TASK_KINDS), a TASKS name, "detection" or "segmentation"
+    task: str                        # a TASKS name, "pretrain", or "detection" / "segmentation" (whole detector)
     backbone: str                    # a BACKBONES name
     backbone_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fields set on the variant
     head: Mapping[str, int] = dataclasses.field(default_factory=dict)  # {"num_answers": 3129}, {"num_classes": 3}
@@ -181,12 +182,12 @@ class ModelConfig:
 
     def to_entry(self, weights, tokenizer_file=None, name: Optional[str] = None):
         """A :class:`ZooEntry` for these settings (``weights``/``tokenizer_file``: :class:`ZooFile`)."""
-        from .entries import TASK_KINDS, TokenizerSpec, ZooEntry
+        from .entries import TokenizerSpec, ZooEntry
 
-        if self.task not in TASK_KINDS:
-            raise ModelConfigError(f"{name or self.name}: a {self.task!r} model has no pipeline (pipelines run "
-                                   f"{', '.join(t for t in TASK_KINDS if 'tokenizer' not in t)})")
-        kind, size = self.image_transform.kind, self.image_transform.size
+        if self.task in WHOLE_MODEL_TASKS:
+            raise ModelConfigError(f"{name or self.name}: a {self.task} checkpoint ({self.trained_by}); no pipeline runs "
+                                   f"it. Load its backbone with build_backbone({self.backbone!r}, pretrained=<this file>)")
+        kind = self.image_transform.kind
         if kind not in TRANSFORM_CONSTANTS:
             raise ModelConfigError(f"{name or self.name}: field 'image_transform.kind' is {kind!r}; one of "
                                    f"{sorted(TRANSFORM_CONSTANTS)}")
