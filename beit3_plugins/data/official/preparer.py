@@ -34,6 +34,7 @@ from beit3_plugins.data.official.answers import OFFICIAL_MIN_ANSWER_COUNT, offic
 from beit3_plugins.data.official.checker import check
 from beit3_plugins.data.official.layout import BENCHMARKS, benchmark
 from beit3_plugins.data.readers import IMAGE_EXTENSIONS, AnswerVocab, read_json, read_jsonl
+from beit3_plugins.io_checks import atomic_write
 
 __all__ = ["prepare", "PrepareResult", "TEXT_BENCHMARKS", "sort_imagenet_val"]
 
@@ -54,15 +55,11 @@ class PrepareResult:
 
 
 def _write_jsonl(path: Path, items: Iterable[Dict[str, Any]], result: PrepareResult, root: Path) -> None:
-    """One ``json.dumps(item)`` per line, as the official ``_write_data_into_jsonl``."""
-    tmp = path.with_name(path.name + ".part")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for item in items:
-            handle.write(json.dumps(item) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    result.written[path.relative_to(root).as_posix()] = n
+    """One ``json.dumps(item)`` per line, as the official ``_write_data_into_jsonl``; written atomically, so a
+    killed run leaves the old file or the whole new one."""
+    lines = [json.dumps(item) + "\n" for item in items]
+    atomic_write(str(path), lambda handle: handle.write("".join(lines).encode("utf-8")))
+    result.written[path.relative_to(root).as_posix()] = len(lines)
 
 
 # ---------------------------------------------------------------------------------------------- VQA v2
