@@ -13,9 +13,8 @@ Public API (imported lazily, so ``import beit3_plugins`` pulls in neither torch 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, List
-
+# Only builtins at import time: every interpreter start imports this package (the fairseq autoload .pth,
+# autoload.py), so it must cost next to nothing there.
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -38,14 +37,16 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["list_backbones", "__version__"]
 
 
-def list_backbones() -> List[str]:
+def list_backbones() -> list[str]:
     """Names of every registered backbone (built-in and from installed plugins)."""
     from beit3_plugins.registry import BACKBONES
 
     return BACKBONES.names()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
+        import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'beit3_plugins' has no attribute {name!r}")

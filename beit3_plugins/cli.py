@@ -27,6 +27,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                   "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
     "convert-safetensors": ("beit3_plugins.checkpoint:convert_cli",
                             "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
+    "paths": ("beit3_plugins.paths:cli_main",
+              "where the installed configs and fairseq's --user-dir folder are (for the framework commands)"),
 }
 
 
