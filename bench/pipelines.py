@@ -72,7 +72,7 @@ def measure(smoke: bool = False, repeats: int = 5) -> List[OverheadRow]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tok = _tokenizer(Path(tmp))
-        for task, kind, head in (("image-embedding", "itc", {}), ("vqa", "vqa", {"num_answers": 3129})):
+        for task, kind, head in (("image-embedding", "retrieval", {}), ("vqa", "vqa", {"num_answers": 3129})):
             entry = ZooEntry(f"bench_{kind}", "beit3", kind, ZooFile("file:///dev/null"), backbone=backbone_name,
                              image_size=size, normalize_output=kind != "vqa",
                              tokenizer=TokenizerSpec("sentencepiece", max_length=64), head=head)
