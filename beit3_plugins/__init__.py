@@ -11,10 +11,8 @@ Public API (imported lazily, so ``import beit3_plugins`` pulls in neither torch 
     model = build_backbone("beit3_base", pretrained="beit3_base_patch16_224")   # zoo name: downloaded, cached
     captioner = pipeline("captioning", model="beit3_base_patch16_480_coco_captioning")
 """
-from __future__ import annotations
-
-# Only builtins at import time: every interpreter start imports this package (the fairseq autoload .pth,
-# autoload.py), so it must cost next to nothing there.
+# Nothing imported at import time (not even __future__): every interpreter start imports this package (the
+# autoload .pth, autoload.py), so it must cost next to nothing there.
 __version__ = "0.1.0"
 
 _LAZY = {

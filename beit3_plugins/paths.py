@@ -16,7 +16,8 @@ __all__ = ["LOCATIONS", "package_dir", "location", "cli_main"]
 # The checkout column follows setup.py's DATA_PACKAGES: an editable install maps config trees, it does not
 # copy them.
 LOCATIONS: Dict[str, Tuple[str, str, str, str]] = {
-    "fairseq-user-dir": ("beit3_plugins.pretraining", "fairseq_user_dir/beit3_mdm", "pretraining/fairseq_user_dir/beit3_mdm",
+    "fairseq-user-dir": ("beit3_plugins.pretraining", "fairseq_user_dir/beit3_mdm",
+                         "pretraining/fairseq_user_dir/beit3_mdm",
                          "fairseq --user-dir (only needed with BEIT3_AUTOLOAD=0)"),
     "fairseq-configs": ("beit3_plugins.pretraining", "configs", "configs/pretrain",
                         "fairseq-hydra-train --config-dir (beit3_tiny_cpu, beit3_base_ablation, ...)"),

@@ -131,7 +131,8 @@ class Beit3MdmTask(FairseqTask):
             raise ValueError("--spm-model is required (a sentencepiece model with the XLM-R id layout)")
         inputs = [(cfg.data, "dir", "data directory: the first argument / task.data")]
         if cfg.data and os.path.isdir(cfg.data):
-            inputs += [(cls._path(cfg, cfg.spm_model), "file", "tokenizer: --spm-model")] + cls.data_inputs(cfg, "train")
+            inputs.append((cls._path(cfg, cfg.spm_model), "file", "tokenizer: --spm-model"))
+            inputs += cls.data_inputs(cfg, "train")
         cls.require_inputs(inputs)
         tokenizer = Beit3Tokenizer(cls._path(cfg, cfg.spm_model))
         logger.info(f"text tokenizer: {tokenizer}")
