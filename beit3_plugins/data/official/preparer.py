@@ -272,7 +272,10 @@ def prepare(root: PathLike, benchmarks: Optional[Sequence[str]] = None, *, sente
     if "imagenet" in names and imagenet_val.is_dir() and not any(p.is_dir() for p in imagenet_val.iterdir()):
         moved = sort_imagenet_val(root / "imagenet")
         result.notes.append(f"imagenet: sorted {moved} flat val images into class folders")
-    check(root, names, decode=decode).raise_for_problems()
+    report = check(root, names, decode=decode)
+    for bench in report.benchmarks:
+        bench.derived_damaged = []  # about to be rewritten: a cut file of a killed run is no reason to stop
+    report.raise_for_problems()
     for name in names:
         folder = root / benchmark(name).folder
         if name == "vqav2":
