@@ -25,8 +25,9 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}
 class VqaPipeline(Pipeline):
     """(image, question) -> top-k answers with sigmoid scores (the heads are trained with soft-score BCE).
 
-    The answer list comes from the entry (``answer_vocab``), the ``answers`` argument (a list, or an
-    ``answer2label.txt`` / JSON list file), or a task checkpoint of this project that stores it.
+    The answer list comes from the ``answers`` argument (a list, or an ``answer2label.txt`` / JSON list
+    file), else from the model's description (the answers a trainer checkpoint or a model folder stores,
+    ``ZooEntry.labels``), else from the zoo entry's ``answer_vocab`` file.
     """
 
     task_kinds = ("vqa",)
@@ -35,6 +36,8 @@ class VqaPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         from beit3_plugins.data import AnswerVocab
 
+        if answers is None and self.entry.labels:
+            answers = list(self.entry.labels)
         if answers is None and self.entry.answer_vocab is not None:
             from .factory import _local_or_download
 
@@ -169,14 +172,9 @@ class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
         if key in self._class_cache:
             self._class_cache.move_to_end(key)
             return self._class_cache[key]
-        if not classes or not templates:
-            raise ValueError("zero-shot classification needs at least one class name and one template")
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"prompt templates need a '{{}}' for the class name: {bad}")
-        prompts = [t.format(c) for c in classes for t in templates]
-        emb = self.embed_texts(prompts).view(len(classes), len(templates), -1).mean(1)
-        emb = torch.nn.functional.normalize(emb, dim=-1)
+        from beit3_plugins.vl_tasks.classification import prompt_ensemble
+
+        emb = prompt_ensemble(self.embed_texts, classes, templates)
         self._class_cache[key] = emb
         if len(self._class_cache) > self.cache_size:
             self._class_cache.popitem(last=False)
@@ -219,12 +217,15 @@ class Nlvr2Pipeline(Pipeline):
 
 @PIPELINES.register("image-classification")
 class ImageClassificationPipeline(Pipeline):
-    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names."""
+    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names
+    (default: the class names the model's description stores, else the indices)."""
 
     task_kinds = ("image_classification",)
 
     def __init__(self, *args, class_names: Optional[Sequence[str]] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if class_names is None and self.entry.labels:
+            class_names = list(self.entry.labels)
         self.class_names = list(class_names) if class_names is not None else None
 
     def __call__(self, image, top_k: int = 5):

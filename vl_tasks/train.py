@@ -31,7 +31,9 @@ from beit3_plugins.checkpoint import safe_load
 from beit3_plugins.registry import TASKS
 from beit3_plugins.runtime import tune_malloc_unless_disabled
 
-from .checkpoints import load_task_checkpoint
+from beit3_plugins.zoo.model_config import MODEL_CONFIG_KEY
+
+from .checkpoints import describe_task_model, load_task_checkpoint
 from .engine.distributed import DistContext, resolve_device
 from .engine.logging import MetricLog, plot_curves
 from .engine.loop import evaluate, fit
@@ -184,8 +186,12 @@ def run(cfg) -> Dict[str, Any]:
     results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name), "world_size": dist.world}
 
     if bool(tc.eval_only):
+        # under torchrun every rank evaluates a block of the split (engine.loop.evaluate); train.amp applies
+        autocast, _ = autocast_and_scaler(str(tc.amp), device)
+        task.progress = bool(tc.progress) and dist.main
+        with autocast:
+            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict), dist=dist)
         if dist.main:
-            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict))
             results.update(eval=metrics, skipped=task.skips.as_dict())
             (out / "metrics.json").write_text(json.dumps(results, indent=1))
         dist.barrier()
@@ -217,10 +223,19 @@ def run(cfg) -> Dict[str, Any]:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     log = MetricLog(out, dist.main, bool(tc.tensorboard), state.global_step if resume is not None else None)
     config = _plain(cfg)
+
+    def checkpoint_extra(metrics: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+        """The run config and the model's self-description (``pipeline(task, model="best.pt")`` needs nothing else)."""
+        description = describe_task_model(
+            task, task_name, model, name=f"{task_name}_{cfg.model.name}", base=cfg.model.get("checkpoint"),
+            tokenizer_kind=str(cfg.model.get("tokenizer", "sentencepiece")), tokenizer_file=cfg.data.get("tokenizer"),
+            benchmark=metrics)
+        return {"config": config, MODEL_CONFIG_KEY: description.to_dict()}
+
     eval_metrics = fit(task=task, task_name=task_name, model=model, train_model=train_model, train_ds=train_ds,
                        optimizer=optimizer, scaler=scaler, autocast=autocast, tc=tc, dist=dist, device=device,
                        out=out, state=state, log=log, eval_split=eval_split, total_steps=total_steps, warmup=warmup,
-                       num_workers=int(cfg.data.num_workers), checkpoint_extra=lambda: {"config": config})
+                       num_workers=int(cfg.data.num_workers), checkpoint_extra=checkpoint_extra)
     log.close()
     if dist.main:
         if bool(tc.predict) and not eval_metrics:
