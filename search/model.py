@@ -6,8 +6,6 @@ import argparse
 import dataclasses
 from typing import Any, Dict, Optional
 
-import torch
-
 __all__ = ["ModelSpec", "add_model_args", "load_embedder", "load_task_pipeline"]
 
 
@@ -47,13 +45,10 @@ def add_model_args(parser: argparse.ArgumentParser, prefix: str = "", required: 
 def load_task_pipeline(spec: ModelSpec, task: str, *, device: Optional[str] = None, dtype: str = "float32",
                        batch_size: int = 64, **task_kwargs: Any):
     """The pipelines layer's ``task`` pipeline over the model ``spec`` names."""
-    from beit3_plugins.pipelines import PIPELINES, create_model_and_transforms, get_tokenizer, resolve_dtype
+    from beit3_plugins.pipelines import pipeline
 
-    dev = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
-    net, _, transform = create_model_and_transforms(spec.model, like=spec.like, device=dev, **spec.entry_fields())
-    tok = get_tokenizer(net.zoo_entry, spec.tokenizer)
-    return PIPELINES[task](net, transform, tok, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
-                           **task_kwargs)
+    return pipeline(task, spec.model, like=spec.like, tokenizer=spec.tokenizer, device=device, dtype=dtype,
+                    batch_size=batch_size, **spec.entry_fields(), **task_kwargs)
 
 
 def load_embedder(spec: ModelSpec, **kwargs: Any):
