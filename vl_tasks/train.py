@@ -187,6 +187,7 @@ def run(cfg) -> Dict[str, Any]:
         if dist.main:
             metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict))
             results.update(eval=metrics, skipped=task.skips.as_dict())
+            _add_controls(tc, task, model, eval_split, device, results)
             (out / "metrics.json").write_text(json.dumps(results, indent=1))
         dist.barrier()
         return results
@@ -229,12 +230,22 @@ def run(cfg) -> Dict[str, Any]:
         results.update(eval=eval_metrics, best={task.primary_metric: state.best}, steps=state.global_step,
                        nonfinite_loss_skips=state.nonfinite_skips, skipped=task.skips.as_dict(),
                        seconds=round(time.perf_counter() - t0, 1))
+        _add_controls(tc, task, model, eval_split, device, results)
         dataset_skips = getattr(train_ds, "skips", None)
         if dataset_skips is not None:
             results["train_skipped"] = dataset_skips.as_dict()
         (out / "metrics.json").write_text(json.dumps(results, indent=1, default=str))
     dist.barrier()
     return results
+
+
+def _add_controls(tc, task, model, eval_split: str, device, results: Dict[str, Any]) -> None:
+    """``train.controls``: blind baseline, shuffled- and constant-image evaluations (``controls.py``)."""
+    if bool(tc.get("controls", False)):
+        from .controls import evaluate_controls
+
+        results["controls"] = evaluate_controls(task, model, eval_split, device, seed=int(tc.seed))
+        logger.info("controls on %s: %s", eval_split, {k: results["controls"][k] for k in ("metric", "margin")})
 
 
 def _hydra_main():
