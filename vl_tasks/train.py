@@ -192,7 +192,7 @@ def run(cfg) -> Dict[str, Any]:
         dist.barrier()
         return results
 
-    train_ds = task.build_dataset(task.train_split)
+    train_ds = task.dataset(task.train_split)
     bs = int(tc.batch_size)
     if len(train_ds) < bs * dist.world:
         raise ValueError(f"the {task.train_split} split has {len(train_ds)} samples, fewer than one global batch "

@@ -79,7 +79,7 @@ def test_vqa_needs_the_image(tiny_spm, tmp_path):
     root = tmp_path / "world"
     generate_world(root, WorldConfig.needs_the_image(for_vqa=True, seed=0))
     result = _run("vqa", root, tiny_spm, tmp_path / "out", "train.epochs=16", "train.lr=3e-4",
-                  "train.eval_every_epochs=0", full=True)
+                  "train.eval_every_epochs=0", "task.min_answer_count=1", full=True)
     _assert_needs_the_image(result)
 
 

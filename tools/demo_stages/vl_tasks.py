@@ -27,7 +27,8 @@ from pathlib import Path
 # (task, extra overrides, headline metric, chance level of the language-only task; None: computed controls)
 # Settings follow tests/vl_tasks/test_vl_learning.py.
 STAGES = [
-    ("vqa", ["train.epochs=16", "train.lr=3e-4", "train.eval_every_epochs=0"], "vqa_accuracy", None),
+    ("vqa", ["train.epochs=16", "train.lr=3e-4", "train.eval_every_epochs=0", "task.min_answer_count=1"],
+     "vqa_accuracy", None),
     ("retrieval", ["train.epochs=15", "train.lr=3e-4", "train.eval_every_epochs=0"], "r_mean", None),
     # held-out val: on the training images the blind caption (chosen on them) would be scored on its own images
     ("captioning", ["train.epochs=10", "task.image_size=64", "task.beam_size=1", "task.max_gen_len=16",
