@@ -10,6 +10,7 @@ Tasks: ``vqa``, ``captioning``, ``image-embedding``, ``text-embedding``, ``retri
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Type, Union
 
 import torch
@@ -37,6 +38,23 @@ def list_pipelines():
     return sorted(PIPELINES)
 
 
+def _from_module(model: torch.nn.Module, tokenizer: Any, device: torch.device, download: Optional[dict]):
+    """(model, transform, tokenizer) for a model built by :func:`create_model_and_transforms`: its zoo entry
+    says which transform and tokenizer it needs."""
+    from beit3_plugins.transforms import build_image_transform
+
+    from .factory import build_tokenizer
+
+    entry = getattr(model, "zoo_entry", None)
+    if entry is None:
+        raise TypeError(f"pipeline(model=<{type(model).__name__}>): a model object must come from "
+                        "create_model_and_transforms (it carries .zoo_entry, which says its transform and tokenizer); "
+                        "otherwise pass a zoo name or a checkpoint path")
+    tok = build_tokenizer(entry, tokenizer, **dict(download or {})) if entry.tokenizer is not None or tokenizer else None
+    transform = build_image_transform(entry.image_transform, train=False, image_size=entry.image_size)
+    return model.to(device).eval(), transform, tok
+
+
 def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.device, None] = None,
              dtype: Union[str, torch.dtype, None] = "float32", batch_size: int = 8, like: Optional[str] = None,
              tokenizer: Any = None, download: Optional[dict] = None, **task_kwargs: Any) -> Pipeline:
@@ -51,7 +69,13 @@ def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.devi
     if name not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}; one of {', '.join(sorted(PIPELINES))}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    net, transform, tok = create_model_and_transforms(model, like=like, tokenizer=tokenizer, device=device,
-                                                      download=download)
+    if isinstance(model, torch.nn.Module):
+        net, transform, tok = _from_module(model, tokenizer, device, download)
+    elif isinstance(model, (str, os.PathLike)):
+        net, transform, tok = create_model_and_transforms(model, like=like, tokenizer=tokenizer, device=device,
+                                                          download=download)
+    else:
+        raise TypeError(f"pipeline(model=...) takes a zoo name, a checkpoint path or a model made by "
+                        f"create_model_and_transforms; got a {type(model).__name__}")
     return PIPELINES[name](net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
                            batch_size=batch_size, **task_kwargs)
