@@ -69,7 +69,7 @@ def test_missing_evaluation_images_fail_before_the_first_step(tmp_path, data_wor
     root, _ = data_world
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="no readable record"):
-        run(compose_config(_overrides(root, tiny_spm, out, "train.max_steps=2", f"task.val_images={tmp_path}/none")))
+        run(compose_config(_overrides(root, tiny_spm, out, "train.max_steps=2", f"+task.val_images={tmp_path}/none")))
     assert _nothing_trained(out)
 
 
