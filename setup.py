@@ -15,6 +15,8 @@ dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic 
 Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
 the code that reads them, so a wheel install has them too.
 """
+import os
+
 from setuptools import find_packages, setup
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
@@ -24,10 +26,14 @@ MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "
 # a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
 # the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
 # `mim train mmseg <that folder>/ade20k_beit3.py`), the fairseq-hydra-train yamls as
-# beit3_plugins/pretraining/configs/.
-DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": "configs/vl_tasks",
-                 "beit3_plugins.segmentation.configs": "configs",
-                 "beit3_plugins.pretraining.configs": "configs/pretrain"}
+# beit3_plugins/pretraining/configs/, the detectron2 LazyConfigs as beit3_plugins/detection/configs/.
+# Each is declared with every subfolder (configs/_base_, configs/vl_tasks/task, ...) as a package of its own and
+# ships the files matching its globs, so the wheel holds them by declaration (setuptools warns about, and may
+# one day drop, data in folders that are not declared packages).
+DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": ("configs/vl_tasks", ["*.yaml"]),
+                 "beit3_plugins.segmentation.configs": ("configs", ["*.py"]),
+                 "beit3_plugins.pretraining.configs": ("configs/pretrain", ["*.yaml"]),
+                 "beit3_plugins.detection.configs": ("detection/configs", ["*.py"])}
 # The package's own layers declare their child registries under the plugin entry-point group, exactly as a
 # third-party plugin does; the root registries in beit3_plugins/registry.py find them without naming them.
 LAYER_REGISTRIES = ["beit3_plugins.backbones=beit3_plugins.backbones.registry",
@@ -42,13 +48,21 @@ def _packages():
         package_dir[f"beit3_plugins.{name}"] = folder
         packages.append(f"beit3_plugins.{name}")
         packages += [f"beit3_plugins.{name}.{sub}" for sub in find_packages(where=folder)]
-    for name, folder in DATA_PACKAGES.items():
+    package_data = {"beit3_plugins.detection": ["*.yaml"]}
+    data_folders = {os.path.normpath(folder) for folder, _ in DATA_PACKAGES.values()}
+    for name, (folder, globs) in DATA_PACKAGES.items():
         package_dir[name] = folder
-        packages.append(name)
-    return packages, package_dir
+        for here, subfolders, _ in os.walk(folder):
+            subfolders[:] = sorted(s for s in subfolders if s != "__pycache__"
+                                   and os.path.normpath(os.path.join(here, s)) not in data_folders)
+            sub = os.path.relpath(here, folder)
+            package = name if sub == "." else name + "." + sub.replace(os.sep, ".")
+            packages.append(package)
+            package_data[package] = list(globs)
+    return packages, package_dir, package_data
 
 
-PACKAGES, PACKAGE_DIR = _packages()
+PACKAGES, PACKAGE_DIR, PACKAGE_DATA = _packages()
 
 TORCH = ["torch>=2.1", "torchvision"]
 EXTRAS = {
@@ -72,10 +86,7 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     include_package_data=True,
-    package_data={"beit3_plugins.detection": ["*.yaml", "configs/*.py"],
-                  "beit3_plugins.vl_tasks.configs": ["*.yaml", "*/*.yaml"],
-                  "beit3_plugins.segmentation.configs": ["_base_/*.py"],
-                  "beit3_plugins.pretraining.configs": ["*.yaml"]},
+    package_data=PACKAGE_DATA,
     install_requires=TORCH + ["timm>=1.0.9", "sentencepiece", "tokenizers>=0.15", "numpy", "Pillow", "safetensors", "tqdm",
                               "omegaconf>=2.3",
                               "matplotlib"],

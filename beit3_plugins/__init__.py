@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import beit3_plugins`` pulls in neither torch 
     model = build_backbone("beit3_base", checkpoint="beit3_base_patch16_224.pth")
     out = model.forward_fused(images, token_ids, padding_mask)   # or forward_vision / forward_text
 
-    from beit3_plugins import list_pretrained, pipeline, create_model_and_transforms
+    from beit3_plugins import list_pretrained, pipeline, create_model_and_transforms, get_tokenizer
     model = build_backbone("beit3_base", pretrained="beit3_base_patch16_224")   # zoo name: downloaded, cached
     captioner = pipeline("captioning", model="beit3_base_patch16_480_coco_captioning")
 """
@@ -33,6 +33,7 @@ _LAZY = {
     "download_pretrained": "beit3_plugins.zoo",
     "pipeline": "beit3_plugins.pipelines",
     "create_model_and_transforms": "beit3_plugins.pipelines",
+    "get_tokenizer": "beit3_plugins.pipelines",
 }
 
 __all__ = sorted(_LAZY) + ["list_backbones", "__version__"]

@@ -1,42 +1,63 @@
 """``beit3-plugins <command> [args]``: one console script, subcommands resolved lazily.
 
-Each command is a ``"module:function"`` string; the function takes the remaining argv and returns an
-exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
-command that needs a framework pulls it in only when used. The core lists only its own commands in
-``COMMANDS``; the layers above it (pretraining, pipelines, ...) and installed third-party packages declare
-theirs under the entry-point group ``beit3_plugins.commands`` (name -> ``module:function``, see
-``setup.py``), so this module names no package above the core. :func:`register_command` adds one at run time.
+Each command is a :class:`Command` (name, ``"module:function"`` target, help) in the ``COMMANDS`` registry (the
+project's one ``Registry`` type: one lookup, one did-you-mean error); the function takes the remaining argv and
+returns an exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
+command that needs a framework pulls it in only when used. The core lists only its own commands; the layers
+above it (pretraining, pipelines, ...) and installed third-party packages declare theirs under the entry-point
+group ``beit3_plugins.commands`` (name -> ``module:function``, see ``setup.py``), read without importing the
+target, so this module names no package above the core. :func:`register_command` adds one at run time.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import importlib.metadata
 import sys
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
-__all__ = ["COMMANDS", "register_command", "main", "COMMAND_ENTRY_POINT_GROUP"]
+from beit3_plugins.registry import Registry, UnknownComponentError
+
+__all__ = ["COMMANDS", "Command", "register_command", "main", "COMMAND_ENTRY_POINT_GROUP"]
 
 COMMAND_ENTRY_POINT_GROUP = "beit3_plugins.commands"
 
-# name -> (target "module:function", one-line help)
-COMMANDS: Dict[str, Tuple[str, str]] = {
-    "make-world": ("beit3_plugins.data.world:cli_main",
-                   "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
-    "train-spm": ("beit3_plugins.tokenizer:cli_main",
-                  "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
-    "convert-safetensors": ("beit3_plugins.checkpoint:convert_cli",
-                            "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
-}
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    target: str      # "module:function" taking argv, returning an exit code
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if ":" not in self.target:
+            raise ValueError(f"command target must be 'module:function', got {self.target!r}")
+
+
+def _from_entry_point(ep) -> Command:
+    """A command an installed package declares; its help is its function's first docstring line."""
+    origin = ep.dist.name if ep.dist else "a plugin"
+    return Command(ep.name, ep.value, target_help(ep.value) or f"(no description; from {origin})")
+
+
+COMMANDS = Registry("command", entry_type=Command, entry_point_group=COMMAND_ENTRY_POINT_GROUP,
+                    entry_point_loader=_from_entry_point, code_plugins=False)
+for _command in (
+    Command("make-world", "beit3_plugins.data.world:cli_main",
+            "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
+    Command("data", "beit3_plugins.data.official:cli_main",
+            "data check / data prepare: the official download layout of every benchmark, its derived files"),
+    Command("train-spm", "beit3_plugins.tokenizer:cli_main",
+            "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
+    Command("convert-safetensors", "beit3_plugins.checkpoint:convert_cli",
+            "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
+):
+    COMMANDS.add(_command, source=__name__)
 
 
 def register_command(name: str, target: str, help: str = "", *, force: bool = False) -> None:
     """Add ``beit3-plugins <name>`` running ``target`` ("module:function" taking argv, returning int)."""
-    if ":" not in target:
-        raise ValueError(f"command target must be 'module:function', got {target!r}")
-    if name in COMMANDS and COMMANDS[name][0] != target and not force:
-        raise ValueError(f"command {name!r} already runs {COMMANDS[name][0]}; pass force=True to replace it")
-    COMMANDS[name] = (target, help)
+    COMMANDS.add(Command(name, target, help), force=force, source="register_command")
 
 
 def target_help(target: str) -> str:
@@ -63,14 +84,6 @@ def target_help(target: str) -> str:
     return ""
 
 
-def _all_commands() -> Dict[str, Tuple[str, str]]:
-    commands = dict(COMMANDS)
-    for ep in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINT_GROUP):
-        origin = ep.dist.name if ep.dist else "a plugin"
-        commands.setdefault(ep.name, (ep.value, target_help(ep.value) or f"(no description; from {origin})"))
-    return commands
-
-
 # Errors that come from what the user gave (a path, a name, a value) and read as one line; anything else is
 # a bug and keeps its traceback. ``--debug`` (anywhere on the line) shows the traceback of these too.
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, ImportError)
@@ -91,12 +104,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    commands = _all_commands()
+    commands = dict(COMMANDS.items())
     width = max(map(len, commands)) + 2
     parser = argparse.ArgumentParser(
         prog="beit3-plugins", description="BEiT-3 family tools",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<{width}}{help_}" for name, (_, help_) in sorted(commands.items()))
+        epilog="commands:\n" + "\n".join(f"  {name:<{width}}{cmd.help}" for name, cmd in sorted(commands.items()))
                + "\n\nrun `beit3-plugins <command> --help` for a command's options; --debug shows the traceback "
                  "of an error")
     parser.add_argument("command", metavar="command", help="one of: " + ", ".join(sorted(commands)))
@@ -108,14 +121,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv[:1])
-    if args.command not in commands:
-        import difflib
-
-        close = difflib.get_close_matches(args.command, list(commands), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        parser.error(f"unknown command {args.command!r}.{hint} Commands: {', '.join(sorted(commands))}")
     try:
-        result = _resolve(commands[args.command][0])(argv[1:])
+        command = COMMANDS[args.command]
+    except UnknownComponentError as exc:
+        parser.error(str(exc))
+    try:
+        result = _resolve(command.target)(argv[1:])
     except Exception as exc:  # noqa: BLE001 - user errors become one line; see USER_ERRORS
         if debug or not _user_error(exc):
             raise

@@ -11,71 +11,53 @@ Tasks: ``vqa``, ``captioning``, ``image-embedding``, ``text-embedding``, ``retri
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Type, Union
+from typing import Any, Optional, Union
 
 import torch
 
-from .base import Pipeline
-from .factory import create_model_and_transforms, resolve_dtype
-from .tasks import (CaptioningPipeline, ImageClassificationPipeline, ImageEmbeddingPipeline, Nlvr2Pipeline,
-                    RetrievalPipeline, TextEmbeddingPipeline, VqaPipeline, ZeroShotClassificationPipeline)
+from .base import PIPELINES, Pipeline
+from .factory import create_model_and_transforms, get_tokenizer, resolve_dtype
 
-__all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "list_pipelines"]
-
-PIPELINES: Dict[str, Type[Pipeline]] = {
-    "vqa": VqaPipeline,
-    "captioning": CaptioningPipeline,
-    "image-embedding": ImageEmbeddingPipeline,
-    "text-embedding": TextEmbeddingPipeline,
-    "retrieval": RetrievalPipeline,
-    "zero-shot-classification": ZeroShotClassificationPipeline,
-    "nlvr2": Nlvr2Pipeline,
-    "image-classification": ImageClassificationPipeline,
-}
+__all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "get_tokenizer", "list_pipelines"]
 
 
 def list_pipelines():
-    return sorted(PIPELINES)
+    return PIPELINES.names()
 
 
-def _from_module(model: torch.nn.Module, tokenizer: Any, device: torch.device, download: Optional[dict]):
-    """(model, transform, tokenizer) for a model built by :func:`create_model_and_transforms`: its zoo entry
-    says which transform and tokenizer it needs."""
+def _from_module(model: torch.nn.Module, device: torch.device):
+    """(model, evaluation transform) for a model built by :func:`create_model_and_transforms`: its zoo entry
+    says which transform (and tokenizer) it needs."""
     from beit3_plugins.transforms import build_image_transform
-
-    from .factory import build_tokenizer
 
     entry = getattr(model, "zoo_entry", None)
     if entry is None:
         raise TypeError(f"pipeline(model=<{type(model).__name__}>): a model object must come from "
                         "create_model_and_transforms (it carries .zoo_entry, which says its transform and tokenizer); "
                         "otherwise pass a zoo name or a checkpoint path")
-    tok = build_tokenizer(entry, tokenizer, **dict(download or {})) if entry.tokenizer is not None or tokenizer else None
-    transform = build_image_transform(entry.image_transform, train=False, image_size=entry.image_size)
-    return model.to(device).eval(), transform, tok
+    return model.to(device).eval(), build_image_transform(entry.image_transform, train=False,
+                                                          image_size=entry.image_size)
 
 
 def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.device, None] = None,
              dtype: Union[str, torch.dtype, None] = "float32", batch_size: int = 8, like: Optional[str] = None,
              tokenizer: Any = None, download: Optional[dict] = None, **task_kwargs: Any) -> Pipeline:
-    """A ready pipeline for ``task`` over ``model`` (a zoo name or a checkpoint path; see
-    :func:`create_model_and_transforms` for ``like`` / ``tokenizer`` / ``download``).
+    """A ready pipeline for ``task`` (a ``PIPELINES`` name) over ``model`` (a zoo name or a checkpoint path; see
+    :func:`create_model_and_transforms` for ``like`` / ``download``; ``tokenizer`` replaces the entry's).
 
     ``device``: default CUDA when present, else CPU. ``dtype``: ``float32`` (default), ``bfloat16``,
     ``float16`` or ``auto`` (bf16 where the hardware has it). Task options (``answers=`` for VQA,
     ``class_names=`` for image classification) pass through ``task_kwargs``.
     """
-    name = task.replace("_", "-").lower()
-    if name not in PIPELINES:
-        raise ValueError(f"unknown pipeline task {task!r}; one of {', '.join(sorted(PIPELINES))}")
+    pipeline_type = PIPELINES[task.replace("_", "-").lower()]
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(model, torch.nn.Module):
-        net, transform, tok = _from_module(model, tokenizer, device, download)
+        net, transform = _from_module(model, device)
     elif isinstance(model, (str, os.PathLike)):
-        net, transform, tok = create_model_and_transforms(model, like=like, tokenizer=tokenizer, device=device,
-                                                          download=download)
+        net, _, transform = create_model_and_transforms(model, like=like, device=device, download=download)
     else:
         raise TypeError(f"pipeline(model=...) takes a zoo name, a checkpoint path or a model made by "
                         f"create_model_and_transforms; got a {type(model).__name__}")
-    return PIPELINES[name](net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
-                           batch_size=batch_size, **task_kwargs)
+    tok = get_tokenizer(net.zoo_entry, tokenizer, **dict(download or {}))
+    return pipeline_type(net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
+                         batch_size=batch_size, **task_kwargs)

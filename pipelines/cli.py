@@ -14,8 +14,8 @@ def _parser() -> argparse.ArgumentParser:
     from . import PIPELINES
 
     p = argparse.ArgumentParser(prog="beit3-plugins predict", description="run an inference pipeline, print JSON")
-    p.add_argument("task", nargs="?",
-                   choices=sorted(PIPELINES) + sorted(t.replace("-", "_") for t in PIPELINES if "-" in t))
+    names = PIPELINES.names()
+    p.add_argument("task", nargs="?", choices=names + sorted(t.replace("-", "_") for t in names if "-" in t))
     p.add_argument("--list", action="store_true", help="print the zoo names (of the task's weights, with a task)")
     p.add_argument("--model", help="zoo name (beit3-plugins predict --list) or checkpoint path")
     p.add_argument("--like", help="zoo entry whose settings a local checkpoint shares")

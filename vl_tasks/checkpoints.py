@@ -22,6 +22,8 @@ from torch import Tensor
 from beit3_plugins.backbones import convert_checkpoint, load_pretrained, size_hint
 from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file, shape_list
 
+from .base import BACKBONE_PREFIX
+
 __all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced"]
 
 
@@ -40,10 +42,10 @@ def split_replaced(model, state: Dict[str, Tensor], replace_heads: Sequence[str]
 
     unknown = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in own)]
     if unknown:
-        heads = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.")})
+        heads = sorted({k.split(".")[0] for k in own if not k.startswith(BACKBONE_PREFIX)})
         raise ValueError(f"{path}: model.replace_heads names {unknown}, which are not modules of this task "
                          f"model (its heads: {heads})")
-    if any(p == "backbone" or p.startswith("backbone.") for p in prefixes):
+    if any(p == BACKBONE_PREFIX[:-1] or p.startswith(BACKBONE_PREFIX) for p in prefixes):
         raise ValueError(f"{path}: model.replace_heads={prefixes} would discard backbone weights; it is for task "
                          "heads only")
     return {k: v for k, v in state.items() if not covered(k)}, sorted(k for k in own if covered(k))
@@ -74,13 +76,13 @@ def map_released_heads(model, heads: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 def _head_modules(keys) -> List[str]:
-    return sorted({k.split(".")[0] for k in keys if not k.startswith("backbone.") and k != "criterion"})
+    return sorted({k.split(".")[0] for k in keys if not k.startswith(BACKBONE_PREFIX) and k != "criterion"})
 
 
 def _check_heads(model, path: str, loaded: Sequence[str], file_heads: Sequence[str]) -> None:
     """``strict_heads``: every head tensor of ``model`` must come from the file. Checked before the backbone's
     keys, so a file of another task names the heads it lacks, not the backbone norms that task drops."""
-    own = [k for k in model.state_dict() if not k.startswith("backbone.") and k != "criterion"]
+    own = [k for k in model.state_dict() if not k.startswith(BACKBONE_PREFIX) and k != "criterion"]
     missing = sorted(set(own) - set(loaded))
     if missing:
         held = _head_modules(file_heads)
@@ -108,11 +110,12 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
     file (see the module docstring).
     """
     state = load_state_dict_file(path)
-    if any(k.startswith("backbone.") for k in state):
+    if any(k.startswith(BACKBONE_PREFIX) for k in state):
         state, replaced = split_replaced(model, state, replace_heads, path)
-        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith("backbone.")}, model.backbone)
-        state = {k: v for k, v in state.items() if not k.startswith("backbone.")} | {
-            "backbone." + k: v for k, v in fitted.state_dict.items()}
+        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)},
+                                    model.backbone, prefixes=(BACKBONE_PREFIX,))
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)} | {
+            BACKBONE_PREFIX + k: v for k, v in fitted.state_dict.items()}
         own = model.state_dict()
         wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and own[k].shape != v.shape]
@@ -121,8 +124,8 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
                                           + (size_hint(fitted.state_dict, model.backbone) or _REPLACE_HINT))
         if strict_heads:
             _check_heads(model, path, [k for k in state if k in own], list(state))
-        missing_backbone = [k for k in own if k.startswith("backbone.") and k not in state]
-        unexpected_backbone = [k for k in state if k.startswith("backbone.") and k not in own]
+        missing_backbone = [k for k in own if k.startswith(BACKBONE_PREFIX) and k not in state]
+        unexpected_backbone = [k for k in state if k.startswith(BACKBONE_PREFIX) and k not in own]
         if strict_backbone:
             _check_backbone(path, missing_backbone, unexpected_backbone)
         result = model.load_state_dict(state, strict=False)
@@ -151,9 +154,9 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
         _check_backbone(path, report.missing, report.unexpected)
     if usable:
         model.load_state_dict(usable, strict=False)
-    head_names = {k for k in own if not k.startswith("backbone.")}
-    report.loaded = sorted(["backbone." + k for k in report.loaded] + list(usable))
-    report.missing = sorted(["backbone." + k for k in report.missing] + sorted(head_names - set(usable)))
+    head_names = {k for k in own if not k.startswith(BACKBONE_PREFIX)}
+    report.loaded = sorted([BACKBONE_PREFIX + k for k in report.loaded] + list(usable))
+    report.missing = sorted([BACKBONE_PREFIX + k for k in report.missing] + sorted(head_names - set(usable)))
     if unused:
         report.notes.append(f"head weights in the file that this task does not use: {unused}")
     _note_replaced(report, replaced)

@@ -156,7 +156,7 @@ def _probe_split(task, split: str, dataset=None) -> None:
     of training. The errors are the readers' own (``EmptySplitError``, ``FileNotFoundError``, the dataset's
     "no readable record ... is the image root right?"), which name the files. The RNG states are restored,
     so a probed run draws the same augmentations as before."""
-    dataset = task.build_dataset(split, train=False) if dataset is None else dataset
+    dataset = task.dataset(split, train=False) if dataset is None else dataset
     if len(dataset):
         saved = rng_state()
         try:
@@ -229,7 +229,7 @@ def run(cfg) -> Dict[str, Any]:
     resume = _load_resume(cfg, task, task_name, ckpt_dir / "last.pt")
     eval_split = str(tc.eval_split) if tc.get("eval_split") else task.eval_split
     # every file the run reads, before the model is built and long before the first evaluation
-    train_ds = None if bool(tc.eval_only) else task.build_dataset(task.train_split)
+    train_ds = None if bool(tc.eval_only) else task.dataset(task.train_split)
     if train_ds is not None:
         _probe_split(task, task.train_split, train_ds)
     _probe_split(task, eval_split)

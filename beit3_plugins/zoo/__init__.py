@@ -3,10 +3,10 @@ cached, checked download. Building models from entries happens above the core (`
 and ``build_backbone(..., pretrained=name)``)."""
 from .download import (CACHE_ENV, MIRROR_ENV, OFFLINE_ENV, ZooDownloadError, cache_dir,  # noqa: F401
                        download_file, resolve_url)
-from .entries import (TASK_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
+from .entries import (FILE_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
                       get_pretrained, list_pretrained, register_pretrained)
 
-__all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "TASK_KINDS", "ZOO", "register_pretrained", "get_pretrained",
+__all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "FILE_KINDS", "ZOO", "register_pretrained", "get_pretrained",
            "list_pretrained", "download_file", "download_pretrained", "cache_dir", "resolve_url",
            "ZooDownloadError", "UnknownPretrainedError", "pretrained_weights", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
 

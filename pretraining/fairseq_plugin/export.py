@@ -44,16 +44,18 @@ def _core_from_state(path: str):
 
     from beit3_plugins.registry import BACKBONES
 
+    from .models import BACKBONE_PREFIX
+
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except KeyError as exc:  # fairseq's upgrade step reads fields only its own checkpoints have
         raise ValueError(_not_fairseq(path)) from exc
     cfg = state["cfg"]
     sd = state["model"]
-    if not any(k.startswith("core.backbone.") for k in sd):
-        raise ValueError(f"{path} is not a beit3_pretrain checkpoint (no core.backbone.* weights)")
+    if not any(k.startswith(BACKBONE_PREFIX) for k in sd):
+        raise ValueError(f"{path} is not a beit3_pretrain checkpoint (no {BACKBONE_PREFIX}* weights)")
     name = cfg["model"].get("backbone") or cfg["model"]["_name"]
-    backbone_sd = {k[len("core.backbone."):]: v for k, v in sd.items() if k.startswith("core.backbone.")}
+    backbone_sd = {k[len(BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
     sizes = {"img_size": int(cfg["task"]["image_size"]), "vocab_size": backbone_sd["text_embed.weight"].shape[0]}
     if "text_pos_embed" in backbone_sd:  # absolute positions (VLMo has a relative position bias only)
         sizes["max_text_positions"] = backbone_sd["text_pos_embed"].shape[1]

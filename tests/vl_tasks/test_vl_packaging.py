@@ -1,4 +1,5 @@
-"""A regular (non-editable) install ships the trainer's Hydra config tree and the mmseg configs.
+"""A regular (non-editable) install ships the trainer's Hydra config tree and the mmseg configs, declared as
+packages (the build prints no setuptools BuildBackendWarning).
 
 The wheel is built from a copy of the source tree (so no ``build/`` lands in the checkout), installed
 into a throwaway ``--target`` directory without dependencies, and a fresh interpreter that imports the
@@ -35,8 +36,14 @@ def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
         else:
             shutil.copy2(path, src / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(src)], check=True, cwd=tmp_path)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
+                            "-w", str(wheels), str(src)], cwd=tmp_path, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    # every shipped folder is a declared package: setuptools has nothing to warn about (it lists each
+    # undeclared data folder as a BuildBackendWarning and may stop shipping them)
+    log = build.stdout + build.stderr
+    assert "BuildBackendWarning" not in log and "absent from the `packages`" not in log, \
+        [line for line in log.splitlines() if "Warning" in line][:10]
     wheel = next(wheels.glob("beit3_plugins-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"beit3_plugins/pipelines/__init__.py", "beit3_plugins/zoo/beit3_release.py"} <= names

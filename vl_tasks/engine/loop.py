@@ -74,7 +74,7 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
 
 
 def evaluate(task, model, split: str, device, out: Path, task_name: str, predict: bool) -> Dict[str, float]:
-    dataset = task.build_dataset(split, train=False)
+    dataset = task.dataset(split, train=False)
     was_training = model.training
     model.eval()
     try:
