@@ -79,8 +79,8 @@ def target_help(target: str) -> str:
         return ""
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == func:
-            doc = ast.get_docstring(node) or ""
-            return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+            line = (ast.get_docstring(node) or "").strip().split("\n")[0].strip().rstrip(".")
+            return line[:1].lower() + line[1:] if line[1:2].islower() else line  # the style of the core's helps
     return ""
 
 

@@ -46,8 +46,9 @@ def test_a_size_mismatch_names_the_variant_the_file_holds(tmp_path):
     torch.manual_seed(0)
     tiny = build_backbone("beit3_tiny")
     torch.save({"model": to_released_state_dict(tiny)}, tmp_path / "tiny.pth")
-    with pytest.raises(Exception, match=r"this file is a beit3_tiny checkpoint \(width 64, 4 layers, FFN 256\)") as info:
-        build_backbone("beit3_base", checkpoint=str(tmp_path / "tiny.pth"))
+    with pytest.raises(Exception, match=r"this file is a beit3_tiny checkpoint \(width 64, 4 layers, FFN 256\); the "
+                                        r"model is width 32, 2 layers, FFN 128") as info:
+        build_backbone("beit3_tiny", embed_dim=32, depth=2, ffn_dim=128, checkpoint=str(tmp_path / "tiny.pth"))
     assert "and " in str(info.value) and "more" in str(info.value)      # the list of tensors is cut short
     assert str(info.value).count("\n") < 20
 
@@ -63,6 +64,8 @@ def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys
         cli.main(["--debug", "convert-safetensors", missing, str(tmp_path / "out.safetensors")])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_corrupt_file_through_the_console_script_is_one_line(tmp_path):
     (tmp_path / "cut.pth").write_bytes(_whole(tmp_path / "whole.pth")[:300])
     res = subprocess.run([BIN / "beit3-plugins", "convert-safetensors", str(tmp_path / "cut.pth"),
@@ -79,7 +82,7 @@ def test_help_lists_every_command_with_its_own_one_line_help(capsys):
     for name in ("export-pretrained", "make-shards", "init-vlmo-from-beit", "predict"):
         help_text = lines[name][len("  " + name):].strip()
         assert help_text and not help_text.startswith("runs ") and ":" not in help_text.split()[0], lines[name]
-    assert "Export a fairseq pretraining checkpoint" in lines["export-pretrained"]
+    assert "export a fairseq pretraining checkpoint as a backbone checkpoint" in lines["export-pretrained"]
 
 
 def test_help_imports_no_command_module():

@@ -4,6 +4,7 @@ Catalogue: docs/reliability.md."""
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,19 @@ def test_predict_user_errors_are_one_line(world, capsys):
                      "--answers", str(world["cache"].parent / "served" / "twin_answers.json")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("beit3-plugins predict: error: VqaPipeline runs vqa weights") and "Traceback" not in err
+
+
+def test_a_16_bit_png_and_a_float_array_of_0_to_255(world, tmp_path):
+    """The array contract of the one decoder, through a pipeline: floats mean [0, 1]; 0..255 floats are
+    refused, not clipped to white; a 16-bit PNG gives its 8-bit pixels, not white."""
+    from PIL import Image
+
+    pipe = pipeline("image-embedding", model="twin_itc")
+    grey = np.linspace(0, 65535, 48 * 48).reshape(48, 48).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    eight_bit = np.repeat((grey.astype(np.uint32) // 257).astype(np.uint8)[..., None], 3, -1)
+    assert torch.allclose(pipe(str(tmp_path / "deep.png")), pipe(eight_bit), atol=1e-6)
+    assert torch.allclose(pipe(eight_bit / 255.0), pipe(eight_bit), atol=1e-6)
+    with pytest.raises(ValueError, match="looks like 0..255 floats"):
+        pipe(eight_bit.astype(np.float32))

@@ -7,6 +7,8 @@ from beit3_plugins import cli
 from beit3_plugins.backbones import build_backbone, to_released_state_dict
 from beit3_plugins.vl_tasks.vqa import VqaModel
 
+pytestmark = pytest.mark.slow   # imports fairseq
+
 
 def test_export_pretrained_names_a_vl_trainer_checkpoint(tmp_path, capsys):
     model = VqaModel(build_backbone("beit3_tiny"), num_answers=4)
