@@ -4,7 +4,7 @@ from .multiway import (KVCache, Layout, Modality, MultiwayConfig, MultiwayOutput
                        Routing, unilm_attention_mask)
 from .variants import (Beit3BaseConfig, Beit3GiantConfig, Beit3LargeConfig, Beit3TinyConfig,  # noqa: F401
                        VlmoBaseConfig, VlmoBasePlusConfig, VlmoLargeConfig, VlmoTinyConfig,
-                       VlmoTinyPlusConfig, build_backbone, is_vlmo)
+                       VlmoTinyPlusConfig, backbone_model_config, build_backbone, describe_backbone, is_vlmo)
 from .conversion import (ConvertedCheckpoint, checkpoint_filter_fn, convert_checkpoint,  # noqa: F401
                          detect_source_format, export_state_dict, find_backbone_prefix, load_pretrained,
                          size_hint, split_heads, to_released_state_dict)

@@ -51,6 +51,8 @@ for _command in (
             "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
     Command("convert-safetensors", "beit3_plugins.checkpoint:convert_cli",
             "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
+    Command("paths", "beit3_plugins.paths:cli_main",
+            "where the installed configs and fairseq's --user-dir folder are (for the framework commands)"),
 ):
     COMMANDS.add(_command, source=__name__)
 

@@ -256,10 +256,11 @@ class Registry:
 
     def _add_all(self, value: Any, name: str, source: str) -> None:
         """One entry (under ``name``) or a sequence of named entries, from a location or an entry point."""
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        for item in items:
-            self.add(item, name if len(items) == 1 and not isinstance(value, (list, tuple)) else None,
-                     source=source)
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                self.add(item, source=source)
+        else:
+            self.add(value, name or None, source=source)
 
     def items(self) -> List[Tuple[str, Any]]:
         """(name, object) of every entry in this registry and its children (after discovery)."""

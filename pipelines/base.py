@@ -22,7 +22,7 @@ from beit3_plugins.zoo import ZooEntry
 
 __all__ = ["Pipeline", "PIPELINES", "ImageInput", "as_list", "chunks", "check_count"]
 
-ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
 
 
 def as_list(value: Any, what: str = "inputs") -> Tuple[List[Any], bool]:

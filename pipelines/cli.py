@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# the inputs each task needs (checked before a model is built or downloaded)
+# the inputs each task needs (checked before a model is built or downloaded); a plugin's pipeline takes images
 NEEDS = {"vqa": ("image", "question"), "captioning": ("image",), "image-embedding": ("image",),
          "text-embedding": ("text",), "retrieval": ("image", "text"), "zero-shot-classification": ("image", "classes"),
          "nlvr2": ("image", "text"), "image-classification": ("image",)}
@@ -45,7 +45,7 @@ NEEDS = {"vqa": ("image", "question"), "captioning": ("image",), "image-embeddin
 
 def _check_args(parser: argparse.ArgumentParser, args, task: str) -> None:
     """Every argument error, before anything is built: missing inputs, missing image files, counts < 1."""
-    missing = [f"--{n.replace('_', '-')}" for n in ("model",) + NEEDS[task] if not getattr(args, n)]
+    missing = [f"--{n.replace('_', '-')}" for n in ("model",) + NEEDS.get(task, ("image",)) if not getattr(args, n)]
     if missing:
         parser.error(f"{task}: {' and '.join(missing)} required")
     if task == "nlvr2" and (len(args.image) != 2 or len(args.text) != 1):
@@ -111,8 +111,11 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         result = pipe(args.image, args.classes, top_k=args.top_k, **kwargs)
     elif task == "nlvr2":
         result = pipe(args.image[0], args.image[1], args.text[0])
-    else:  # image-classification
+    elif task == "image-classification":
         result = pipe(args.image, top_k=args.top_k)
+    else:  # a plugin's pipeline: images in, its JSON-ready answer out
+        result = pipe(args.image)
+        result = result.tolist() if hasattr(result, "tolist") else result
     json.dump({"task": task, "model": args.model, "result": result}, sys.stdout)
     sys.stdout.write("\n")
     return 0

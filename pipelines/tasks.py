@@ -25,8 +25,9 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}
 class VqaPipeline(Pipeline):
     """(image, question) -> top-k answers with sigmoid scores (the heads are trained with soft-score BCE).
 
-    The answer list comes from the entry (``answer_vocab``), the ``answers`` argument (a list, or an
-    ``answer2label.txt`` / JSON list file), or a task checkpoint of this project that stores it.
+    The answer list comes from the ``answers`` argument (a list, or an ``answer2label.txt`` / JSON list
+    file), else from the model's description (the answers a trainer checkpoint or a model folder stores,
+    ``ZooEntry.labels``), else from the zoo entry's ``answer_vocab`` file.
     """
 
     task_kinds = ("vqa",)
@@ -35,6 +36,8 @@ class VqaPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         from beit3_plugins.data import AnswerVocab
 
+        if answers is None and self.entry.labels:
+            answers = list(self.entry.labels)
         if answers is None and self.entry.answer_vocab is not None:
             from .factory import _local_or_download
 
@@ -229,7 +232,8 @@ class Nlvr2Pipeline(Pipeline):
 
 @PIPELINES.register("image-classification")
 class ImageClassificationPipeline(Pipeline):
-    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names."""
+    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names
+    (default: the class names the model's description stores, else the indices)."""
 
     task_kinds = ("image_classification",)
 
@@ -240,6 +244,8 @@ class ImageClassificationPipeline(Pipeline):
             from beit3_plugins.data.readers import read_text_lines
 
             class_names = [line.strip() for line in read_text_lines(class_names) if line.strip()]
+        if class_names is None and self.entry.labels:
+            class_names = list(self.entry.labels)
         if class_names is not None and len(class_names) != classes:
             raise ValueError(f"{self.entry.name}: the classifier has {classes} classes, class_names {len(class_names)}")
         self.class_names = list(class_names) if class_names is not None else None

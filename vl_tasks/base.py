@@ -179,6 +179,13 @@ class VlTask:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
 
+    def describe(self, model: TaskModel) -> Dict[str, Any]:
+        """What a model description (``ModelConfig``) needs from the task: ``head`` shapes (default: the plain
+        values of :meth:`head_spec`, which ``model_for`` reads back), ``labels`` (answers / class names in label
+        order; default none) and the image ``transform`` kind (default ``vl``)."""
+        head = {k: v for k, v in self.head_spec().items() if isinstance(v, (bool, int, float, str))}
+        return {"head": head, "labels": None, "transform": "vl"}
+
     def check_nonempty(self, dataset, split: str, source: Any) -> None:
         if len(dataset) == 0:
             raise EmptySplitError(f"{type(self).__name__}: split {split!r} has no usable records (read from "

@@ -14,7 +14,7 @@ fresh init; the report lists them. Every other shape mismatch still raises.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_s
 
 from .base import BACKBONE_PREFIX
 
-__all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced"]
+__all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced", "describe_task_model"]
 
 
 def split_replaced(model, state: Dict[str, Tensor], replace_heads: Sequence[str], path: str
@@ -163,3 +163,27 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
     report.heads = heads
     model.load_report = report
     return report
+
+
+def describe_task_model(task, task_name: str, model, *, name: str, tokenizer_kind: Optional[str] = "sentencepiece",
+                        tokenizer_file: Optional[str] = None, base: Optional[str] = None,
+                        benchmark: Optional[Dict[str, float]] = None, trained_by: str = "vl_tasks.train"):
+    """The :class:`~beit3_plugins.zoo.ModelConfig` of a task model the trainer built: the backbone's
+    (``backbone_model_config``), the task's head shapes, labels and transform (``VlTask.describe``), the
+    tokenizer the run read (absolute path) and the run's metrics. Written into ``best.pt`` / ``last.pt``."""
+    import os
+
+    from beit3_plugins.backbones import backbone_model_config
+    from beit3_plugins.zoo import ImageTransformConfig, TokenizerConfig
+
+    spec = task.describe(model)
+    labels = spec.get("labels")
+    tokenizer = None
+    if tokenizer_kind and tokenizer_file:  # no tokenizer file: the task reads no text (image classification)
+        tokenizer = TokenizerConfig(kind=tokenizer_kind, file=os.path.abspath(str(tokenizer_file)),
+                                    max_length=int(getattr(task.cfg, "max_text_len", 64)))
+    return backbone_model_config(
+        model, task=task_name, trained_by=trained_by, name=name, head=dict(spec.get("head") or {}),
+        image_transform=ImageTransformConfig.of(spec.get("transform", "vl"), model.backbone.cfg.img_size),
+        tokenizer=tokenizer, labels=tuple(labels) if labels is not None else None, base=base,
+        benchmark={k: float(v) for k, v in (benchmark or {}).items() if isinstance(v, (int, float))})

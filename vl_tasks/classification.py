@@ -120,6 +120,11 @@ class ImageClassificationTask(_ImageFolderTask):
         return ImageClassifierModel(backbone, int(head.get("num_classes", 1000)), float(head.get("label_smoothing", 0.0)),
                                     head.get("mixup"))
 
+    def describe(self, model) -> Dict[str, Any]:
+        names = self.classes() or getattr(self, "class_names", None)
+        return {"head": {"num_classes": model.classifier.head.out_features},
+                "labels": [str(n) for n in names] if names else None, "transform": self.cfg.transform}
+
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
         from .batches import iterate_eval

@@ -46,11 +46,10 @@ class Nlvr2Model(TaskModel):
         self.head = TwoLayerMLP(4 * self.dim, 2 * self.dim, 2, init_scale=head_init_scale)
 
     def logits(self, left, right, ids, padding_mask):
-        bsz = ids.shape[0]
         out = self.backbone.forward_fused(torch.cat([left, right]), torch.cat([ids, ids]),
                                           torch.cat([padding_mask, padding_mask]))
         pooled = torch.cat([out.vision_cls, out.text_cls], dim=-1)  # (2B, 2D)
-        a, b = pooled.split(bsz)
+        a, b = pooled.chunk(2)  # (left, right) halves; chunk keeps the batch dynamic in an ONNX trace
         return self.head(torch.cat([a, b], dim=-1))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:

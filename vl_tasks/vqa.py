@@ -117,6 +117,10 @@ class VqaTask(ImageTextMixin, VlTask):
     def state_dict(self) -> Dict[str, Any]:
         return {"answers": list(self.vocab.answers)} if self.vocab is not None else {}
 
+    def describe(self, model) -> Dict[str, Any]:
+        vocab = self._require_vocab()
+        return {"head": {"num_answers": len(vocab)}, "labels": list(vocab.answers), "transform": "vl"}
+
     def load_state_dict(self, state) -> None:
         if state.get("answers"):
             self.vocab = AnswerVocab(state["answers"])

@@ -66,7 +66,10 @@ def _core_from_state(path: str):
                               "core.logit_scale"))}
     if cfg["model"].get("mim_target", "vqkd") != "vqkd":   # pixel heads have no released counterpart
         heads = {k: v for k, v in heads.items() if not k.startswith("mim_head.")}
-    return name, backbone, heads
+    spm = cfg["task"].get("spm_model") or None
+    if spm and not os.path.isabs(spm):
+        spm = os.path.join(cfg["task"].get("data") or "", spm)
+    return name, backbone, heads, spm
 
 
 def _not_fairseq(path: str) -> str:
@@ -91,10 +94,16 @@ def export_checkpoint(fairseq_checkpoint: str, out_path: str) -> Dict[str, objec
     """Write the backbone checkpoint; returns a summary (backbone name, layout, #tensors)."""
     from beit3_plugins.backbones import export_state_dict
 
-    name, backbone, heads = _core_from_state(fairseq_checkpoint)
+    from beit3_plugins.backbones import backbone_model_config
+
+    name, backbone, heads, spm = _core_from_state(fairseq_checkpoint)
     sd, layout = export_state_dict(backbone, heads)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save({"model": sd}, out_path)
+    # the backbone's self-description: build_backbone(name, pretrained=out_path) / beit3-plugins save need no more
+    description = backbone_model_config(backbone, task="pretrain", trained_by="fairseq export",
+                                        tokenizer_file=spm if spm and os.path.isfile(spm) else None,
+                                        base=os.path.abspath(fairseq_checkpoint))
+    torch.save({"model": sd, "model_config": description.to_dict()}, out_path)
     summary = {"backbone": name, "layout": layout, "tensors": len(sd), "heads": sorted(heads), "path": out_path}
     logger.info(f"exported {summary}")
     return summary

@@ -128,6 +128,8 @@ def test_child_registries_scope_duplicates_and_parent_fallback():
         Registry("widget", parent=root)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fresh_process_builds_every_kind_through_the_root_registries(data_world, tiny_spm):
     """No prior import of any layer: the roots find the built-ins through the ``beit3_plugins`` entry points."""
     import subprocess

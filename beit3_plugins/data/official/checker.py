@@ -4,7 +4,8 @@ For every raw file a benchmark split needs (:mod:`.layout`) the report says pres
 an annotation file, images of a folder), missing (with the official download link) or malformed (the reader's
 error: invalid JSON, a wrong field, ...); then every image the annotation files refer to is looked up and, unless
 ``decode=False``, fully decoded with the project's one image loader, so a missing or truncated image is named too.
-Derived files (``data prepare``'s outputs) are listed as present or not; they never fail a check.
+Derived files (``data prepare``'s outputs) are listed as present or not (absent never fails a check), and each
+present one is parsed: an unreadable one is a problem, as the evaluation would read it.
 :meth:`DataReport.raise_for_problems` turns any problem into one :class:`DataCheckError` naming every file, so a
 caller never scores a partial split silently.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from beit3_plugins.data.official.layout import BENCHMARKS, Benchmark, RawFile, benchmark
-from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, CorruptImageError, load_image, read_coco_captions,
-                                        read_json, read_jsonl, read_karpathy, read_nlvr2)
+from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, AnswerVocab, CorruptImageError, load_image,
+                                        read_coco_captions, read_json, read_jsonl, read_karpathy, read_nlvr2)
 
 __all__ = ["FileStatus", "BenchmarkReport", "DataReport", "DataCheckError", "check", "parse_selection",
            "referenced_images"]
@@ -61,17 +62,19 @@ class BenchmarkReport:
     images_missing: List[str] = dataclasses.field(default_factory=list)     # relative to the data root
     images_damaged: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, error)
     derived: Dict[str, bool] = dataclasses.field(default_factory=dict)     # file -> present
+    derived_damaged: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, error)
     setup: str = ""
 
     @property
     def ok(self) -> bool:
         return (all(f.status == "ok" for f in self.files) and not self.images_missing
-                and not self.images_damaged)
+                and not self.images_damaged and not self.derived_damaged)
 
     def problems(self) -> List[str]:
         out = [f.line().strip() for f in self.files if f.status != "ok"]
         out += [f"MISSING   {p}: image referred to by the annotations" for p in self.images_missing]
         out += [f"DAMAGED   {p}: {err}" for p, err in self.images_damaged]
+        out += [f"DAMAGED   {p}: {err} (rerun `beit3-plugins data prepare`)" for p, err in self.derived_damaged]
         return out
 
     def format(self) -> str:
@@ -90,6 +93,8 @@ class BenchmarkReport:
         if hidden > 0:
             lines.append(f"  ... and more image problems ({len(self.images_missing)} missing, "
                          f"{len(self.images_damaged)} damaged in all)")
+        for p, err in self.derived_damaged:
+            lines.append(f"  DAMAGED   {p}: {err}")
         if self.derived:
             absent = [name for name, present in self.derived.items() if not present]
             lines.append("  derived files: " + ("all present" if not absent else
@@ -234,6 +239,18 @@ def referenced_images(root: PathLike, name: str, split: str) -> List[Path]:
     return sorted(set(_REFERRED[name](folder, split)))
 
 
+def _derived_problem(path: Path) -> Optional[str]:
+    """A derived file that is there but unreadable (a killed ``prepare``, an edit): its error, else None."""
+    try:
+        if path.name == "answer2label.txt":
+            AnswerVocab.load(path)
+        else:
+            read_jsonl(path, "index written by `data prepare`")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _decode_problem(path: Path) -> Optional[str]:
     try:
         load_image(path)
@@ -273,6 +290,10 @@ def check(root: PathLike, benchmarks: Optional[Sequence[str]] = None, *, decode:
         files = [_check_raw(root, bench, raw) for raw in bench.raw_for(splits)]
         report = BenchmarkReport(bench.name, bench.title, bench.folder, splits, files, setup=bench.setup)
         report.derived = {name: (root / bench.folder / name).is_file() for name in bench.derived}
+        for name in [n for n, present in report.derived.items() if present]:
+            problem = _derived_problem(root / bench.folder / name)
+            if problem:
+                report.derived_damaged.append((f"{bench.folder}/{name}", problem))
         if all(f.status == "ok" for f in files):
             images: List[Path] = []
             for split in splits:
