@@ -198,8 +198,10 @@ def run(cfg) -> Dict[str, Any]:
                          f"({bs} x {dist.world} processes); lower train.batch_size")
     total_steps, warmup = _schedule(tc, len(train_ds) // (bs * dist.world))
     groups = param_groups(model, float(tc.weight_decay), float(tc.layer_decay), float(tc.head_lr_mult))
+    # fused AdamW (one kernel for every parameter) on the GPU; the CPU keeps torch's default implementation
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups],
-                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps))
+                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps),
+                                  fused=True if device.type == "cuda" else None)
     if dist.main:
         check_free_space(ckpt_dir, _checkpoint_bytes(model), setting="train.output_dir")
     autocast, scaler = autocast_and_scaler(str(tc.amp), device)
