@@ -73,32 +73,8 @@ build_detectron2() {  # upstream snapshot repacked as pure python, without its _
   rm -rf "$work"
 }
 
-# mmcv's compiled ops for this machine: CUDA kernels when the CUDA toolkit is present and a GPU is visible
-# (or BEIT3_MMCV_CUDA=1 forces a CUDA build without one, for the architectures in TORCH_CUDA_ARCH_LIST);
-# otherwise CPU only, as before. The toolkit is a system nvcc or the nvidia-cuda-nvcc wheel of torch's CUDA.
-# Where mmcv ends up without a kernel for a device, segmentation/mmcv_ops.py falls back to PyTorch.
-mmcv_cuda_plan() {  # prints "cpu" or "cuda <nvcc path> <arch list>"
-  local torch_cuda nvcc archs
-  torch_cuda=$("$PY" -c "import torch; print(torch.version.cuda or '')")
-  if [[ -z $torch_cuda || ${BEIT3_MMCV_CUDA:-auto} == 0 ]]; then echo cpu; return; fi
-  nvcc=$(command -v nvcc || true)
-  if [[ -z $nvcc ]]; then
-    nvcc=$("$PY" - <<'PYEOF' 2>/dev/null || true
-import pathlib, nvidia.cuda_nvcc as m
-hits = sorted(pathlib.Path(list(m.__path__)[0]).glob("**/bin/nvcc"))
-print(hits[0] if hits else "")
-PYEOF
-)
-  fi
-  if [[ -z $nvcc ]]; then echo cpu; return; fi
-  archs=${TORCH_CUDA_ARCH_LIST:-}
-  if [[ -z $archs ]] && command -v nvidia-smi >/dev/null; then
-    archs=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | sort -u | paste -sd';' || true)
-  fi
-  if [[ -z $archs && ${BEIT3_MMCV_CUDA:-auto} == 1 ]]; then archs="9.0"; fi  # forced, no GPU: Hopper
-  if [[ -z $archs ]]; then echo cpu; return; fi
-  echo "cuda $nvcc $archs"
-}
+# how mmcv's ops are built here (cpu, or cuda with an nvcc and GPU architectures): tools/mmcv_build_plan.sh
+source "$ROOT/tools/mmcv_build_plan.sh"
 
 build_mmcv() {  # with compiled ops; torch 2.14's headers need C++20 (CPU ops ~8-20 min on 2 cores)
   local work plan; work=$(mktemp -d)
