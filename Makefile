@@ -19,4 +19,4 @@ test-quick: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all

@@ -4,8 +4,9 @@ from .multiway import (KVCache, Layout, Modality, MultiwayConfig, MultiwayOutput
                        Routing, TokenParts, unilm_attention_mask)
 from .variants import (Beit3BaseConfig, Beit3GiantConfig, Beit3LargeConfig, Beit3TinyConfig,  # noqa: F401
                        VlmoBaseConfig, VlmoBasePlusConfig, VlmoLargeConfig, VlmoTinyConfig,
-                       VlmoTinyPlusConfig, build_backbone, is_vlmo)
+                       VlmoTinyPlusConfig, backbone_model_config, build_backbone, describe_backbone, is_vlmo)
 from .conversion import (ConvertedCheckpoint, checkpoint_filter_fn, convert_checkpoint,  # noqa: F401
-                         detect_source_format, export_state_dict, load_pretrained, split_heads,
-                         to_released_state_dict)
-from .param_groups import layer_decay_settings, no_weight_decay_names, param_groups_layer_decay  # noqa: F401
+                         detect_source_format, export_state_dict, find_backbone_prefix, load_pretrained,
+                         split_heads, to_released_state_dict)
+from .param_groups import (backbone_at, layer_decay_settings, no_weight_decay_names,  # noqa: F401
+                           param_groups_layer_decay)

@@ -8,8 +8,11 @@ Source formats (the layouts are facts of the public code; see ``docs/backbones.m
   attention, ``q_bias``/``v_bias``, ``norm2_{text,imag,vl}`` / ``mlp_{text,imag,vl}`` experts, ``gamma_1``/
   ``gamma_2`` layer scales, one ``relative_position_bias_table``, BERT text embeddings and a modality-type
   table;
-* ``ours``: this package's own state dicts (optionally under a ``backbone.`` / ``backbone.net.beit3.`` /
-  ``backbone.beit3.`` prefix, i.e. a whole task model, detector or segmentor checkpoint).
+* ``ours``: this package's own state dicts, bare or inside a whole-model checkpoint (a task model, detector,
+  segmentor or fairseq model). Each adapter exports the prefix its model keeps the backbone under
+  (``BACKBONE_PREFIX``) and passes it to the loader; this module names no adapter. A checkpoint whose backbone
+  sits elsewhere (another adapter's, or one saved before an attribute was renamed) is found by its keys and
+  the report names the prefix it was read from, so a rename never turns into a missing-keys report.
 
 Structure after timm's ``vision_transformer.checkpoint_filter_fn``: :func:`convert_checkpoint` recognises
 the format, hands it to that format's ``_convert_*`` function, then fits what depends on the model's size
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +42,7 @@ from .relative_position import fit_table_to_model, resize_table_to_grid
 
 __all__ = [
     "ConvertedCheckpoint", "SOURCE_FORMATS", "detect_source_format", "convert_checkpoint", "checkpoint_filter_fn",
+    "find_backbone_prefix",
     "load_pretrained", "to_released_state_dict", "export_state_dict", "split_heads", "HEAD_KEYS",
     "VLMO_HEAD_PREFIXES", "vlmo_state_dict_from_beit", "BEIT_INIT_EXPERTS",
 ]
@@ -107,8 +111,6 @@ _VLMO_UNUSED = ("text_embeddings.position_ids", "text_embeddings.position_embedd
 _VLMO_ABSOLUTE = {"transformer.pos_embed": "vision_pos_embed",
                   "text_embeddings.position_embeddings.weight": "text_pos_embed"}
 _VLMO_FOLDED = ("token_type_embeddings.weight", "text_embeddings.token_type_embeddings.weight")
-# Prefixes under which our own backbone sits in a whole-model checkpoint (longest first).
-_OUR_PREFIXES = ("backbone.net.beit3.", "backbone.beit3.", "core.backbone.", "backbone.")
 
 
 def _template_regex(template: str, experts: str) -> "re.Pattern":
@@ -256,16 +258,36 @@ def _convert_vlmo(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> 
     return ConvertedCheckpoint(out, heads, notes + _unknown_note(unconverted), "vlmo")
 
 
-def _convert_ours(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
+def find_backbone_prefix(state_dict: Mapping[str, Tensor], model: MultiwayTransformer,
+                         expected: Sequence[str] = ()) -> str:
+    """Where ``model``'s keys sit in a checkpoint of our layout: the first of ``expected`` (the calling
+    adapter's ``BACKBONE_PREFIX``) that holds them, else the prefix under which most of them are found
+    (``""``: a bare backbone state dict)."""
+    own = set(model.state_dict())
+    for prefix in expected:
+        if any(prefix + k in state_dict for k in own):
+            return prefix
+    counts: Dict[str, int] = {}
+    for key in state_dict:
+        parts = key.split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in own:
+                prefix = "".join(part + "." for part in parts[:i])
+                counts[prefix] = counts.get(prefix, 0) + 1
+                break
+    return max(counts, key=lambda p: (counts[p], -len(p))) if counts else ""
+
+
+def _convert_ours(state_dict: Dict[str, Tensor], model: MultiwayTransformer,
+                  expected: Sequence[str] = ()) -> ConvertedCheckpoint:
     """Our own layout; under a whole-model prefix everything outside the backbone is kept aside as heads."""
-    present = [p for p in _OUR_PREFIXES if any(k.startswith(p) for k in state_dict)]
-    if not present:
+    prefix = find_backbone_prefix(state_dict, model, expected)
+    if not prefix:
         out, heads = split_heads(dict(state_dict))
         return ConvertedCheckpoint(out, heads, [], "ours")
-    prefix = present[0]
     out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     heads = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-    notes = [f"backbone read from the {prefix[:-1]!r} part of a whole-model checkpoint"] if prefix != "backbone." else []
+    notes = [] if prefix in expected else [f"backbone read from the {prefix[:-1]!r} part of a whole-model checkpoint"]
     return ConvertedCheckpoint(out, heads, notes, "ours")
 
 
@@ -317,13 +339,20 @@ def _fit_to_model(sd: Dict[str, Tensor], model: MultiwayTransformer, notes: List
     return sd
 
 
-def convert_checkpoint(state_dict: Dict[str, Tensor], model: MultiwayTransformer) -> ConvertedCheckpoint:
-    """Any supported checkpoint (a ``{"model": ...}`` container or the state dict) -> this model's layout."""
+def convert_checkpoint(state_dict: Dict[str, Tensor], model: MultiwayTransformer,
+                       prefixes: Sequence[str] = ()) -> ConvertedCheckpoint:
+    """Any supported checkpoint (a ``{"model": ...}`` container or the state dict) -> this model's layout.
+
+    ``prefixes``: where the calling adapter keeps the backbone in its whole-model checkpoints (its
+    ``BACKBONE_PREFIX``), read first in our own layout."""
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
     source = detect_source_format(state_dict)
-    converter = next(convert for name, _, convert in SOURCE_FORMATS if name == source)
-    converted = converter(dict(state_dict), model)
+    if source == "ours":
+        converted = _convert_ours(dict(state_dict), model, tuple(prefixes))
+    else:
+        converter = next(convert for name, _, convert in SOURCE_FORMATS if name == source)
+        converted = converter(dict(state_dict), model)
     converted.state_dict = _fit_to_model(converted.state_dict, model, converted.notes)
     return converted
 
@@ -339,20 +368,21 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransform
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_pretrained(model: MultiwayTransformer, checkpoint: Union[str, Dict[str, Tensor]], strict: bool = True,
-                    source: Optional[str] = None) -> LoadReport:
+                    source: Optional[str] = None, prefixes: Sequence[str] = ()) -> LoadReport:
     """The one loader: read (safely), convert, load, report.
 
     ``checkpoint`` is a file (read with ``weights_only=True``) or a state dict. Tensors of parts this model
     has pruned (:meth:`MultiwayTransformer.prune_to_vision`) are reported as ``pruned``; task heads as
     ``heads``. With ``strict``, a missing backbone tensor or an *unexpected* one (a backbone tensor this
     model has no place for, e.g. a vision-language expert in a layer the config gives none) raises
-    :class:`CheckpointMismatchError`. Shape mismatches always raise.
+    :class:`CheckpointMismatchError`. Shape mismatches always raise. ``prefixes``: the caller's
+    ``BACKBONE_PREFIX`` (see :func:`convert_checkpoint`).
     """
     if isinstance(checkpoint, (str, bytes)) or hasattr(checkpoint, "__fspath__"):
         source = source or str(checkpoint)
         checkpoint = load_state_dict_file(checkpoint)
     source = source or "<state dict>"
-    converted = convert_checkpoint(checkpoint, model)
+    converted = convert_checkpoint(checkpoint, model, prefixes)
     own = set(model.state_dict())
     pruned = sorted(k for k in converted.state_dict if k not in own and model.is_pruned_key(k))
     usable = {k: v for k, v in converted.state_dict.items() if k not in pruned}

@@ -18,13 +18,31 @@ from typing import Dict, Iterable, List, Set, Tuple
 
 from torch import nn
 
-__all__ = ["ParamSetting", "no_weight_decay_names", "layer_decay_settings", "param_groups_layer_decay"]
+from .multiway import MultiwayTransformer
+
+__all__ = ["ParamSetting", "backbone_at", "no_weight_decay_names", "layer_decay_settings", "param_groups_layer_decay"]
+
+
+def backbone_at(model: nn.Module, prefix: str) -> nn.Module:
+    """The Multiway backbone that an adapter's ``BACKBONE_PREFIX`` says sits at ``prefix`` in ``model``.
+
+    Raises naming where the backbone does sit, so an attribute renamed without its prefix fails here instead
+    of quietly putting the backbone in the head groups or loading nothing."""
+    try:
+        found = model.get_submodule(prefix[:-1]) if prefix else model
+    except AttributeError:
+        found = None
+    if isinstance(found, MultiwayTransformer):
+        return found
+    actual = [name + "." for name, m in model.named_modules() if isinstance(m, MultiwayTransformer)]
+    raise ValueError(f"no BEiT-3 backbone at {prefix!r} in {type(model).__name__}; it sits at {actual or 'none'}: "
+                     "an adapter attribute renamed without its BACKBONE_PREFIX?")
 
 
 def no_weight_decay_names(model: nn.Module, backbone_prefix: str = "backbone.",
                           no_weight_decay_keys: Iterable[str] = ()) -> Set[str]:
     """Parameters of ``model`` (a backbone at ``backbone_prefix`` plus heads) excluded from weight decay."""
-    backbone = model.get_submodule(backbone_prefix.rstrip(".")) if backbone_prefix else model
+    backbone = backbone_at(model, backbone_prefix)
     listed = {backbone_prefix + n for n in backbone.no_weight_decay()}
     keys = tuple(no_weight_decay_keys)
     return {n for n, p in model.named_parameters()
@@ -47,12 +65,11 @@ def layer_decay_settings(model: nn.Module, layer_decay: float, backbone_prefix: 
                          ) -> List[ParamSetting]:
     """Per trainable parameter of ``model``: depth, lr scale and whether it is exempt from weight decay.
 
-    ``backbone_prefix`` locates the Multiway backbone inside ``model`` (``"backbone."`` for task models,
-    ``"backbone.net.beit3."`` in a detectron2 detector, ``"backbone.beit3."`` in an mmseg segmentor).
+    ``backbone_prefix`` locates the Multiway backbone inside ``model`` (the adapter's ``BACKBONE_PREFIX``).
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer decay must be in (0, 1], got {layer_decay}")
-    backbone = model.get_submodule(backbone_prefix.rstrip("."))
+    backbone = backbone_at(model, backbone_prefix)
     max_id = backbone.cfg.depth + 1
     no_decay = no_weight_decay_names(model, backbone_prefix, no_weight_decay_keys)
     settings = []

@@ -9,12 +9,12 @@ import dataclasses
 import json
 import logging
 import os
-from typing import IO, Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .io_checks import temporary_in
+from .io_checks import atomic_write  # noqa: F401 - re-exported: the trainers' checkpoint writes use it
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +41,20 @@ class UnsafeCheckpointError(CheckpointMismatchError):
     """A file that ``torch.load(weights_only=True)`` refuses: it pickles code or arbitrary objects."""
 
 
-def safe_load(path, map_location="cpu", name: Optional[str] = None):
+def safe_load(path, map_location="cpu", name: Optional[str] = None, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
     The one place this package unpickles a file a user supplies; weights-only loading is never turned off,
     so a crafted checkpoint cannot run code when it is read. ``path`` may be a file object; ``name`` (e.g. the
-    URL it came from) then names it in errors.
+    URL it came from) then names it in errors. ``mmap``: map the tensors instead of reading them (a cheap look
+    at a big file's other entries, e.g. its ``model_config``).
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if isinstance(path, (str, os.PathLike)) and is_safetensors(path):
         return _load_safetensors(path, map_location)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
         raise unsafe_checkpoint_error(name or path, exc) from exc
 
@@ -178,33 +179,6 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
         raise CheckpointMismatchError(f"{source}: {what} keys for {type(model).__name__}:\n{report.summary()}")
     logger.info(report.summary())
     return report
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
-    ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = temporary_in(directory, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (not every filesystem lets a directory be opened or fsynced)
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def convert_to_safetensors(src, dst) -> Dict[str, int]:

@@ -1,50 +1,64 @@
 """``beit3-plugins <command> [args]``: one console script, subcommands resolved lazily.
 
-Each command is a ``"module:function"`` string; the function takes the remaining argv and returns an
-exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
-command that needs a framework pulls it in only when used. The core lists only its own commands in
-``COMMANDS``; the layers above it (pretraining, pipelines, ...) and installed third-party packages declare
-theirs under the entry-point group ``beit3_plugins.commands`` (name -> ``module:function``, see
-``setup.py``), so this module names no package above the core. :func:`register_command` adds one at run time.
+Each command is a :class:`Command` (name, ``"module:function"`` target, help) in the ``COMMANDS`` registry (the
+project's one ``Registry`` type: one lookup, one did-you-mean error); the function takes the remaining argv and
+returns an exit code. Nothing is imported until a command runs, so ``beit3-plugins --help`` stays fast and a
+command that needs a framework pulls it in only when used. The core lists only its own commands; the layers
+above it (pretraining, pipelines, ...) and installed third-party packages declare theirs under the entry-point
+group ``beit3_plugins.commands`` (name -> ``module:function``, see ``setup.py``), read without importing the
+target, so this module names no package above the core. :func:`register_command` adds one at run time.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import importlib.metadata
 import sys
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
-__all__ = ["COMMANDS", "register_command", "main", "COMMAND_ENTRY_POINT_GROUP"]
+from beit3_plugins.registry import Registry, UnknownComponentError
+
+__all__ = ["COMMANDS", "Command", "register_command", "main", "COMMAND_ENTRY_POINT_GROUP"]
 
 COMMAND_ENTRY_POINT_GROUP = "beit3_plugins.commands"
 
-# name -> (target "module:function", one-line help)
-COMMANDS: Dict[str, Tuple[str, str]] = {
-    "make-world": ("beit3_plugins.data.world:cli_main",
-                   "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
-    "train-spm": ("beit3_plugins.tokenizer:cli_main",
-                  "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
-    "convert-safetensors": ("beit3_plugins.checkpoint:convert_cli",
-                            "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
-}
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    target: str      # "module:function" taking argv, returning an exit code
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if ":" not in self.target:
+            raise ValueError(f"command target must be 'module:function', got {self.target!r}")
+
+
+def _from_entry_point(ep) -> Command:
+    origin = ep.dist.name if ep.dist else "a plugin"
+    return Command(ep.name, ep.value, f"runs {ep.value} (from {origin})")
+
+
+COMMANDS = Registry("command", entry_type=Command, entry_point_group=COMMAND_ENTRY_POINT_GROUP,
+                    entry_point_loader=_from_entry_point, code_plugins=False)
+for _command in (
+    Command("make-world", "beit3_plugins.data.world:cli_main",
+            "generate the synthetic shape world in COCO/VQA/NLVR2/Flickr30k/ADE20K/ImageNet formats"),
+    Command("data", "beit3_plugins.data.official:cli_main",
+            "data check / data prepare: the official download layout of every benchmark, its derived files"),
+    Command("train-spm", "beit3_plugins.tokenizer:cli_main",
+            "train a sentencepiece model with the XLM-R/fairseq id layout BEiT-3 uses"),
+    Command("convert-safetensors", "beit3_plugins.checkpoint:convert_cli",
+            "re-save a (released) .pth checkpoint as .safetensors (read safely)"),
+    Command("paths", "beit3_plugins.paths:cli_main",
+            "where the installed configs and fairseq's --user-dir folder are (for the framework commands)"),
+):
+    COMMANDS.add(_command, source=__name__)
 
 
 def register_command(name: str, target: str, help: str = "", *, force: bool = False) -> None:
     """Add ``beit3-plugins <name>`` running ``target`` ("module:function" taking argv, returning int)."""
-    if ":" not in target:
-        raise ValueError(f"command target must be 'module:function', got {target!r}")
-    if name in COMMANDS and COMMANDS[name][0] != target and not force:
-        raise ValueError(f"command {name!r} already runs {COMMANDS[name][0]}; pass force=True to replace it")
-    COMMANDS[name] = (target, help)
-
-
-def _all_commands() -> Dict[str, Tuple[str, str]]:
-    commands = dict(COMMANDS)
-    for ep in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINT_GROUP):
-        origin = ep.dist.name if ep.dist else "a plugin"
-        commands.setdefault(ep.name, (ep.value, f"runs {ep.value} (from {origin})"))
-    return commands
+    COMMANDS.add(Command(name, target, help), force=force, source="register_command")
 
 
 def _resolve(target: str) -> Callable[[Sequence[str]], Optional[int]]:
@@ -54,11 +68,11 @@ def _resolve(target: str) -> Callable[[Sequence[str]], Optional[int]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = _all_commands()
+    commands = dict(COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="beit3-plugins", description="BEiT-3 family tools",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<18}{help_}" for name, (_, help_) in sorted(commands.items()))
+        epilog="commands:\n" + "\n".join(f"  {name:<18}{cmd.help}" for name, cmd in sorted(commands.items()))
                + "\n\nrun `beit3-plugins <command> --help` for a command's options")
     parser.add_argument("command", metavar="command", help="one of: " + ", ".join(sorted(commands)))
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -69,13 +83,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv[:1])
-    if args.command not in commands:
-        import difflib
-
-        close = difflib.get_close_matches(args.command, list(commands), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        parser.error(f"unknown command {args.command!r}.{hint} Commands: {', '.join(sorted(commands))}")
-    result = _resolve(commands[args.command][0])(argv[1:])
+    try:
+        command = COMMANDS[args.command]
+    except UnknownComponentError as exc:
+        parser.error(str(exc))
+    result = _resolve(command.target)(argv[1:])
     return int(result or 0)
 
 

@@ -16,6 +16,11 @@ third-party plugin uses, and a lookup that misses imports those entry points. A 
 own entries, then every child (importing the child's ``locations`` on first need); a child lookup
 searches its own entries, then its parent. ``"scope.name"`` picks one child explicitly. This module
 imports neither torch nor any framework.
+
+Registries of plain data (the zoo's entries, the CLI's commands) use the same type: a location written
+``"module:ATTR"`` names a sequence of entries (objects with a ``name``) that the registry adds itself on first
+lookup, so a module that lists entries registers nothing when imported; third parties list theirs under the
+registry's own entry-point group (``entry_point_group``: each entry point is one entry or a sequence of them).
 """
 from __future__ import annotations
 
@@ -134,10 +139,19 @@ class Registry:
             names core modules only; a child names modules of its own layer.
         parent: the root registry a layer's child registry hangs under (``None`` for a root).
         scope: the child's name, used in messages and in ``"scope.name"`` lookups (e.g. ``"vl_tasks"``).
+        entry_type: for a registry of data (zoo entries, commands): the type every entry must be.
+        entry_point_group: an entry-point group whose entry points are this registry's entries (one object,
+            or a sequence of objects with a ``name``); ``entry_point_loader`` turns an entry point into that
+            value (default ``ep.load()``; the CLI keeps the ``module:function`` string unimported).
+        code_plugins: whether a miss also imports the ``beit3_plugins`` group (the code plugins that
+            register components with decorators); data registries that plugins fill through their own group
+            leave it off, so listing the zoo imports no layer.
     """
 
     def __init__(self, kind: str, base: Any = None, locations: Iterable[str] = (),
-                 parent: Optional["Registry"] = None, scope: Optional[str] = None) -> None:
+                 parent: Optional["Registry"] = None, scope: Optional[str] = None, *,
+                 entry_type: Optional[type] = None, entry_point_group: Optional[str] = None,
+                 entry_point_loader: Optional[Callable[[Any], Any]] = None, code_plugins: bool = True) -> None:
         if parent is not None and not scope:
             raise ValueError(f"a child {kind} registry needs a scope (the layer that declares it)")
         if parent is not None and scope in parent._children:
@@ -151,6 +165,11 @@ class Registry:
         self.parent = parent
         self.scope = scope
         self._children: Dict[str, Registry] = {}
+        self.entry_type = entry_type
+        self.entry_point_group = entry_point_group
+        self._entry_point_loader = entry_point_loader or (lambda ep: ep.load())
+        self._entry_points_loaded = False
+        self.code_plugins = code_plugins
         if parent is not None:
             parent._children[scope] = self
 
@@ -205,32 +224,80 @@ class Registry:
             if not callable(obj):
                 raise TypeError(f"{self.kind} {name!r} must be a class or callable, got {obj!r}")
             source = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-            if not force:
-                root = self.root
-                for reg in [root, *root._descendants()]:
-                    existing = reg._entries.get(name)
-                    if existing is not None:
-                        raise DuplicateComponentError(
-                            f"{self.kind} {name!r} is already registered by {existing.source} in the "
-                            f"{reg._where()}; refusing to replace it with {source} (pass force=True to override)"
-                        )
-            self._entries[name] = RegistryEntry(name=name, obj=obj, config=config, source=source)
+            self._entries[name] = RegistryEntry(name=name, obj=obj, config=config,
+                                                source=self._check_new(name, obj, source, force))
             return obj
 
         return decorator
+
+    def _check_new(self, name: str, obj: Any, source: str, force: bool) -> str:
+        """``source`` when ``name`` may be (re)bound to ``obj``: unique in the root's tree unless forced;
+        the same object (or an equal data entry) registered again is not a conflict."""
+        if not force:
+            root = self.root
+            for reg in [root, *root._descendants()]:
+                existing = reg._entries.get(name)
+                if existing is not None and not (existing.obj is obj or (self.entry_type and existing.obj == obj)):
+                    raise DuplicateComponentError(
+                        f"{self.kind} {name!r} is already registered by {existing.source} in the "
+                        f"{reg._where()}; refusing to replace it with {source} (pass force=True to override)"
+                    )
+        return source
+
+    def add(self, obj: Any, name: Optional[str] = None, *, force: bool = False, source: str = "") -> Any:
+        """Register a data entry (an ``entry_type`` instance) under ``name`` (default ``obj.name``)."""
+        if self.entry_type is not None and not isinstance(obj, self.entry_type):
+            raise TypeError(f"a {self.kind} entry must be a {self.entry_type.__name__}, got {type(obj).__name__}")
+        name = name if name is not None else getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} names must be non-empty strings, got {name!r}")
+        self._entries[name] = RegistryEntry(name=name, obj=obj, source=self._check_new(name, obj, source, force))
+        return obj
+
+    def _add_all(self, value: Any, name: str, source: str) -> None:
+        """One entry (under ``name``) or a sequence of named entries, from a location or an entry point."""
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                self.add(item, source=source)
+        else:
+            self.add(value, name or None, source=source)
+
+    def items(self) -> List[Tuple[str, Any]]:
+        """(name, object) of every entry in this registry and its children (after discovery)."""
+        self._discover()
+        return [(reg_name, reg._entries[reg_name].obj) for reg in [self, *self._descendants()]
+                for reg_name in sorted(reg._entries)]
 
     # ------------------------------------------------------------------ lookup
     def _import_locations(self) -> None:
         if self._locations_imported:
             return
         self._locations_imported = True
-        for module in self._locations:
-            importlib.import_module(module)
+        for location in self._locations:
+            module, _, attr = location.partition(":")
+            imported = importlib.import_module(module)
+            if attr:
+                self._add_all(getattr(imported, attr), "", source=location)
+
+    def _load_own_entry_points(self) -> None:
+        if self._entry_points_loaded or self.entry_point_group is None:
+            return
+        self._entry_points_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            try:
+                self._add_all(self._entry_point_loader(ep), ep.name, source=f"{ep.value} (entry point)")
+            except (DuplicateComponentError, TypeError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not hide the rest
+                _entry_point_errors[f"{self.entry_point_group}:{ep.name}"] = f"{ep.value}: {type(exc).__name__}: {exc}"
+                logger.warning("%s entry point %r failed to load: %s", self.entry_point_group, ep.name, exc)
 
     def _discover(self) -> None:
         """Import everything that can register here: own locations, entry points, children's locations."""
         self._import_locations()
-        load_entry_point_plugins()
+        self._load_own_entry_points()
+        if self.code_plugins:
+            load_entry_point_plugins()
         for child in self._descendants():
             child._import_locations()
 
@@ -285,6 +352,10 @@ class Registry:
         if entry is None:
             raise UnknownComponentError(self._unknown_message(name))
         return entry
+
+    def __getitem__(self, name: str) -> Any:
+        """The registered object itself (``ZOO[name]`` is the entry, ``PIPELINES[name]`` the class)."""
+        return self.get(name).obj
 
     def _unknown_message(self, name: str) -> str:
         known = self.root._known()

@@ -8,8 +8,13 @@ square. The reference list still holds the per-channel AutoContrast and Equalize
 hue on low-contrast images (a red square on light grey turns black); :data:`COLOR_SAFE_RANDAUG_OPS`
 drops them for colour-sensitive data such as the shape world.
 
-ImageNet fine-tuning uses timm's ``create_transform`` with the standard ImageNet mean/std (RandAugment ``rand-m9-mstd0.5-inc1``, colour jitter 0.4, random erasing 0.25 when training;
-resize + centre crop with ``crop_pct`` 0.875 below 384 px, 1.0 from 384 px, for evaluation).
+ImageNet fine-tuning uses timm's ``create_transform`` with the standard ImageNet mean/std (RandAugment
+``rand-m9-mstd0.5-inc1``, colour jitter 0.4, random erasing 0.25 when training). Its evaluation is the official
+``build_imagenet_transform``: ``run_beit3_finetuning.py`` leaves ``--crop_pct`` unset, which means 1.0, so the
+shorter side is resized to the input size (bicubic) and the centre square kept, at every resolution (timm's
+usual 0.875 below 384 px is *not* what the released ImageNet numbers were measured with).
+tests/core/test_official_transforms.py compares both evaluation transforms with the official calls, tensor for
+tensor.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ def build_image_transform(kind: str, train: bool, image_size: int, *, interpolat
             about positions inside one image).
         randaug: VL only - add RandAugment over ``randaug_ops`` (2 ops, magnitude 7) as the reference;
             pass ``randaug_ops=COLOR_SAFE_RANDAUG_OPS`` when colours must survive.
-        crop_pct: ImageNet evaluation centre-crop fraction; default 0.875 below 384 px, else 1.0.
+        crop_pct: ImageNet evaluation centre-crop fraction; default 1.0 (the official fine-tuning default).
         re_prob, auto_augment, color_jitter: ImageNet training options passed to timm.
     """
     if kind not in ("vl", "imagenet"):
@@ -64,7 +69,7 @@ def build_image_transform(kind: str, train: bool, image_size: int, *, interpolat
                                     interpolation=interpolation, re_prob=re_prob, re_mode="pixel", re_count=1,
                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
         if crop_pct is None:
-            crop_pct = 0.875 if image_size < 384 else 1.0
+            crop_pct = 1.0  # run_beit3_finetuning.py: --crop_pct None -> 1.0
         return create_transform(image_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
 

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-if __package__ in (None, ""):  # `python bench/attention_kernels.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from beit3_plugins.backbones.attention import AttentionKernel, attend, clear_kernel_choices, resolve_kernel

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-if __package__ in (None, ""):  # `python bench/pipelines.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import torch
 
@@ -75,7 +72,7 @@ def measure(smoke: bool = False, repeats: int = 5) -> List[OverheadRow]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tok = _tokenizer(Path(tmp))
-        for task, kind, head in (("image-embedding", "itc", {}), ("vqa", "vqa", {"num_answers": 3129})):
+        for task, kind, head in (("image-embedding", "retrieval", {}), ("vqa", "vqa", {"num_answers": 3129})):
             entry = ZooEntry(f"bench_{kind}", "beit3", kind, ZooFile("file:///dev/null"), backbone=backbone_name,
                              image_size=size, normalize_output=kind != "vqa",
                              tokenizer=TokenizerSpec("sentencepiece", max_length=64), head=head)

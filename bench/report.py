@@ -1,5 +1,5 @@
 """The report: bench/REPORT.md tables, the targets section (met / not met from this run's numbers) and
-the publisher that copies the table into README.md and docs/benchmarks.md.
+the publisher that copies the table into docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -192,8 +192,8 @@ def targets_section(data: dict) -> str:
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def publish(report: str, targets=(HERE.parent / "README.md", HERE.parent / "docs" / "benchmarks.md")) -> List[Path]:
-    """Copy the report's ratio table between the bench markers of README.md / docs/benchmarks.md."""
+def publish(report: str, targets=(HERE.parent / "docs" / "benchmarks.md",)) -> List[Path]:
+    """Copy the report's ratio table between the bench markers of docs/benchmarks.md (the README links there)."""
     table = report.split("## Ratios", 1)[1].split("## Caption generation", 1)[0]
     body = "\n".join(line for line in report.splitlines() if line.startswith("Machine:")) + "\n\n## Ratios" + table
     done = []

@@ -11,7 +11,7 @@ so that load from other processes hits them alike. Memory is measured in fresh c
 This module is only the command; the parts live beside it: ``settings`` (sizes, rows, the equality check),
 ``inference`` / ``training`` / ``generation`` (the timed cases), ``children`` (cases measured in fresh
 processes: memory, allocator, retrieval), ``attention_kernels``, ``report`` (REPORT.md, targets, publishing
-the table into README.md and docs/benchmarks.md) and ``common`` (models, timers, machine facts).
+the table into docs/benchmarks.md) and ``common`` (models, timers, machine facts).
 """
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ import sys
 import time
 from pathlib import Path
 from typing import List
-
-if __package__ in (None, ""):  # `python bench/run_all.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

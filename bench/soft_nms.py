@@ -15,12 +15,7 @@ Before timing, the kept boxes and scores of every implementation are checked equ
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Dict, List, Sequence
-
-if __package__ in (None, ""):  # `python bench/soft_nms.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,7 +34,11 @@ from beit3_plugins.registry import BACKBONES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Beit3ViTDet", "build_beit3_vitdet_backbone", "default_global_attn_indexes"]
+__all__ = ["BACKBONE_PREFIX", "Beit3ViTDet", "build_beit3_vitdet_backbone", "default_global_attn_indexes"]
+
+# Where a detector built here keeps the Multiway backbone: GeneralizedRCNN.backbone (SimpleFeaturePyramid)
+# .net (Beit3ViTDet) .beit3; read by the optimizer and the loader, checked against the built model in tests.
+BACKBONE_PREFIX = "backbone.net.beit3."
 
 
 def default_global_attn_indexes(depth: int, num_global: int = 4) -> List[int]:
@@ -52,9 +56,9 @@ class Beit3ViTDet(Backbone):
     grid is not a multiple of the window, windows are padded and the padded keys are masked out.
     """
 
-    def __init__(self, beit3: MultiwayTransformer, window_size: int = 14,
-                 global_attn_indexes: Sequence[int] = (2, 5, 8, 11), out_feature: str = "last_feat",
-                 final_norm: bool = True, checkpoint_activations: bool = False) -> None:
+    def __init__(self, beit3: MultiwayTransformer, window_size: int, global_attn_indexes: Sequence[int],
+                 out_feature: str = "last_feat", final_norm: bool = True,
+                 checkpoint_activations: bool = False) -> None:
         super().__init__()
         depth = len(beit3.layers)
         bad = [i for i in global_attn_indexes if not 0 <= i < depth]
@@ -117,18 +121,20 @@ class Beit3ViTDet(Backbone):
 
 @dataclass
 class Beit3ViTDetSpec:
-    """Everything needed to build the detector backbone; filled from yacs (``MODEL.BEIT3``) or LazyConfig."""
+    """Everything needed to build the detector backbone, and the one source of its defaults (BEiT-3 base
+    ViTDet at 1024 px): yacs ``MODEL.BEIT3.<FIELD>`` keys are these fields upper-cased (``config.py``), and
+    LazyConfig files build this dataclass directly."""
 
-    name: str = "beit3_base"
-    img_size: int = 1024
-    patch_size: int = 0                     # 0: the registered variant's patch size
+    name: str = "beit3_base"                # any name in beit3_plugins BACKBONES
+    img_size: int = 1024                    # position table resized to this input size
+    patch_size: int = 0                     # 0: the registered variant's (giant: set 16, weights resampled)
     drop_path_rate: float = 0.1
-    window_size: int = 14
+    window_size: int = 14                   # in patches
     global_attn_indexes: List[int] = field(default_factory=list)   # empty: default_global_attn_indexes
     checkpoint_activations: bool = False
     final_norm: bool = True
     weights: str = ""                       # released BEiT-3 / VLMo file or our export ("" = random init)
-    strict_init: bool = True
+    strict_init: bool = True                # missing backbone keys in ``weights`` are an error
 
 
 def build_beit3_net(spec: Beit3ViTDetSpec) -> Beit3ViTDet:
@@ -144,7 +150,8 @@ def build_beit3_net(spec: Beit3ViTDetSpec) -> Beit3ViTDet:
     net = Beit3ViTDet(beit3, window_size=spec.window_size, global_attn_indexes=indexes,
                       final_norm=spec.final_norm, checkpoint_activations=spec.checkpoint_activations)
     if spec.weights:
-        net.init_report = load_pretrained(net.beit3, spec.weights, strict=spec.strict_init)
+        net.init_report = load_pretrained(net.beit3, spec.weights, strict=spec.strict_init,
+                                          prefixes=(BACKBONE_PREFIX,))
         logger.info("BEiT-3 backbone initialisation:\n%s", net.init_report.summary())
     return net
 
@@ -162,12 +169,10 @@ def build_simple_feature_pyramid(net: Beit3ViTDet, out_channels: int = 256,
 
 
 def spec_from_cfg(cfg) -> Beit3ViTDetSpec:
-    b = cfg.MODEL.BEIT3
-    return Beit3ViTDetSpec(name=b.NAME, img_size=b.IMG_SIZE, patch_size=b.PATCH_SIZE,
-                           drop_path_rate=b.DROP_PATH_RATE, window_size=b.WINDOW_SIZE,
-                           global_attn_indexes=list(b.GLOBAL_ATTN_INDEXES),
-                           checkpoint_activations=b.CHECKPOINT_ACTIVATIONS, final_norm=b.FINAL_NORM,
-                           weights=b.WEIGHTS, strict_init=b.STRICT_INIT)
+    """``MODEL.BEIT3`` (yacs) -> the spec: each field read from its upper-cased key."""
+    values = {f.name: cfg.MODEL.BEIT3[f.name.upper()] for f in fields(Beit3ViTDetSpec)}
+    values["global_attn_indexes"] = list(values["global_attn_indexes"])
+    return Beit3ViTDetSpec(**values)
 
 
 @BACKBONE_REGISTRY.register()

@@ -2,25 +2,22 @@
 datasets given as COCO json + image root, and deterministic resumable training."""
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
+
 from detectron2.config import CfgNode as CN
+
+from .backbone import Beit3ViTDetSpec
 
 __all__ = ["add_beit3_config"]
 
 
 def add_beit3_config(cfg: CN) -> CN:
     """Add the ``MODEL.BEIT3``, ``MODEL.REPLACE_HEADS``, ``MODEL.SFP``, ``MODEL.ROI_HEADS.SOFT_NMS``, ``SOLVER.*``, ``INPUT.LSJ`` and
-    ``DATASETS.COCO_INSTANCES`` keys (defaults = BEiT-3 base ViTDet at 1024 px) to a detectron2 config."""
+    ``DATASETS.COCO_INSTANCES`` keys to a detectron2 config; ``MODEL.BEIT3`` mirrors :class:`Beit3ViTDetSpec`."""
     cfg.MODEL.BEIT3 = CN()
-    cfg.MODEL.BEIT3.NAME = "beit3_base"            # any name in beit3_plugins BACKBONES
-    cfg.MODEL.BEIT3.IMG_SIZE = 1024                # position table resized to this input size
-    cfg.MODEL.BEIT3.PATCH_SIZE = 0                 # 0: the variant's own (giant: set 16, weights resampled)
-    cfg.MODEL.BEIT3.DROP_PATH_RATE = 0.1
-    cfg.MODEL.BEIT3.WINDOW_SIZE = 14               # in patches
-    cfg.MODEL.BEIT3.GLOBAL_ATTN_INDEXES = []       # empty: last layer of each quarter (ViTDet)
-    cfg.MODEL.BEIT3.CHECKPOINT_ACTIVATIONS = False
-    cfg.MODEL.BEIT3.FINAL_NORM = True
-    cfg.MODEL.BEIT3.WEIGHTS = ""                   # released BEiT-3 .pth or our pretraining export
-    cfg.MODEL.BEIT3.STRICT_INIT = True             # missing backbone keys in WEIGHTS are an error
+    for spec_field in fields(Beit3ViTDetSpec):  # one source of the backbone defaults: the spec dataclass
+        default = (spec_field.default_factory() if spec_field.default is MISSING else spec_field.default)
+        cfg.MODEL.BEIT3[spec_field.name.upper()] = default
 
     # module prefixes of MODEL.WEIGHTS not loaded (fresh init): a classifier for another label set, e.g. the
     # Objects365 -> COCO stage; any other shape mismatch is an error (engine.SafeDetectionCheckpointer)

@@ -25,16 +25,52 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, buil
 from detectron2.data import transforms as T
 from detectron2.utils import comm
 
+from beit3_plugins.input_checks import require_paths
+
 from .coco_checks import load_checked_coco_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["register_coco_datasets", "dataset_root", "lsj_augmentations", "build_train_mapper",
+__all__ = ["register_coco_datasets", "check_dataset_files", "dataset_root", "lsj_augmentations", "build_train_mapper",
            "ResumableTrainingStream", "SeededMapper", "build_resumable_train_loader", "mix_seed"]
 
 
 def dataset_root(cfg) -> str:
     return cfg.DATASETS.ROOT or os.environ.get("DETECTRON2_DATASETS", "datasets")
+
+
+def _coco_entry_paths(entry: Sequence[str], root: str) -> Tuple[str, str, str]:
+    if len(entry) != 3:
+        raise ValueError(f"DATASETS.COCO_INSTANCES entries are [name, json_file, image_root], got {entry!r}")
+    name, json_file, image_root = (str(e) for e in entry)
+    return (name, json_file if os.path.isabs(json_file) else os.path.join(root, json_file),
+            image_root if os.path.isabs(image_root) else os.path.join(root, image_root))
+
+
+def check_dataset_files(names: Sequence[str], entries: Sequence[Sequence[str]], root: str,
+                        root_key: str = "DATASETS.ROOT") -> None:
+    """Before anything is built: the annotation json and image folder of every dataset in ``names`` are on
+    disk, else one :class:`~beit3_plugins.input_checks.MissingDataError` naming each missing path. Datasets
+    come from ``entries`` (``[name, json_file, image_root]`` under ``root``) or detectron2's builtin
+    registrations (``coco_2017_train``... under ``$DETECTRON2_DATASETS``)."""
+    ours = {entry[0]: _coco_entry_paths(entry, root) for entry in entries}
+    wanted: List[Tuple[str, str, str]] = []
+    for name in dict.fromkeys(names):
+        if name in ours:
+            _, json_file, image_root = ours[name]
+        elif name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
+            if json_file is None or image_root is None:
+                continue  # not a COCO-json dataset: detectron2 reads it its own way
+        else:
+            continue  # an unknown name: detectron2 lists the registered ones
+        wanted += [(json_file, "file", f"dataset {name}: annotations"),
+                   (image_root, "dir", f"dataset {name}: images")]
+    builtin_root = os.environ.get("DETECTRON2_DATASETS") or "unset: ./datasets"
+    require_paths("detection datasets", wanted,
+                  f"$DETECTRON2_DATASETS for detectron2's builtin datasets (now {builtin_root}) or {root_key} "
+                  f"for the config's own [name, json, image root] entries (now {root!r})")
 
 
 def register_coco_datasets(entries: Sequence[Sequence[str]], root: str = "") -> List[str]:
@@ -45,16 +81,9 @@ def register_coco_datasets(entries: Sequence[Sequence[str]], root: str = "") -> 
     """
     names = []
     for entry in entries:
-        if len(entry) != 3:
-            raise ValueError(f"DATASETS.COCO_INSTANCES entries are [name, json_file, image_root], got {entry!r}")
-        name, json_file, image_root = (str(e) for e in entry)
-        json_file = json_file if os.path.isabs(json_file) else os.path.join(root, json_file)
-        image_root = image_root if os.path.isabs(image_root) else os.path.join(root, image_root)
-        missing = [p for p, ok in ((json_file, os.path.isfile(json_file)), (image_root, os.path.isdir(image_root)))
-                   if not ok]
-        if missing:
-            raise FileNotFoundError(f"dataset {name!r}: not found: {missing} (DATASETS.ROOT={root!r}; set it or "
-                                    "$DETECTRON2_DATASETS to the folder holding the COCO files)")
+        name, json_file, image_root = _coco_entry_paths(entry, root)
+        require_paths(f"dataset {name!r}", [(json_file, "file", "annotations"), (image_root, "dir", "images")],
+                      f"DATASETS.ROOT={root!r} or $DETECTRON2_DATASETS (the folder holding the COCO files)")
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
             if getattr(meta, "json_file", None) == json_file and getattr(meta, "image_root", None) == image_root:

@@ -3,8 +3,8 @@
 The groups (layer-wise lr decay by the backbone's own depth rule, no weight decay on norms, biases,
 positions and tokens) come from :func:`beit3_plugins.backbones.param_groups_layer_decay`, the one rule every
 trainer of this project uses; this module only turns ``lr_scale`` into detectron2's per-group ``lr`` and
-applies ``SOLVER.OPTIMIZER`` / gradient clipping. Everything outside ``backbone.net.beit3`` (pyramid, RPN,
-ROI heads) counts as head: full lr.
+applies ``SOLVER.OPTIMIZER`` / gradient clipping. Everything outside the backbone (``BACKBONE_PREFIX``: pyramid,
+RPN, ROI heads) counts as head: full lr.
 """
 from __future__ import annotations
 
@@ -17,20 +17,15 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 
 from beit3_plugins.backbones import param_groups_layer_decay
 
-__all__ = ["BACKBONE_PREFIX", "beit3_optimizer_params", "build_beit3_optimizer"]
+from .backbone import BACKBONE_PREFIX
 
-BACKBONE_PREFIX = "backbone.net.beit3."
+__all__ = ["beit3_optimizer_params", "build_beit3_optimizer"]
 
 
 def beit3_optimizer_params(model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float
                            ) -> List[Dict[str, Any]]:
     """Parameter groups with detectron2's absolute ``lr`` (``base_lr * lr_scale``) per group."""
     model = getattr(model, "module", model)  # DDP
-    try:
-        model.get_submodule(BACKBONE_PREFIX[:-1])
-    except AttributeError:
-        raise ValueError(f"no BEiT-3 backbone at {BACKBONE_PREFIX[:-1]!r}: is MODEL.BACKBONE.NAME "
-                         "build_beit3_vitdet_backbone?") from None
     groups = param_groups_layer_decay(model, weight_decay, layer_decay, backbone_prefix=BACKBONE_PREFIX)
     return [dict(group, lr=base_lr * group["lr_scale"]) for group in groups]
 

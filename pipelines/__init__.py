@@ -10,48 +10,53 @@ Tasks: ``vqa``, ``captioning``, ``image-embedding``, ``text-embedding``, ``retri
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Type, Union
+from typing import Any, Optional, Union
 
 import torch
 
-from .base import Pipeline
-from .factory import create_model_and_transforms, resolve_dtype
-from .tasks import (CaptioningPipeline, ImageClassificationPipeline, ImageEmbeddingPipeline, Nlvr2Pipeline,
-                    RetrievalPipeline, TextEmbeddingPipeline, VqaPipeline, ZeroShotClassificationPipeline)
+from .base import PIPELINES, Pipeline
+from .factory import create_model_and_transforms, get_tokenizer, resolve_dtype
+from .hub import push_to_hub, save_pretrained
 
-__all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "list_pipelines"]
-
-PIPELINES: Dict[str, Type[Pipeline]] = {
-    "vqa": VqaPipeline,
-    "captioning": CaptioningPipeline,
-    "image-embedding": ImageEmbeddingPipeline,
-    "text-embedding": TextEmbeddingPipeline,
-    "retrieval": RetrievalPipeline,
-    "zero-shot-classification": ZeroShotClassificationPipeline,
-    "nlvr2": Nlvr2Pipeline,
-    "image-classification": ImageClassificationPipeline,
-}
+__all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "get_tokenizer", "list_pipelines",
+           "save_pretrained", "push_to_hub"]
 
 
 def list_pipelines():
-    return sorted(PIPELINES)
+    return PIPELINES.names()
 
 
 def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.device, None] = None,
              dtype: Union[str, torch.dtype, None] = "float32", batch_size: int = 8, like: Optional[str] = None,
              tokenizer: Any = None, download: Optional[dict] = None, **task_kwargs: Any) -> Pipeline:
-    """A ready pipeline for ``task`` over ``model`` (a zoo name or a checkpoint path; see
-    :func:`create_model_and_transforms` for ``like`` / ``tokenizer`` / ``download``).
+    """A ready pipeline for ``task`` (a ``PIPELINES`` name) over ``model`` (a zoo name or a checkpoint path; see
+    :func:`create_model_and_transforms` for ``like`` / ``download``; ``tokenizer`` replaces the entry's).
 
     ``device``: default CUDA when present, else CPU. ``dtype``: ``float32`` (default), ``bfloat16``,
-    ``float16`` or ``auto`` (bf16 where the hardware has it). Task options (``answers=`` for VQA,
-    ``class_names=`` for image classification) pass through ``task_kwargs``.
+    ``float16`` or ``auto`` (bf16 where the hardware has it). ``task_kwargs`` holds the task's options
+    (``answers=`` for VQA, ``class_names=`` for image classification) and zoo entry fields describing a
+    local file (``backbone=``, ``image_size=``, ``head=``, ...), which go to :func:`create_model_and_transforms`.
+    A self-described model (trainer checkpoint, model folder, ``hf-hub:org/name``) needs none of them.
     """
+    import dataclasses
+    import inspect
+
+    from beit3_plugins.zoo import ZooEntry
+
     name = task.replace("_", "-").lower()
-    if name not in PIPELINES:
-        raise ValueError(f"unknown pipeline task {task!r}; one of {', '.join(sorted(PIPELINES))}")
+    pipeline_type = PIPELINES[name]
+    entry_names = {f.name for f in dataclasses.fields(ZooEntry)} - {"name", "weights"}
+    task_names = {p for cls in pipeline_type.__mro__ if "__init__" in vars(cls)
+                  for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")}
+    unknown = sorted(set(task_kwargs) - entry_names - task_names)
+    if unknown:
+        raise ValueError(f"pipeline({task!r}): unknown option(s) {unknown}; the {name} pipeline takes "
+                         f"{sorted(task_names - {'model', 'transform', 'tokenizer', 'device', 'dtype', 'batch_size'})}"
+                         f" and a local file's zoo entry fields {sorted(entry_names)}")
+    entry_fields = {k: task_kwargs.pop(k) for k in list(task_kwargs) if k in entry_names}
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    net, transform, tok = create_model_and_transforms(model, like=like, tokenizer=tokenizer, device=device,
-                                                      download=download)
-    return PIPELINES[name](net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
-                           batch_size=batch_size, **task_kwargs)
+    net, _, transform = create_model_and_transforms(model, like=like, device=device, download=download,
+                                                    **entry_fields)
+    tok = get_tokenizer(net.zoo_entry, tokenizer, **dict(download or {}))
+    return pipeline_type(net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
+                         batch_size=batch_size, **task_kwargs)

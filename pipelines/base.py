@@ -1,7 +1,8 @@
 """What every pipeline shares: input conversion, batching, device and dtype.
 
-Images may be file paths, PIL images, numpy arrays (H x W x 3 pixels, uint8 or floats in [0, 1]) or torch
-tensors; a float tensor of shape (3, S, S) or (N, 3, S, S) is taken as already preprocessed model input
+Images may be file paths, encoded bytes, PIL images, numpy arrays or torch tensors, all decoded by the core's
+one decoder (``beit3_plugins.data.images``: EXIF orientation applied; its array contract: uint8 0..255 or
+floats in [0, 1]); a float tensor of shape (3, S, S) or (N, 3, S, S) is taken as already preprocessed model input
 (the entry's transform applied), so callers holding batches skip the PIL round trip. Everything else goes
 through the entry's evaluation transform. Reduced precision (bf16/fp16) runs under ``torch.autocast`` so
 LayerNorms and softmaxes keep fp32 accumulation, as in training.
@@ -16,11 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from beit3_plugins.registry import Registry
 from beit3_plugins.zoo import ZooEntry
 
-__all__ = ["Pipeline", "ImageInput", "as_list", "chunks"]
+__all__ = ["Pipeline", "PIPELINES", "ImageInput", "as_list", "chunks"]
 
-ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
+ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
 
 
 def as_list(value: Any) -> Tuple[List[Any], bool]:
@@ -40,7 +42,7 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class Pipeline:
     """A task model with its transform and tokenizer; subclasses define ``__call__``.
 
-    ``task_kinds``: the zoo task kinds whose weights this pipeline can run.
+    ``task_kinds``: the ``TASKS`` names (zoo entries' ``task``) whose weights this pipeline can run.
     """
 
     task_kinds: Tuple[str, ...] = ()
@@ -58,29 +60,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ inputs
     def load_image(self, image: ImageInput):
-        from PIL import Image
+        """An RGB PIL image through the one decoder (``beit3_plugins.data.images.load_image``, policy "viewer":
+        EXIF orientation applied, as a photo viewer shows the photo); a tensor is read as its numpy array
+        (C x H x W is transposed), under the same array contract."""
+        from beit3_plugins.data.images import load_image
 
-        if isinstance(image, (str, os.PathLike)):
-            try:
-                with Image.open(image) as img:
-                    return img.convert("RGB")
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"cannot read image {image}: {exc}") from exc
-        if isinstance(image, Image.Image):
-            return image.convert("RGB")
         if isinstance(image, Tensor):
             image = image.detach().cpu().numpy()
             if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
                 image = image.transpose(1, 2, 0)
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2:
-                image = np.stack([image] * 3, -1)
-            if image.ndim != 3 or image.shape[-1] not in (1, 3):
-                raise ValueError(f"an image array must be H x W x 3 (or H x W), got shape {image.shape}")
-            if image.dtype != np.uint8:
-                image = (np.clip(image.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
-            return Image.fromarray(np.ascontiguousarray(image if image.shape[-1] == 3 else image.repeat(3, -1)))
-        raise TypeError(f"unsupported image input {type(image).__name__}; give a path, PIL image, array or tensor")
+        return load_image(image)
 
     def _is_model_input(self, image: Any) -> bool:
         size = self.entry.image_size
@@ -143,3 +132,9 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.entry.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+# Pipeline name ("vqa", "image-embedding", ...) -> Pipeline class. The built-ins register in ``tasks``; a
+# third-party task plugin registers its own (``@PIPELINES.register("shape-colors")``) in the module its
+# ``beit3_plugins`` entry point names, found on the first lookup that misses.
+PIPELINES = Registry("pipeline", base=Pipeline, locations=["beit3_plugins.pipelines.tasks"])

@@ -13,7 +13,8 @@ def _parser() -> argparse.ArgumentParser:
     from . import PIPELINES
 
     p = argparse.ArgumentParser(prog="beit3-plugins predict", description="run an inference pipeline, print JSON")
-    p.add_argument("task", choices=sorted(PIPELINES) + sorted(t.replace("-", "_") for t in PIPELINES if "-" in t))
+    names = PIPELINES.names()
+    p.add_argument("task", choices=names + sorted(t.replace("-", "_") for t in names if "-" in t))
     p.add_argument("--model", required=True, help="zoo name (beit3-plugins predict --list) or checkpoint path")
     p.add_argument("--like", help="zoo entry whose settings a local checkpoint shares")
     p.add_argument("--tokenizer", help="tokenizer file replacing the entry's (beit3.spm, vocab.txt)")
@@ -72,9 +73,13 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
         if len(args.image) != 2 or len(args.text) != 1:
             raise SystemExit("beit3-plugins predict nlvr2: give --image LEFT RIGHT and one --text sentence")
         result = pipe(args.image[0], args.image[1], args.text[0])
-    else:  # image-classification
+    elif task == "image-classification":
         _need(args, "image")
         result = pipe(args.image, top_k=args.top_k)
+    else:  # a plugin's pipeline: images in, its JSON-ready answer out
+        _need(args, "image")
+        result = pipe(args.image)
+        result = result.tolist() if hasattr(result, "tolist") else result
     json.dump({"task": task, "model": args.model, "result": result}, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -1,10 +1,12 @@
-"""From a zoo name or a local file to a ready task model, its image transform and its tokenizer.
+"""From a zoo name or a local file to a ready task model, its image transforms and its tokenizer.
 
-``create_model_and_transforms`` is open_clip's call of the same name for this family: the zoo entry says
-which backbone, resolution, final-norm setting, task model (heads of ``vl_tasks/``), tokenizer and image
-transform the weights need; the weights go through the task checkpoint loader of ``vl_tasks`` (released
-layout, our own task checkpoints, ``.pth`` or ``.safetensors``, always the safe loader). A task head the file
-does not hold is an error here, not a randomly initialised head that answers nonsense.
+``create_model_and_transforms`` and ``get_tokenizer`` are open_clip's calls of the same names and contracts
+for this family: the zoo entry says which backbone, resolution, final-norm setting, task (a ``TASKS`` name),
+tokenizer and image transform the weights need. The task model is one lookup: the entry's ``TASKS`` task
+builds it from (backbone, the entry's head spec) with :meth:`VlTask.model_for`, so a third-party task plugin's
+entries build here too. The weights go through the task checkpoint loader of ``vl_tasks`` (released layout, our
+own task checkpoints, ``.pth`` or ``.safetensors``, always the safe loader). A task head the file does not
+hold is an error here, not a randomly initialised head that answers nonsense.
 """
 from __future__ import annotations
 
@@ -16,16 +18,22 @@ import torch
 from torch import nn
 
 from beit3_plugins.checkpoint import CheckpointMismatchError
-from beit3_plugins.zoo import ZooEntry, ZooFile, download_file, get_pretrained
+from beit3_plugins.zoo import FILE_KINDS, ZooEntry, ZooFile, describe, download_file, get_pretrained
 
-__all__ = ["create_model_and_transforms", "resolve_entry", "build_tokenizer", "build_task_model", "resolve_dtype"]
+__all__ = ["create_model_and_transforms", "get_tokenizer", "resolve_entry", "build_tokenizer", "build_task_model",
+           "resolve_dtype"]
 
 
 def resolve_entry(name_or_path: Union[str, os.PathLike], like: Optional[str] = None, **fields: Any
                   ) -> Tuple[ZooEntry, ZooFile]:
-    """(entry with the settings, the weights file) for a zoo name, or for a local file described by the zoo
-    entry ``like`` and/or explicit entry ``fields`` (``task``, ``backbone``, ``image_size``, ...)."""
+    """(entry with the settings, the weights file) for a zoo name, a self-described model (a model folder,
+    ``hf-hub:org/name``, a trainer checkpoint carrying its ``model_config``), or a local file described by the
+    zoo entry ``like`` and/or explicit entry ``fields`` (``task``, ``backbone``, ``image_size``, ...)."""
     path = str(name_or_path)
+    described = describe(path) if like is None else None
+    if described is not None:
+        entry = described.entry()
+        return (dataclasses.replace(entry, **fields) if fields else entry), entry.weights
     if not os.path.isfile(path):
         entry = get_pretrained(path)
         return (dataclasses.replace(entry, **fields) if fields else entry), entry.weights
@@ -62,34 +70,21 @@ def build_tokenizer(entry: ZooEntry, tokenizer: Any = None, **download: Any):
     elif spec.file is not None:
         model_path = _local_or_download(spec.file, **download)
     else:
-        raise ValueError(f"{entry.name}: pass tokenizer=<path to the {spec.kind} model file>")
+        why = f" ({entry.notes})" if entry.notes else ""
+        raise ValueError(f"{entry.name}: pass tokenizer=<path to the {spec.kind} model file>{why}")
     return TOKENIZERS.build(spec.kind, model_path=model_path, max_length=spec.max_length)
 
 
 def build_task_model(entry: ZooEntry, backbone: nn.Module) -> nn.Module:
-    """The ``vl_tasks`` model whose heads the entry's weights fill (the bare backbone for pretraining files)."""
-    from beit3_plugins.vl_tasks.captioning import CaptioningModel
-    from beit3_plugins.vl_tasks.classification import ImageClassifierModel
-    from beit3_plugins.backbones import is_vlmo
-    from beit3_plugins.vl_tasks.nlvr2 import Nlvr2Model, VlmoNlvr2Model
-    from beit3_plugins.vl_tasks.retrieval import RetrievalModel, VlmoRetrievalModel
-    from beit3_plugins.vl_tasks.vqa import VlmoVqaModel, VqaModel
+    """The task model whose heads the entry's weights fill: ``TASKS[entry.task].model_for(backbone, entry.head)``
+    (the bare backbone for pretraining files)."""
+    from beit3_plugins.registry import TASKS
 
-    task = entry.task
-    vlmo = is_vlmo(backbone.cfg)     # VLMo's own head names and pooling (docs/vlmo.md)
-    if task == "vqa":
-        return (VlmoVqaModel if vlmo else VqaModel)(backbone, entry.head.get("num_answers", 3129))
-    if task == "nlvr2":
-        return (VlmoNlvr2Model if vlmo else Nlvr2Model)(backbone)
-    if task in ("itc", "retrieval"):
-        return (VlmoRetrievalModel if vlmo else RetrievalModel)(backbone)
-    if task == "captioning":
-        return CaptioningModel(backbone, label_smoothing=0.0)
-    if task == "image_classification":
-        return ImageClassifierModel(backbone, entry.head.get("num_classes", 1000), label_smoothing=0.0)
-    if task == "pretrain":
+    if entry.task == "pretrain":
         return backbone
-    raise ValueError(f"{entry.name} is a {task} file; it has no task model")
+    if entry.task in FILE_KINDS:
+        raise ValueError(f"{entry.name} is a {entry.task} file; it has no task model")
+    return TASKS.build(entry.task).model_for(backbone, entry.head)
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
@@ -113,16 +108,16 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
 
 
 def create_model_and_transforms(name_or_path: Union[str, os.PathLike], *, like: Optional[str] = None,
-                                tokenizer: Any = None, device: Union[str, torch.device, None] = None,
-                                strict: bool = True, download: Optional[dict] = None, **entry_fields: Any
-                                ) -> Tuple[nn.Module, Callable, Any]:
-    """(task model in eval mode, evaluation image transform, tokenizer) for a zoo name or a local file.
+                                device: Union[str, torch.device, None] = None, strict: bool = True,
+                                download: Optional[dict] = None, **entry_fields: Any
+                                ) -> Tuple[nn.Module, Callable, Callable]:
+    """(task model in eval mode, training image transform, evaluation image transform), as open_clip's call of
+    the same name returns; the text side comes from :func:`get_tokenizer`.
 
     Args:
         name_or_path: a ``list_pretrained()`` name, or a checkpoint file (``.pth`` / ``.safetensors``, released
             layout or this project's task checkpoints) described by ``like`` and/or ``entry_fields``.
         like: zoo entry whose settings a local file shares (``like="beit3_base_patch16_480_vqa"``).
-        tokenizer: a tokenizer object or a tokenizer file replacing the entry's.
         download: keyword arguments for :func:`beit3_plugins.zoo.download_file` (``cache``, ``mirror``, ...).
         strict: raise when a task head or backbone weight is missing from the file.
     The zoo entry is attached as ``model.zoo_entry``; the load report as ``model.load_report``.
@@ -136,13 +131,10 @@ def create_model_and_transforms(name_or_path: Union[str, os.PathLike], *, like: 
     if entry.backbone is None:
         raise ValueError(f"{entry.name} is a {entry.task} file, not a model")
     path = _local_or_download(weights, **download)
-    tok = build_tokenizer(entry, tokenizer, **download) if entry.tokenizer is not None or tokenizer else None
-    backbone = build_backbone(entry.backbone, **entry.backbone_overrides())
-    model = build_task_model(entry, backbone)
-    if model is backbone:
-        backbone = build_backbone(entry.backbone, checkpoint=path, strict=strict, **entry.backbone_overrides())
-        model = backbone
+    if entry.task == "pretrain":
+        model = build_backbone(entry.backbone, checkpoint=path, strict=strict, **entry.backbone_overrides())
     else:
+        model = build_task_model(entry, build_backbone(entry.backbone, **entry.backbone_overrides()))
         report = load_task_checkpoint(model, path, strict_backbone=strict)
         heads_missing = [k for k in report.missing if not k.startswith("backbone.")]
         if strict and heads_missing:
@@ -153,5 +145,15 @@ def create_model_and_transforms(name_or_path: Union[str, os.PathLike], *, like: 
     model.eval()
     if device is not None:
         model.to(device)
-    transform = build_image_transform(entry.image_transform, train=False, image_size=entry.image_size)
-    return model, transform, tok
+    transforms = [build_image_transform(entry.image_transform, train=train, image_size=entry.image_size)
+                  for train in (True, False)]
+    return model, transforms[0], transforms[1]
+
+
+def get_tokenizer(name: Union[str, ZooEntry], tokenizer: Any = None, **download: Any):
+    """The text tokenizer of zoo entry ``name`` (or of a ``ZooEntry``, e.g. ``model.zoo_entry``), downloaded
+    and cached; ``tokenizer`` (an object, or a file replacing the entry's) wins. None for image-only entries."""
+    entry = name if isinstance(name, ZooEntry) else get_pretrained(str(name))
+    if entry.tokenizer is None and tokenizer is None:
+        return None
+    return build_tokenizer(entry, tokenizer, **download)

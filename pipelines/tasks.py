@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .base import Pipeline, as_list, chunks
+from .base import PIPELINES, Pipeline, as_list, chunks
 
 __all__ = ["VqaPipeline", "CaptioningPipeline", "ImageEmbeddingPipeline", "TextEmbeddingPipeline",
            "RetrievalPipeline", "ZeroShotClassificationPipeline", "Nlvr2Pipeline", "ImageClassificationPipeline",
@@ -21,11 +21,13 @@ __all__ = ["VqaPipeline", "CaptioningPipeline", "ImageEmbeddingPipeline", "TextE
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a photo of the {}.")
 
 
+@PIPELINES.register("vqa")
 class VqaPipeline(Pipeline):
     """(image, question) -> top-k answers with sigmoid scores (the heads are trained with soft-score BCE).
 
-    The answer list comes from the entry (``answer_vocab``), the ``answers`` argument (a list, or an
-    ``answer2label.txt`` / JSON list file), or a task checkpoint of this project that stores it.
+    The answer list comes from the ``answers`` argument (a list, or an ``answer2label.txt`` / JSON list
+    file), else from the model's description (the answers a trainer checkpoint or a model folder stores,
+    ``ZooEntry.labels``), else from the zoo entry's ``answer_vocab`` file.
     """
 
     task_kinds = ("vqa",)
@@ -34,14 +36,16 @@ class VqaPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         from beit3_plugins.data import AnswerVocab
 
+        if answers is None and self.entry.labels:
+            answers = list(self.entry.labels)
         if answers is None and self.entry.answer_vocab is not None:
             from .factory import _local_or_download
 
             answers = _local_or_download(self.entry.answer_vocab)
         if answers is None:
             raise ValueError(f"{self.entry.name}: VQA needs its answer list (answer2label.txt, label order); the "
-                             "BEiT-3 release does not publish it. Rebuild it with AnswerVocab.from_annotations over "
-                             "the VQA v2 train+val annotations and pass answers=<path>")
+                             "BEiT-3 release does not publish it. `beit3-plugins data prepare ROOT` rebuilds it as the "
+                             "official code does (ROOT/coco/answer2label.txt); pass answers=<that file>")
         vocab = answers if isinstance(answers, AnswerVocab) else (
             AnswerVocab.load(answers) if isinstance(answers, (str, os.PathLike)) else AnswerVocab(list(answers)))
         classes = self.model.head[-1].out_features
@@ -69,6 +73,7 @@ class VqaPipeline(Pipeline):
         return out[0] if single else out
 
 
+@PIPELINES.register("captioning")
 class CaptioningPipeline(Pipeline):
     """image -> caption by beam search with the key/value cache (``CaptioningTask.caption``).
 
@@ -100,10 +105,11 @@ class CaptioningPipeline(Pipeline):
         return out[0] if single else out
 
 
+@PIPELINES.register("image-embedding")
 class ImageEmbeddingPipeline(Pipeline):
     """images -> (N, D) L2-normalised embeddings of the dual encoder (vision CLS -> ``vision_head``)."""
 
-    task_kinds = ("itc", "retrieval")
+    task_kinds = ("retrieval",)
 
     def embed_images(self, images: Sequence[Any]) -> Tensor:
         parts = []
@@ -125,6 +131,7 @@ class ImageEmbeddingPipeline(Pipeline):
         return emb[0] if single else emb
 
 
+@PIPELINES.register("text-embedding")
 class TextEmbeddingPipeline(ImageEmbeddingPipeline):
     """texts -> (N, D) L2-normalised embeddings (text CLS -> ``language_head``)."""
 
@@ -134,6 +141,7 @@ class TextEmbeddingPipeline(ImageEmbeddingPipeline):
         return emb[0] if single else emb
 
 
+@PIPELINES.register("retrieval")
 class RetrievalPipeline(ImageEmbeddingPipeline):
     """Rank texts for each image and images for each text by cosine similarity of the dual encoder."""
 
@@ -147,6 +155,7 @@ class RetrievalPipeline(ImageEmbeddingPipeline):
         return {"image_to_text": i2t, "text_to_image": t2i, "similarity": sim.tolist()}
 
 
+@PIPELINES.register("zero-shot-classification")
 class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
     """images + class names -> labels by image-text similarity, each class embedded as the renormalised mean
     over prompt templates (CLIP's prompt ensembling). Class embeddings are computed once per
@@ -188,6 +197,7 @@ class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
         return out[0] if single else out
 
 
+@PIPELINES.register("nlvr2")
 class Nlvr2Pipeline(Pipeline):
     """(left image, right image, sentence) -> {"label": bool, "score": P(true)}."""
 
@@ -210,13 +220,17 @@ class Nlvr2Pipeline(Pipeline):
         return out[0] if single else out
 
 
+@PIPELINES.register("image-classification")
 class ImageClassificationPipeline(Pipeline):
-    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names."""
+    """image -> top-k classes of the fine-tuned classifier (ImageNet-1k); ``class_names`` maps indices to names
+    (default: the class names the model's description stores, else the indices)."""
 
     task_kinds = ("image_classification",)
 
     def __init__(self, *args, class_names: Optional[Sequence[str]] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if class_names is None and self.entry.labels:
+            class_names = list(self.entry.labels)
         self.class_names = list(class_names) if class_names is not None else None
 
     def __call__(self, image, top_k: int = 5):

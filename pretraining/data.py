@@ -24,7 +24,7 @@ from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, SkipCounter, load_imag
 from .augment import ColorJitter, RandAugment
 from .masking import (IGNORE_INDEX, BlockMaskingConfig, BlockMaskingGenerator, TokenMaskingConfig, mask_tokens,
                       word_start_table)
-from .shards import PackedStrings, ShardSet, caption_of, decode_image
+from .shards import PackedStrings, ShardSet, caption_of
 
 __all__ = ["EmptyCorpusError", "CropFlipAugment", "TextSource", "ImageSource", "PairSource", "ShardedTextSource",
            "ShardedImageSource", "ShardedPairSource", "collate_text", "collate_images", "collate_pairs", "list_images",
@@ -345,7 +345,7 @@ def _read_shard_sample(shards: ShardSet, index: int, rng: np.random.Generator, t
         if data is None:
             skips.add("missing_image", where)
             continue
-        image = decode_image(data, where, skips)
+        image = load_image(data, skips, where=where)  # the one decoder: as the readers decode files
         if image is not None:
             return _apply_transform(transform, image, rng), caption
     raise RuntimeError(f"{MAX_IMAGE_RETRIES} consecutive unusable samples near index {index} of "

@@ -36,11 +36,11 @@ import numpy as np
 from beit3_plugins.data.readers import IMAGE_EXTENSIONS, SkipCounter
 
 __all__ = ["BlockOrder", "ShardLimits", "TarShardIndex", "TextShardIndex", "ShardSet", "expand_shards",
-           "is_shard_spec", "MissingShardError", "SKIP_REASONS", "PackedStrings", "decode_image", "caption_of"]
+           "is_shard_spec", "MissingShardError", "SKIP_REASONS", "PackedStrings", "caption_of"]
 
 TEXT_EXTENSIONS = ("txt",)
 # every reason a pretraining source counts (fixed, so every rank logs the same keys)
-SKIP_REASONS = ("corrupt_image", "missing_image", "missing_caption", "empty_text", "truncated_text", "truncated_tar",
+SKIP_REASONS = ("corrupt_image", "decompression_bomb", "missing_image", "missing_caption", "empty_text", "truncated_text", "truncated_tar",
                 "unreadable_shard", "missing_shard", "unsafe_member", "oversized_member", "oversized_shard",
                 "repeated_in_short_shard")
 JSON_EXTENSIONS = ("json",)
@@ -404,20 +404,7 @@ class _Empty:
 _EMPTY = _Empty()
 
 
-# ---------------------------------------------------------------------------------------------- decoding
-def decode_image(data: bytes, where: str, skips: SkipCounter):
-    """A fully decoded RGB PIL image, or None (counted as ``corrupt_image``)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.convert("RGB")
-    except Exception as error:  # PIL raises many types for bad bytes  # noqa: BLE001
-        skips.add("corrupt_image", where, error)
-        return None
-
-
+# ---------------------------------------------------------------------------------------------- captions
 def caption_of(text: Optional[bytes], meta: Optional[bytes], where: str, skips: SkipCounter) -> Optional[str]:
     """Caption from ``KEY.txt`` or the ``caption`` field of ``KEY.json``; None if missing/empty (counted)."""
     caption = None

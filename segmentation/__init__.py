@@ -26,7 +26,7 @@ from .mmcv_ops import install_deform_attn_fallback
 from .nonfinite_guard import Beit3GuardedOptimWrapper, NonFiniteLossError  # noqa: F401
 from .optimizer import Beit3LayerDecayOptimizerConstructor  # noqa: F401
 from .runner import Beit3Runner  # noqa: F401
-from .vision_backbone import Beit3VisionTrunk  # noqa: F401
+from .vision_backbone import BACKBONE_PREFIX, Beit3VisionTrunk  # noqa: F401
 from .vit_adapter import BEiT3ViTAdapter, default_interaction_indexes  # noqa: F401
 
 allow_mmengine_checkpoint_globals()

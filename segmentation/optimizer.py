@@ -17,11 +17,9 @@ from torch import nn
 
 from beit3_plugins.backbones import layer_decay_settings
 
-from .vision_backbone import Beit3VisionTrunk
+from .vision_backbone import BACKBONE_PREFIX, Beit3VisionTrunk
 
 __all__ = ["Beit3LayerDecayOptimizerConstructor"]
-
-TRUNK_PREFIX = "backbone.beit3."
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -44,7 +42,7 @@ class Beit3LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         rate = float(cfg.get("layer_decay_rate", 1.0))
         custom_keys: Dict[str, dict] = dict(cfg.get("custom_keys", {}))
         by_length = sorted(custom_keys, key=len, reverse=True)
-        settings = layer_decay_settings(module, rate, backbone_prefix=TRUNK_PREFIX,
+        settings = layer_decay_settings(module, rate, backbone_prefix=BACKBONE_PREFIX,
                                         no_weight_decay_keys=tuple(cfg.get("no_weight_decay_keys", ())))
         groups: Dict[Tuple, dict] = {}
         for s in settings:

@@ -20,7 +20,11 @@ from beit3_plugins.backbones import MultiwayTransformer, load_pretrained
 from beit3_plugins.checkpoint import LoadReport
 from beit3_plugins.registry import BACKBONES
 
-__all__ = ["Beit3VisionTrunk"]
+__all__ = ["BACKBONE_PREFIX", "Beit3VisionTrunk"]
+
+# Where a segmentor built here keeps the Multiway backbone: EncoderDecoder.backbone (this trunk) .beit3; read
+# by the optimizer constructor and the loader, checked against the built model in tests.
+BACKBONE_PREFIX = "backbone.beit3."
 
 
 class Beit3VisionTrunk(BaseModule):
@@ -70,7 +74,7 @@ class Beit3VisionTrunk(BaseModule):
     # ------------------------------------------------------------------ weights
     def load_pretrained(self, path: str) -> LoadReport:
         """Load a released BEiT-3 / VLMo file or our export into the vision trunk; log and return the report."""
-        report = load_pretrained(self.beit3, path, strict=True)
+        report = load_pretrained(self.beit3, path, strict=True, prefixes=(BACKBONE_PREFIX,))
         MMLogger.get_current_instance().info("BEiT-3 vision trunk initialised from a checkpoint:\n" + report.summary())
         self.load_report = report
         return report

@@ -76,7 +76,7 @@ STAGES = [
           _stage_script("pretrain.sh")),
     Stage("vl_tasks", "finetune + evaluate VQA, NLVR2, retrieval, captioning, classification",
           _stage_script("vl_tasks.py")),
-    Stage("detection", "tools/train_net.py: ViTDet + Cascade Mask R-CNN on the world's COCO instances",
+    Stage("detection", "beit3_plugins.detection.train: ViTDet + Cascade Mask R-CNN on the world's COCO instances",
           _stage_script("detection.sh")),
     Stage("segmentation", "mim train mmseg: ViT-Adapter + Mask2Former on the world's ADE20K tree",
           _stage_script("segmentation.sh")),

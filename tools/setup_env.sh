@@ -140,6 +140,8 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
 "${PIP[@]}" install -q 'tokenizers>=0.15' 'transformers>=4.40'
 # model zoo: safetensors files, download progress bars, optional hf-hub: names
 "${PIP[@]}" install -q safetensors tqdm huggingface_hub
+# ONNX export of the task models (beit3-plugins export-onnx) and its check against PyTorch
+"${PIP[@]}" install -q onnx onnxruntime
 
 # The official BEiT-3 implementation (torchscale) is the reference in tests and benchmarks. Its metadata
 # pins timm==0.6.13 but it runs with timm 1.x, so it goes in without its declared dependencies.

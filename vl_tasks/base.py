@@ -7,7 +7,8 @@ another package (entry-point group ``beit3_plugins``) trains exactly like the bu
     class MyTask(VlTask): ...
 
 A task builds a :class:`TaskModel` (backbone + heads; ``forward(batch)`` returns ``{"loss": ...}`` so DDP
-wraps it), datasets per split, a collate function, ``evaluate`` (metrics + predictions) and
+wraps it) from the backbone and a head spec in one method, :meth:`VlTask.model_for`, which both the trainer
+(head spec from the task's config and data) and the zoo / pipelines (head spec from the zoo entry) call, datasets per split, a collate function, ``evaluate`` (metrics + predictions) and
 ``write_predictions`` (the benchmark's submission format).
 """
 from __future__ import annotations
@@ -22,8 +23,12 @@ from torch import Tensor, nn
 
 from beit3_plugins.data.readers import SkipCounter
 
-__all__ = ["VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images", "encode_texts",
-           "ImageTextMixin", "Augmentation"]
+__all__ = ["BACKBONE_PREFIX", "VlTask", "TaskModel", "TaskConfigBase", "EmptySplitError", "stack_images",
+           "encode_texts", "ImageTextMixin", "Augmentation"]
+
+# Where a task model keeps the Multiway backbone (TaskModel.backbone); read by the optimizer groups and the
+# checkpoint loader, checked against a built model in tests.
+BACKBONE_PREFIX = "backbone."
 
 
 class EmptySplitError(ValueError):
@@ -38,6 +43,9 @@ class TaskConfigBase:
     max_text_len: int = 64
     augment: bool = True        # random resized crop + flip when training (False: evaluation transform)
     eval_batch_size: int = 32
+    # the image decode policy (beit3_plugins.data.images): "viewer" (EXIF orientation applied, 16-bit scaled;
+    # as pretraining and the pipelines decode) or "official" (as the reference loader, to reproduce its protocol)
+    image_decode: str = "viewer"
 
 
 @dataclasses.dataclass
@@ -129,8 +137,25 @@ class VlTask:
     def collate(self, items: List[Dict[str, Any]], train: bool) -> Dict[str, Any]:
         raise NotImplementedError
 
-    def build_model(self, backbone: nn.Module) -> TaskModel:
+    def dataset(self, split: str, train: Optional[bool] = None):
+        """:meth:`build_dataset` with the config's image decode policy applied (what the trainer calls)."""
+        dataset = self.build_dataset(split, train=train)
+        if hasattr(dataset, "decode_policy"):
+            dataset.decode_policy = getattr(self.cfg, "image_decode", "viewer")
+        return dataset
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> TaskModel:
+        """The task model over ``backbone`` whose heads fit ``head`` (a zoo entry's ``head`` or
+        :meth:`head_spec`): the one place that picks the model class (e.g. VLMo's variant) for a checkpoint."""
         raise NotImplementedError
+
+    def head_spec(self) -> Dict[str, Any]:
+        """Head shapes and training settings this task's config and data give (``{"num_answers": 3129}``)."""
+        return {}
+
+    def build_model(self, backbone: nn.Module) -> TaskModel:
+        """The model the trainer fine-tunes: :meth:`model_for` with this task's :meth:`head_spec`."""
+        return self.model_for(backbone, self.head_spec())
 
     @torch.no_grad()
     def evaluate(self, model: TaskModel, dataset, device: torch.device) -> Tuple[Dict[str, float], Any]:
@@ -151,6 +176,13 @@ class VlTask:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+    def describe(self, model: TaskModel) -> Dict[str, Any]:
+        """What a model description (``ModelConfig``) needs from the task: ``head`` shapes (default: the plain
+        values of :meth:`head_spec`, which ``model_for`` reads back), ``labels`` (answers / class names in label
+        order; default none) and the image ``transform`` kind (default ``vl``)."""
+        head = {k: v for k, v in self.head_spec().items() if isinstance(v, (bool, int, float, str))}
+        return {"head": head, "labels": None, "transform": "vl"}
 
     def check_nonempty(self, dataset, split: str, source: Any) -> None:
         if len(dataset) == 0:

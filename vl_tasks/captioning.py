@@ -15,7 +15,7 @@ model trains on COCO, as the official recipe).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -139,7 +139,8 @@ class CaptioningTask(ImageTextMixin, VlTask):
     def _nocaps(self, split: str):
         if split not in NOCAPS:
             raise ValueError(f"NoCaps has splits {sorted(NOCAPS)}, got {split!r}")
-        records = read_coco_captions(self.path(NOCAPS[split]), self.path(f"{self.cfg.nocaps_root}/{split}"))
+        records = read_coco_captions(self.path(NOCAPS[split]), self.path(f"{self.cfg.nocaps_root}/{split}"),
+                                     with_captions=split == "val")  # the test file has images only
         ds = _CaptionImages(records, self.image_options(False).build())
         self.check_nonempty(ds, split, self.path(NOCAPS[split]))
         return ds
@@ -155,10 +156,15 @@ class CaptioningTask(ImageTextMixin, VlTask):
         batch.update(ids=ids, padding_mask=pad, masked=masked, masked_ids=masked_ids)
         return batch
 
-    def build_model(self, backbone: nn.Module) -> CaptioningModel:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"label_smoothing": self.cfg.label_smoothing, "drop_worst_ratio": self.cfg.drop_worst_ratio,
+                "drop_worst_after": self.cfg.drop_worst_after}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> CaptioningModel:
         if self.tokenizer is not None and self.tokenizer.vocab_size > backbone.cfg.vocab_size:
             raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} ids, the model {backbone.cfg.vocab_size}")
-        return CaptioningModel(backbone, self.cfg.label_smoothing, self.cfg.drop_worst_ratio, self.cfg.drop_worst_after)
+        return CaptioningModel(backbone, float(head.get("label_smoothing", 0.0)), float(head.get("drop_worst_ratio", 0.0)),
+                               int(head.get("drop_worst_after", 0)))
 
     def caption(self, model: CaptioningModel, image, beam_size: Optional[int] = None) -> List[str]:
         tok = self.tokenizer

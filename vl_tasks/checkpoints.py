@@ -14,7 +14,7 @@ fresh init; the report lists them. Every other shape mismatch still raises.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -22,7 +22,9 @@ from torch import Tensor
 from beit3_plugins.backbones import convert_checkpoint, load_pretrained
 from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file
 
-__all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced"]
+from .base import BACKBONE_PREFIX
+
+__all__ = ["load_task_checkpoint", "map_released_heads", "split_replaced", "describe_task_model"]
 
 
 def split_replaced(model, state: Dict[str, Tensor], replace_heads: Sequence[str], path: str
@@ -40,10 +42,10 @@ def split_replaced(model, state: Dict[str, Tensor], replace_heads: Sequence[str]
 
     unknown = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in own)]
     if unknown:
-        heads = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.")})
+        heads = sorted({k.split(".")[0] for k in own if not k.startswith(BACKBONE_PREFIX)})
         raise ValueError(f"{path}: model.replace_heads names {unknown}, which are not modules of this task "
                          f"model (its heads: {heads})")
-    if any(p == "backbone" or p.startswith("backbone.") for p in prefixes):
+    if any(p == BACKBONE_PREFIX[:-1] or p.startswith(BACKBONE_PREFIX) for p in prefixes):
         raise ValueError(f"{path}: model.replace_heads={prefixes} would discard backbone weights; it is for task "
                          "heads only")
     return {k: v for k, v in state.items() if not covered(k)}, sorted(k for k in own if covered(k))
@@ -84,19 +86,20 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
     prefixes not loaded from the file (see the module docstring).
     """
     state = load_state_dict_file(path)
-    if any(k.startswith("backbone.") for k in state):
+    if any(k.startswith(BACKBONE_PREFIX) for k in state):
         state, replaced = split_replaced(model, state, replace_heads, path)
-        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith("backbone.")}, model.backbone)
-        state = {k: v for k, v in state.items() if not k.startswith("backbone.")} | {
-            "backbone." + k: v for k, v in fitted.state_dict.items()}
+        fitted = convert_checkpoint({k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)},
+                                    model.backbone, prefixes=(BACKBONE_PREFIX,))
+        state = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)} | {
+            BACKBONE_PREFIX + k: v for k, v in fitted.state_dict.items()}
         own = model.state_dict()
         wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and own[k].shape != v.shape]
         if wrong:
             raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model:\n  " + "\n  ".join(wrong)
                                           + _REPLACE_HINT)
-        missing_backbone = [k for k in own if k.startswith("backbone.") and k not in state]
-        unexpected_backbone = [k for k in state if k.startswith("backbone.") and k not in own]
+        missing_backbone = [k for k in own if k.startswith(BACKBONE_PREFIX) and k not in state]
+        unexpected_backbone = [k for k in state if k.startswith(BACKBONE_PREFIX) and k not in own]
         if strict_backbone and (missing_backbone or unexpected_backbone):
             raise CheckpointMismatchError(f"{path}: missing backbone keys {missing_backbone[:10]}, unexpected "
                                           f"backbone keys {unexpected_backbone[:10]}")
@@ -122,12 +125,36 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
             + "\n  ".join(wrong) + _REPLACE_HINT)
     if usable:
         model.load_state_dict(usable, strict=False)
-    head_names = {k for k in own if not k.startswith("backbone.")}
-    report.loaded = sorted(["backbone." + k for k in report.loaded] + list(usable))
-    report.missing = sorted(["backbone." + k for k in report.missing] + sorted(head_names - set(usable)))
+    head_names = {k for k in own if not k.startswith(BACKBONE_PREFIX)}
+    report.loaded = sorted([BACKBONE_PREFIX + k for k in report.loaded] + list(usable))
+    report.missing = sorted([BACKBONE_PREFIX + k for k in report.missing] + sorted(head_names - set(usable)))
     if unused:
         report.notes.append(f"head weights in the file that this task does not use: {unused}")
     _note_replaced(report, replaced)
     report.heads = heads
     model.load_report = report
     return report
+
+
+def describe_task_model(task, task_name: str, model, *, name: str, tokenizer_kind: Optional[str] = "sentencepiece",
+                        tokenizer_file: Optional[str] = None, base: Optional[str] = None,
+                        benchmark: Optional[Dict[str, float]] = None, trained_by: str = "vl_tasks.train"):
+    """The :class:`~beit3_plugins.zoo.ModelConfig` of a task model the trainer built: the backbone's
+    (``backbone_model_config``), the task's head shapes, labels and transform (``VlTask.describe``), the
+    tokenizer the run read (absolute path) and the run's metrics. Written into ``best.pt`` / ``last.pt``."""
+    import os
+
+    from beit3_plugins.backbones import backbone_model_config
+    from beit3_plugins.zoo import ImageTransformConfig, TokenizerConfig
+
+    spec = task.describe(model)
+    labels = spec.get("labels")
+    tokenizer = None
+    if tokenizer_kind and tokenizer_file:  # no tokenizer file: the task reads no text (image classification)
+        tokenizer = TokenizerConfig(kind=tokenizer_kind, file=os.path.abspath(str(tokenizer_file)),
+                                    max_length=int(getattr(task.cfg, "max_text_len", 64)))
+    return backbone_model_config(
+        model, task=task_name, trained_by=trained_by, name=name, head=dict(spec.get("head") or {}),
+        image_transform=ImageTransformConfig.of(spec.get("transform", "vl"), model.backbone.cfg.img_size),
+        tokenizer=tokenizer, labels=tuple(labels) if labels is not None else None, base=base,
+        benchmark={k: float(v) for k, v in (benchmark or {}).items() if isinstance(v, (int, float))})

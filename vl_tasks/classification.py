@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,7 @@ class ImageClassificationTask(_ImageFolderTask):
     normalize_output = False
     supported_augmentations = ("mixup", "cutmix")
 
-    def build_model(self, backbone):
+    def head_spec(self) -> Dict[str, Any]:
         num_classes = self.num_classes()
         mixup = None
         if self.augmentation.mixup > 0 or self.augmentation.cutmix > 0:
@@ -113,7 +113,16 @@ class ImageClassificationTask(_ImageFolderTask):
             mixup = Mixup(mixup_alpha=self.augmentation.mixup, cutmix_alpha=self.augmentation.cutmix, prob=1.0,
                           switch_prob=0.5, mode="batch", label_smoothing=self.cfg.label_smoothing,
                           num_classes=num_classes)
-        return ImageClassifierModel(backbone, num_classes, self.cfg.label_smoothing, mixup)
+        return {"num_classes": num_classes, "label_smoothing": self.cfg.label_smoothing, "mixup": mixup}
+
+    def model_for(self, backbone, head: Mapping[str, Any]) -> ImageClassifierModel:
+        return ImageClassifierModel(backbone, int(head.get("num_classes", 1000)), float(head.get("label_smoothing", 0.0)),
+                                    head.get("mixup"))
+
+    def describe(self, model) -> Dict[str, Any]:
+        names = self.classes() or getattr(self, "class_names", None)
+        return {"head": {"num_classes": model.classifier.head.out_features},
+                "labels": [str(n) for n in names] if names else None, "transform": self.cfg.transform}
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
@@ -143,7 +152,7 @@ class ImageTextClassificationTask(_ImageFolderTask):
         names = self.classes() or self.build_dataset("train").classes
         return [self.cfg.prompt.format(n.replace("_", " ")) for n in names]
 
-    def build_model(self, backbone):
+    def model_for(self, backbone, head: Mapping[str, Any]):
         return _ClassTextModel(backbone, self)
 
     def class_logits(self, model: RetrievalModel, image):
@@ -256,8 +265,11 @@ class TextClassificationTask(VlTask):
         ids, pad = encode_texts(self.tokenizer, texts, self.cfg.max_text_len, self.skips)
         return {"ids": ids, "padding_mask": pad, "label": torch.tensor([it["label"] for it in items])}
 
-    def build_model(self, backbone):
-        return TextClassifierModel(backbone, len(self.label_names()))
+    def head_spec(self) -> Dict[str, Any]:
+        return {"num_classes": len(self.label_names())}
+
+    def model_for(self, backbone, head: Mapping[str, Any]) -> TextClassifierModel:
+        return TextClassifierModel(backbone, int(head["num_classes"]))
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):

@@ -23,70 +23,23 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from beit3_plugins.data.official.answers import vqa_eval_normalize
 from beit3_plugins.vl_tasks.registry import METRICS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_normalize", "recall_at_k", "caption_tokenize",
+__all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_eval_normalize", "recall_at_k", "caption_tokenize",
            "tokenize_captions", "ptb_available",
            "bleu", "cider", "rouge_l", "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------- VQA
 # The official VQA evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py), rewritten
-# from its rules; tests/support/golden/vqa_eval holds that script's own scores on crafted cases.
-_VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_VQA_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the script's pattern, look-behind typo included
-_VQA_PERIOD_MAX = 32                                # it passes re.UNICODE (= 32) as sub()'s count
-_VQA_DIGIT_COMMA = re.compile(r"(\d)(\,)(\d)")
-_VQA_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_VQA_ARTICLES = frozenset(("a", "an", "the"))
-# the contracted words the script restores; each is looked up with any one of its apostrophes missing
-_VQA_CONTRACTED = (
-    "'ow's'at 'twas ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
-    "haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am might've mightn't mightn't've "
-    "must've mustn't needn't not've o'clock oughtn't shan't she'd've should've shouldn't shouldn't've "
-    "somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've "
-    "something'll that's there'd there'd've there're there's they'd they'd've they'll they're they've wasn't "
-    "we'd've we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll "
-    "who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'd've y'all'll you'd "
-    "you'd've you'll you're you've").split()
-
-
-def _vqa_contraction_table() -> Dict[str, str]:
-    table = {}
-    for word in _VQA_CONTRACTED:
-        for i, ch in enumerate(word):
-            if ch == "'":
-                table[word[:i] + word[i + 1:]] = word
-    table["somebody'd"] = "somebodyd"  # an entry of the script that goes the other way; kept for equal scores
-    return table
-
-
-_VQA_CONTRACTIONS = _vqa_contraction_table()
-
-
+# from its rules; its answer processing lives once in the core (beit3_plugins.data.official.answers) beside the
+# BEiT-3 training-label normalisation; tests/support/golden/vqa_eval holds that script's own scores.
 def _vqa_clean(answer: str) -> str:
     """What the script always does: newlines and tabs to spaces, outer whitespace stripped."""
     return answer.replace("\n", " ").replace("\t", " ").strip()
-
-
-def vqa_normalize(answer: str) -> str:
-    """The script's answer processing (punctuation, then lower case, number words, articles, contractions).
-
-    It is applied only to questions whose annotators disagree (see :func:`vqa_question_accuracy`).
-    """
-    text = answer
-    digit_comma = _VQA_DIGIT_COMMA.search(answer) is not None
-    for p in _VQA_PUNCT:  # the tests look at the unprocessed answer, as the script does
-        if p + " " in answer or " " + p in answer or digit_comma:
-            text = text.replace(p, "")
-        else:
-            text = text.replace(p, " ")
-    text = _VQA_PERIOD.sub("", text, count=_VQA_PERIOD_MAX)
-    words = [_VQA_NUMBERS.get(w, w) for w in text.lower().split()]
-    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in _VQA_ARTICLES)
 
 
 def vqa_question_accuracy(prediction: str, annotator_answers: Sequence[str]) -> float:
@@ -102,8 +55,8 @@ def vqa_question_accuracy(prediction: str, annotator_answers: Sequence[str]) -> 
     gts = [_vqa_clean(a) for a in annotator_answers]
     pred = _vqa_clean(prediction)
     if len(set(gts)) > 1:
-        gts = [vqa_normalize(a) for a in gts]
-        pred = vqa_normalize(pred)
+        gts = [vqa_eval_normalize(a) for a in gts]
+        pred = vqa_eval_normalize(pred)
     matches = sum(1 for a in gts if a == pred)
     scores = [min(1.0, (matches - (gt == pred)) / 3.0) for gt in gts]
     return sum(scores) / len(scores)

@@ -7,7 +7,7 @@ vector (row 2 of VLMo's ``token_type_embeddings``)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,11 @@ __all__ = ["Nlvr2TaskConfig", "Nlvr2Model", "VlmoNlvr2Model", "Nlvr2Task"]
 class Nlvr2TaskConfig(TaskConfigBase):
     image_size: int = 224
     max_text_len: int = 64
-    train_jsonl: str = "nlvr2/data/train.json"
+    train_jsonl: str = "nlvr2/nlvr/nlvr2/data/train.json"
     train_images: str = "nlvr2/images/train"
-    val_jsonl: str = "nlvr2/data/dev.json"
+    val_jsonl: str = "nlvr2/nlvr/nlvr2/data/dev.json"
     val_images: str = "nlvr2/dev"
-    test_jsonl: str = "nlvr2/data/test1.json"
+    test_jsonl: str = "nlvr2/nlvr/nlvr2/data/test1.json"
     test_images: str = "nlvr2/test1"
     # the released head starts its linears at 0.001 x trunc-normal(0.02), which suits a pretrained backbone;
     # from scratch that near-zero head leaves the fused encoder without a learning signal (accuracy stays
@@ -46,11 +46,10 @@ class Nlvr2Model(TaskModel):
         self.head = TwoLayerMLP(4 * self.dim, 2 * self.dim, 2, init_scale=head_init_scale)
 
     def logits(self, left, right, ids, padding_mask):
-        bsz = ids.shape[0]
         out = self.backbone.forward_fused(torch.cat([left, right]), torch.cat([ids, ids]),
                                           torch.cat([padding_mask, padding_mask]))
         pooled = torch.cat([out.vision_cls, out.text_cls], dim=-1)  # (2B, 2D)
-        a, b = pooled.split(bsz)
+        a, b = pooled.chunk(2)  # (left, right) halves; chunk keeps the batch dynamic in an ONNX trace
         return self.head(torch.cat([a, b], dim=-1))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -126,9 +125,12 @@ class Nlvr2Task(ImageTextMixin, VlTask):
                 "label": torch.tensor([it["label"] for it in items]),
                 "identifier": [it["identifier"] for it in items]}
 
-    def build_model(self, backbone: nn.Module) -> Nlvr2Model:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"head_init_scale": self.cfg.head_init_scale}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> Nlvr2Model:
         model_type = VlmoNlvr2Model if is_vlmo(backbone.cfg) else Nlvr2Model
-        return model_type(backbone, self.cfg.head_init_scale)
+        return model_type(backbone, **({"head_init_scale": head["head_init_scale"]} if "head_init_scale" in head else {}))
 
     @torch.no_grad()
     def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:

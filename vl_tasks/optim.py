@@ -15,6 +15,8 @@ from torch import nn
 
 from beit3_plugins.backbones import param_groups_layer_decay
 
+from .base import BACKBONE_PREFIX
+
 __all__ = ["param_groups", "lr_at_step"]
 
 
@@ -24,7 +26,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, head
 
     ``model`` must have a ``backbone`` attribute (a MultiwayTransformer); everything else is task head.
     """
-    return param_groups_layer_decay(model, weight_decay, layer_decay, backbone_prefix="backbone.",
+    return param_groups_layer_decay(model, weight_decay, layer_decay, backbone_prefix=BACKBONE_PREFIX,
                                     head_lr_scale=head_lr_mult)
 
 

@@ -16,7 +16,7 @@ predictions are rankings ``{"i2t": {image_id: [caption indices]}, "t2i": {captio
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -162,10 +162,13 @@ class RetrievalTask(ImageTextMixin, VlTask):
             batch["captions"] = [it["captions"] for it in items]
         return batch
 
-    def build_model(self, backbone: nn.Module) -> RetrievalModel:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"with_itm": self.cfg.itm_weight > 0 or self.cfg.rerank_k > 0, "itm_weight": self.cfg.itm_weight}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> RetrievalModel:
         model_type = VlmoRetrievalModel if is_vlmo(backbone.cfg) else RetrievalModel
-        return model_type(backbone, with_itm=self.cfg.itm_weight > 0 or self.cfg.rerank_k > 0,
-                              itm_weight=self.cfg.itm_weight)
+        return model_type(backbone, with_itm=bool(head.get("with_itm", False)),
+                          itm_weight=float(head.get("itm_weight", 0.0)))
 
     @torch.no_grad()
     def encode_split(self, model: RetrievalModel, dataset, device):

@@ -31,7 +31,9 @@ from beit3_plugins.checkpoint import safe_load
 from beit3_plugins.registry import TASKS
 from beit3_plugins.runtime import tune_malloc_unless_disabled
 
-from .checkpoints import load_task_checkpoint
+from beit3_plugins.zoo.model_config import MODEL_CONFIG_KEY
+
+from .checkpoints import describe_task_model, load_task_checkpoint
 from .engine.distributed import DistContext, resolve_device
 from .engine.logging import MetricLog, plot_curves
 from .engine.loop import evaluate, fit
@@ -191,7 +193,7 @@ def run(cfg) -> Dict[str, Any]:
         dist.barrier()
         return results
 
-    train_ds = task.build_dataset(task.train_split)
+    train_ds = task.dataset(task.train_split)
     bs = int(tc.batch_size)
     if len(train_ds) < bs * dist.world:
         raise ValueError(f"the {task.train_split} split has {len(train_ds)} samples, fewer than one global batch "
@@ -219,10 +221,19 @@ def run(cfg) -> Dict[str, Any]:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     log = MetricLog(out, dist.main, bool(tc.tensorboard), state.global_step if resume is not None else None)
     config = _plain(cfg)
+
+    def checkpoint_extra(metrics: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+        """The run config and the model's self-description (``pipeline(task, model="best.pt")`` needs nothing else)."""
+        description = describe_task_model(
+            task, task_name, model, name=f"{task_name}_{cfg.model.name}", base=cfg.model.get("checkpoint"),
+            tokenizer_kind=str(cfg.model.get("tokenizer", "sentencepiece")), tokenizer_file=cfg.data.get("tokenizer"),
+            benchmark=metrics)
+        return {"config": config, MODEL_CONFIG_KEY: description.to_dict()}
+
     eval_metrics = fit(task=task, task_name=task_name, model=model, train_model=train_model, train_ds=train_ds,
                        optimizer=optimizer, scaler=scaler, autocast=autocast, tc=tc, dist=dist, device=device,
                        out=out, state=state, log=log, eval_split=eval_split, total_steps=total_steps, warmup=warmup,
-                       num_workers=int(cfg.data.num_workers), checkpoint_extra=lambda: {"config": config})
+                       num_workers=int(cfg.data.num_workers), checkpoint_extra=checkpoint_extra)
     log.close()
     if dist.main:
         if bool(tc.predict) and not eval_metrics:

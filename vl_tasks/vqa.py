@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from beit3_plugins.data import AnswerVocab, VqaV2Dataset
+from beit3_plugins.data.official.answers import vqa_holdout_images
 from beit3_plugins.data.readers import read_vg_qa
 from beit3_plugins.data.datasets import RecordDataset
 from beit3_plugins.backbones import is_vlmo
@@ -47,8 +47,7 @@ class VqaTaskConfig(TaskConfigBase):
     val_annotations: Optional[str] = "coco/vqa/v2_mscoco_val2014_annotations.json"
     val_images: str = "coco/val2014"
     answer_vocab: Optional[str] = None   # answer2label.txt (3129 answers for the released heads)
-    min_answer_count: int = 1            # when the vocabulary is built from the training annotations
-    num_answers: Optional[int] = None    # cap (most frequent first); None = all
+    min_answer_count: int = 9            # building the official list from train + val (lower for tiny data)
     train_splits: Tuple[str, ...] = ("train",)   # of train | val | trainable_val | vg
     holdout_images: int = 1000           # val2014 images kept out of trainable_val (the evaluation split)
     holdout_seed: int = 0
@@ -107,14 +106,20 @@ class VqaTask(ImageTextMixin, VlTask):
             return
         if self.cfg.answer_vocab:
             self.vocab = AnswerVocab.load(self.path(self.cfg.answer_vocab))
-        elif self.path(self.cfg.train_annotations) is not None and self.path(self.cfg.train_annotations).is_file():
-            self.vocab = AnswerVocab.from_annotations(self.path(self.cfg.train_annotations),
-                                                      min_count=self.cfg.min_answer_count, top_k=self.cfg.num_answers)
+        else:  # the official list: majority answers of train2014 then val2014
+            sources = [self.path(p) for p in (self.cfg.train_annotations, self.cfg.val_annotations) if p]
+            sources = [p for p in sources if p is not None and p.is_file()]
+            if sources:
+                self.vocab = AnswerVocab.from_annotations(sources, min_count=self.cfg.min_answer_count)
         if self.vocab is not None and len(self.vocab) == 0:
             raise ValueError("the VQA answer vocabulary is empty; check answer_vocab / train_annotations")
 
     def state_dict(self) -> Dict[str, Any]:
         return {"answers": list(self.vocab.answers)} if self.vocab is not None else {}
+
+    def describe(self, model) -> Dict[str, Any]:
+        vocab = self._require_vocab()
+        return {"head": {"num_answers": len(vocab)}, "labels": list(vocab.answers), "transform": "vl"}
 
     def load_state_dict(self, state) -> None:
         if state.get("answers"):
@@ -122,8 +127,9 @@ class VqaTask(ImageTextMixin, VlTask):
 
     def _require_vocab(self) -> AnswerVocab:
         if self.vocab is None:
-            raise ValueError("VQA needs an answer vocabulary: set task.answer_vocab (answer2label.txt), "
-                             "task.train_annotations, or load a checkpoint that stores it")
+            raise ValueError("VQA needs an answer vocabulary: set task.answer_vocab (answer2label.txt, written by "
+                             "`beit3-plugins data prepare`), task.train_annotations, or load a checkpoint that "
+                             "stores it")
         return self.vocab
 
     SPLITS = ("train", "val", "trainable_val", "vg")
@@ -137,9 +143,7 @@ class VqaTask(ImageTextMixin, VlTask):
                         self._require_vocab() if annotations else None, drop_out_of_vocab=train, skips=skips)
 
     def _holdout(self, records) -> set:
-        images = sorted({r.image_id for r in records})
-        random.Random(self.cfg.holdout_seed).shuffle(images)
-        return set(images[:self.cfg.holdout_images])
+        return vqa_holdout_images((r.image_id for r in records), self.cfg.holdout_images, self.cfg.holdout_seed)
 
     def _split_records(self, name: str, train: bool, skips):
         if name not in self.SPLITS:
@@ -182,9 +186,12 @@ class VqaTask(ImageTextMixin, VlTask):
         return {"image": stack_images([it["image"] for it in items]), "ids": ids, "padding_mask": pad,
                 "targets": targets, "question_id": [it["question_id"] for it in items]}
 
-    def build_model(self, backbone: nn.Module) -> VqaModel:
+    def head_spec(self) -> Dict[str, Any]:
+        return {"num_answers": len(self._require_vocab())}
+
+    def model_for(self, backbone: nn.Module, head: Mapping[str, Any]) -> VqaModel:
         model_type = VlmoVqaModel if is_vlmo(backbone.cfg) else VqaModel
-        return model_type(backbone, len(self._require_vocab()))
+        return model_type(backbone, int(head.get("num_answers", 3129)))
 
     @torch.no_grad()
     def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:

@@ -10,10 +10,10 @@ from beit3_plugins.data.datasets import (CocoCaptionPairsConfig, CocoCaptionPair
                                          VqaV2Config, VqaV2Dataset)
 from beit3_plugins.data.readers import (IMAGE_EXTENSIONS, AnswerVocab, CaptionRecord, CocoImageRecord,
                                         CorruptImageError, ImageFolderRecord, Nlvr2Record, SegmentationRecord,
-                                        SkipCounter, VqaRecord, load_image, normalize_answer, read_ade20k,
+                                        SkipCounter, VqaRecord, load_image, read_ade20k,
                                         read_coco_captions, read_coco_instances, read_image_folder, read_json,
-                                        read_jsonl, read_karpathy, read_nlvr2, read_text_lines, read_vqa,
-                                        vqa_score)
+                                        read_jsonl, read_karpathy, read_nlvr2, read_text_lines, read_vqa)
+from beit3_plugins.data.official.answers import beit3_normalize_word, vqa_eval_normalize, vqa_target_score
 
 _WORLD = ("generate_world", "WorldConfig", "WorldManifest", "Scene", "Shape", "sample_scene", "render_scene",
           "scene_captions", "KINDS", "COLORS", "SIZES", "FORMATS", "COCO_CATEGORIES", "ADE_CLASSES", "ADE_RAW_LABELS")
@@ -24,7 +24,7 @@ __all__ = [
     # readers
     "SkipCounter", "CorruptImageError", "load_image", "read_json", "read_jsonl", "IMAGE_EXTENSIONS",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
-    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa",
+    "VqaRecord", "AnswerVocab", "beit3_normalize_word", "vqa_eval_normalize", "vqa_target_score", "read_vqa",
     "Nlvr2Record", "read_nlvr2", "ImageFolderRecord", "read_image_folder",
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
     # datasets (registered in beit3_plugins.registry.DATASETS)

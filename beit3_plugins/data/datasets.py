@@ -47,7 +47,12 @@ class RecordDataset:
         records: the reader's records.
         transform: callable applied to each PIL image (None keeps PIL images).
         max_consecutive_skips: after this many bad records in a row, fail with the skip report.
+
+    ``decode_policy``: the image decoder's policy (``beit3_plugins.data.images``), "viewer" unless a task
+    reproduces the reference protocol ("official").
     """
+
+    decode_policy: str = "viewer"
 
     def __init__(self, records: Sequence[Any], transform: Optional[Callable] = None,
                  max_consecutive_skips: int = 32) -> None:
@@ -61,7 +66,7 @@ class RecordDataset:
         return len(self.records)
 
     def _image(self, path: str) -> Any:
-        image = load_image(path, self.skips)
+        image = load_image(path, self.skips, policy=self.decode_policy)
         if image is None or self.transform is None:
             return image
         return self.transform(image)
@@ -99,8 +104,9 @@ class VqaV2Config:
     questions: str = ""
     annotations: Optional[str] = None
     image_dir: Optional[str] = None
-    answer_vocab: Optional[str] = None      # answer2label.txt; default: built from ``annotations``
-    min_answer_count: int = 1
+    answer_vocab: Optional[str] = None      # answer2label.txt (``beit3-plugins data prepare`` writes it)
+    answer_list_from: Tuple[str, ...] = ()  # else the official list from these annotations (train, val); () = annotations
+    min_answer_count: int = 9               # the official threshold; lower only for tiny data
     drop_out_of_vocab: bool = False         # True for training, as the reference does
     image: ImageOptions = dataclasses.field(default_factory=ImageOptions)
 
@@ -112,8 +118,9 @@ class VqaV2Dataset(RecordDataset):
     def __init__(self, cfg: VqaV2Config) -> None:
         if cfg.answer_vocab:
             self.vocab = AnswerVocab.load(cfg.answer_vocab)
-        elif cfg.annotations:
-            self.vocab = AnswerVocab.from_annotations(cfg.annotations, min_count=cfg.min_answer_count)
+        elif cfg.answer_list_from or cfg.annotations:
+            self.vocab = AnswerVocab.from_annotations(list(cfg.answer_list_from) or cfg.annotations,
+                                                      min_count=cfg.min_answer_count)
         else:
             self.vocab = AnswerVocab([])
         read_skips = SkipCounter()

@@ -6,7 +6,7 @@ setup error (missing file -> ``FileNotFoundError`` saying what the file should b
 UTF-8 -> ``ValueError`` with file, line and column; a field of the wrong type or missing ->
 :class:`InvalidRecordError` naming the file, the record and the field) and is counted where it is a
 per-sample accident (a corrupt, missing or decompression-bomb image -> a :class:`SkipCounter` entry, never a
-crash of the whole epoch). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
+crash of the whole epoch; images are decoded by the one decoder, :func:`beit3_plugins.data.images.load_image`). Readers that take ``skips`` count an invalid record as "invalid_record" and drop
 it instead of raising. The fuzz tests (``tests/core/test_fuzz_readers.py``) hold every reader to this.
 """
 from __future__ import annotations
@@ -15,18 +15,22 @@ import collections
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from beit3_plugins.data.official.answers import (OFFICIAL_MIN_ANSWER_COUNT, beit3_normalize_word,
+                                                 official_answer_list, official_vqa_targets)
+
+from .images import CorruptImageError, load_image
 
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "SkipCounter", "CorruptImageError", "InvalidRecordError", "read_json", "read_jsonl", "load_image",
     "CaptionRecord", "read_coco_captions", "read_karpathy", "read_text_lines",
-    "VqaRecord", "AnswerVocab", "normalize_answer", "vqa_score", "read_vqa", "read_vg_qa",
+    "VqaRecord", "AnswerVocab", "read_vqa", "read_vg_qa",
     "Nlvr2Record", "read_nlvr2", "ImageFolderRecord", "read_image_folder", "IMAGE_EXTENSIONS",
     "CocoImageRecord", "read_coco_instances", "SegmentationRecord", "read_ade20k",
 ]
@@ -79,10 +83,6 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter({self.as_dict()})"
-
-
-class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded (or would decode to more pixels than Pillow allows)."""
 
 
 class InvalidRecordError(ValueError):
@@ -199,71 +199,6 @@ def _expect_keys(data: Any, keys: Sequence[str], path: PathLike, what: str) -> N
         raise ValueError(f"{path}: not a valid {what}: missing key(s) {missing}; has {sorted(data)[:10]}")
 
 
-_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _to_8_bit(image):
-    """16-bit grey (PNG/TIFF) scaled to 8 bits; Pillow's own ``convert("RGB")`` clips it at 255 instead,
-    which turns almost every pixel white."""
-    from PIL import Image
-
-    values = np.asarray(image)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"{image.mode} pixel values outside 0..65535")
-    return Image.fromarray((values.astype(np.uint32) // 257).astype(np.uint8), mode="L")
-
-
-def _decode(path: Path, mode: str):
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.load()  # decode now (first frame of an animation): truncated files fail here, not in a transform
-        image = ImageOps.exif_transpose(image)  # as detectron2's read_image: pixels as the camera meant them
-        if image.mode in _HIGH_DEPTH_MODES and mode not in _HIGH_DEPTH_MODES:
-            image = _to_8_bit(image)
-        elif image.mode == "F" and mode != "F":
-            raise ValueError("floating-point images have no defined 8-bit range")
-        if image.mode == "P" and "transparency" in image.info and mode == "RGB":
-            image = image.convert("RGBA")  # palette transparency goes through RGBA (Pillow's advice)
-        return image.convert(mode)
-
-
-def load_image(path: PathLike, skips: Optional[SkipCounter] = None, mode: str = "RGB"):
-    """Open an image fully decoded in ``mode``.
-
-    Without ``skips`` a missing file raises ``FileNotFoundError`` and an undecodable one (truncated, not an
-    image, more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows) :class:`CorruptImageError`; with ``skips``
-    they are counted ("missing_image" / "corrupt_image" / "decompression_bomb") and ``None`` is returned so
-    one bad file cannot end an epoch. EXIF orientation is applied, animations give their first frame, 16-bit
-    grey is scaled to 8 bits, CMYK / LA / palette-with-alpha convert as Pillow converts them.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    reason = "corrupt_image"
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found")
-        try:
-            return _decode(path, mode)
-        except Image.DecompressionBombError as exc:
-            reason = "decompression_bomb"
-            raise CorruptImageError(f"{path}: refused to decode image: {exc}") from exc
-        except (MemoryError, RecursionError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on a bad file is this file's fault
-            raise CorruptImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    except FileNotFoundError as exc:
-        if skips is None:
-            raise
-        skips.add("missing_image", path, exc)
-    except CorruptImageError as exc:
-        if skips is None:
-            raise
-        skips.add(reason, path, exc.__cause__)
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- captions
 @dataclasses.dataclass
 class CaptionRecord:
@@ -274,13 +209,17 @@ class CaptionRecord:
 
 
 def read_coco_captions(json_path: PathLike, image_dir: Optional[PathLike] = None,
-                       skips: Optional[SkipCounter] = None) -> List[CaptionRecord]:
-    """COCO ``captions_*.json``: one record per image (sorted by id) with all its captions."""
-    what = "COCO captions file (annotations/captions_<split>.json)"
+                       skips: Optional[SkipCounter] = None, with_captions: bool = True) -> List[CaptionRecord]:
+    """COCO ``captions_*.json``: one record per image (sorted by id) with all its captions.
+
+    ``with_captions=False`` reads an image-info file of a server-scored split (``image_info_test2014.json``,
+    NoCaps' ``nocaps_test_image_info.json``): ``images`` only, every record without captions.
+    """
+    what = "COCO captions file (annotations/captions_<split>.json)" if with_captions else "COCO image-info file"
     data = read_json(json_path, what)
-    _expect_keys(data, ["images", "annotations"], json_path, what)
+    _expect_keys(data, ["images", "annotations"] if with_captions else ["images"], json_path, what)
     captions: Dict[int, List[str]] = collections.defaultdict(list)
-    for i, ann in enumerate(_list_field(data, "annotations", json_path, what)):
+    for i, ann in enumerate(_list_field(data, "annotations", json_path, what) if with_captions else []):
         try:
             where = f"annotation {i}"
             image_id = _field(ann, "image_id", int, json_path, where)
@@ -358,45 +297,6 @@ def read_text_lines(path: PathLike, skip_empty: bool = True) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------- VQA v2
-_CONTRACTIONS = {
-    "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hasnt": "hasn't", "havent": "haven't", "isnt": "isn't", "its": "it's",
-    "shouldnt": "shouldn't", "wasnt": "wasn't", "werent": "weren't", "wont": "won't", "wouldnt": "wouldn't",
-    "youre": "you're", "theyre": "they're", "whats": "what's", "thats": "that's", "theres": "there's",
-}
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-          "?", "!"]
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-
-
-def normalize_answer(answer: str) -> str:
-    """The VQA evaluation's answer normalisation: punctuation, number words -> digits, articles,
-    contractions (as the official evaluation script and the BEiT-3 answer vocabulary do)."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or re.search(_COMMA_STRIP, text) is not None:
-            text = text.replace(p, "")
-        else:
-            text = text.replace(p, " ")
-    text = _PERIOD_STRIP.sub("", text)
-    words = []
-    for word in text.split():
-        word = _NUMBERS.get(word, word)
-        if word in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(word, word))
-    return " ".join(words)
-
-
-def vqa_score(matching_annotators: int) -> float:
-    """Soft target of an answer given by ``n`` of the 10 annotators: 0, 0.3, 0.6, 0.9, then 1.0."""
-    return (0.0, 0.3, 0.6, 0.9)[matching_annotators] if matching_annotators < 4 else 1.0
-
-
 class AnswerVocab:
     """Answer string <-> label index for VQA classification heads (3129 answers in BEiT-3)."""
 
@@ -413,25 +313,27 @@ class AnswerVocab:
         return answer in self.index
 
     @classmethod
-    def from_annotations(cls, annotation_paths: Union[PathLike, Sequence[PathLike]], min_count: int = 1,
-                         top_k: Optional[int] = None) -> "AnswerVocab":
-        """Answers given by annotators at least ``min_count`` times, most frequent first (ties by text)."""
+    def from_annotations(cls, annotation_paths: Union[PathLike, Sequence[PathLike]],
+                         min_count: int = OFFICIAL_MIN_ANSWER_COUNT) -> "AnswerVocab":
+        """The official answer list (``VQAv2Dataset.make_dataset_index``): the ``multiple_choice_answer`` of every
+        question of ``annotation_paths`` in the order given (official: train2014 then val2014), normalised by
+        :func:`beit3_normalize_word`, kept when seen ``min_count`` (9) times, in order of first appearance.
+        Lower ``min_count`` only for tiny data sets."""
         if isinstance(annotation_paths, (str, os.PathLike)):
             annotation_paths = [annotation_paths]
-        counts: Dict[str, int] = collections.Counter()
+        majority = []
         for path in annotation_paths:
-            for ann in _read_vqa_annotations(path):
-                for answer in ann["answers"]:
-                    counts[normalize_answer(answer["answer"])] += 1
-        ranked = sorted((a for a, n in counts.items() if n >= min_count and a), key=lambda a: (-counts[a], a))
-        return cls(ranked[:top_k] if top_k else ranked)
+            for i, ann in enumerate(_read_vqa_annotations(path)):
+                majority.append(_field(ann, "multiple_choice_answer", str, path, f"annotation {i}"))
+        return cls(official_answer_list(majority, min_count))
 
     def save(self, path: PathLike) -> None:
         """BEiT-3's ``answer2label.txt`` format: one ``{"answer": ..., "label": i}`` object per line."""
+        from beit3_plugins.io_checks import atomic_write
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            for i, answer in enumerate(self.answers):
-                handle.write(json.dumps({"answer": answer, "label": i}) + "\n")
+        text = "".join(json.dumps({"answer": answer, "label": i}) + "\n" for i, answer in enumerate(self.answers))
+        atomic_write(str(path), lambda handle: handle.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, path: PathLike) -> "AnswerVocab":
@@ -465,7 +367,7 @@ class VqaRecord:
     image_id: int
     image_path: Optional[str]
     question: str
-    answers: List[str]            # normalised answers of the annotators (empty for test questions)
+    answers: List[str]            # annotator answers, beit3_normalize_word'ed (empty for test questions)
     labels: List[int]             # answer-vocabulary indices with a non-zero score
     scores: List[float]           # soft scores aligned with ``labels``
     multiple_choice_answer: str = ""
@@ -502,9 +404,9 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
              drop_out_of_vocab: bool = False, skips: Optional[SkipCounter] = None) -> List[VqaRecord]:
     """Merge VQA v2 questions with their annotations into records with soft-score targets.
 
-    Targets follow the reference: each distinct (normalised) answer in ``vocab`` gets
-    :func:`vqa_score` of the number of annotators who gave it. A question whose answers are all outside
-    the vocabulary is counted in ``skips`` as "vqa_answers_out_of_vocab" (and dropped with
+    Targets are the official ones (:func:`~beit3_plugins.data.official.answers.official_vqa_targets`): each
+    distinct *raw* annotator answer found in ``vocab`` scores by how many annotators gave it. A question whose
+    answers are all outside the vocabulary is counted in ``skips`` as "vqa_answers_out_of_vocab" (and dropped with
     ``drop_out_of_vocab``, as training does). Without annotations (test-dev/test) targets are empty.
     Image paths follow COCO: ``image_dir/COCO_<data_subtype>_<image_id:012d>.jpg``.
     """
@@ -535,21 +437,18 @@ def read_vqa(questions_path: PathLike, annotations_path: Optional[PathLike] = No
     for q in questions:
         image_path = None
         if image_dir is not None:
-            image_path = str(Path(image_dir) / f"COCO_{subtype}_{q['image_id']:012d}.jpg")
+            images = "test2015" if subtype == "test-dev2015" else subtype  # test-dev asks about test2015 images
+            image_path = str(Path(image_dir) / f"COCO_{images}_{q['image_id']:012d}.jpg")
         record = VqaRecord(question_id=q["question_id"], image_id=q["image_id"], image_path=image_path,
                            question=q["question"], answers=[], labels=[], scores=[])
         ann = annotations.get(q["question_id"])
         if ann is not None:
-            record.answers = [normalize_answer(a["answer"]) for a in ann["answers"]]
             record.raw_answers = [a["answer"] for a in ann["answers"]]
-            record.multiple_choice_answer = normalize_answer(ann.get("multiple_choice_answer", ""))
+            record.answers = [beit3_normalize_word(a) for a in record.raw_answers]
+            record.multiple_choice_answer = beit3_normalize_word(ann.get("multiple_choice_answer", ""))
             record.question_type = ann.get("question_type", "")
             record.answer_type = ann.get("answer_type", "")
-            counts = collections.Counter(record.answers)
-            for answer in sorted(counts, key=lambda a: vocab.index.get(a, -1)):
-                if answer in vocab:
-                    record.labels.append(vocab.index[answer])
-                    record.scores.append(vqa_score(counts[answer]))
+            record.labels, record.scores = official_vqa_targets(record.raw_answers, vocab.index)
             if not record.labels:
                 if skips is not None:
                     skips.add("vqa_answers_out_of_vocab", f"question {q['question_id']}")
@@ -578,7 +477,7 @@ def read_vg_qa(qa_path: PathLike, image_dir: Optional[PathLike] = None, vocab: O
             if missing:
                 raise ValueError(f"{qa_path}: a question of image {entry.get('id')} lacks {missing}")
             image_id = qa.get("image_id", entry.get("id"))
-            answer = normalize_answer(qa["answer"])
+            answer = beit3_normalize_word(qa["answer"])  # no official VG code: normalised like the list
             record = VqaRecord(question_id=qa["qa_id"], image_id=image_id, question=qa["question"],
                                image_path=str(Path(image_dir) / f"{image_id}.jpg") if image_dir is not None else None,
                                answers=[answer], labels=[], scores=[], raw_answers=[qa["answer"]])

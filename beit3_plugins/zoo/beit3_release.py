@@ -6,14 +6,15 @@ Source: the file tables of microsoft/unilm ``beit3/README.md`` and ``beit2/READM
 1000 classes) and ``run_beit3_finetuning.py`` (64 text tokens; 32 for captioning). The release publishes no
 checksums: a file's sha256 and size are recorded in the cache on first download and checked on every later
 use (see ``download.py``); the VQ-KD names carry a sha256 prefix that is checked from the first download.
-The released VQA answer list (``answer2label.txt``) is not published; it is rebuilt from the VQA v2
-annotations (``AnswerVocab.from_annotations``) and passed to the VQA pipeline.
+The released VQA answer list (``answer2label.txt``) is not published; ``beit3-plugins data prepare`` rebuilds it
+from the VQA v2 annotations by the official procedure (``beit3_plugins.data.official``) and it is passed to the
+VQA pipeline.
 """
 from __future__ import annotations
 
-from .entries import TokenizerSpec, ZooEntry, ZooFile, register_pretrained
+from .entries import TokenizerSpec, ZooEntry, ZooFile
 
-__all__ = ["BEIT3_URL", "BEIT2_URL", "BEIT3_SPM"]
+__all__ = ["ENTRIES", "BEIT3_URL", "BEIT2_URL", "BEIT3_SPM"]
 
 BEIT3_URL = "https://github.com/addf400/files/releases/download/beit3/"
 BEIT2_URL = "https://github.com/addf400/files/releases/download/BEiT-v2/"
@@ -22,16 +23,17 @@ BEIT3_SPM = ZooFile(BEIT3_URL + "beit3.spm")
 _SPM = TokenizerSpec("sentencepiece", BEIT3_SPM, max_length=64)
 _SPM_CAPTION = TokenizerSpec("sentencepiece", BEIT3_SPM, max_length=32)
 
-register_pretrained(ZooEntry("beit3_spm", "beit3", "tokenizer", BEIT3_SPM, tokenizer=_SPM,
-                             notes="XLM-R sentencepiece model, fairseq id layout (64002 ids)"))
+_entries = [ZooEntry("beit3_spm", "beit3", "tokenizer", BEIT3_SPM, tokenizer=_SPM,
+                     notes="XLM-R sentencepiece model, fairseq id layout (64002 ids)")]
 
 
 def _add(name: str, task: str, size: str, *, image_size: int = 224, normalize_output: bool = True,
-         head=None, dataset: str = "", base=None, tokenizer: TokenizerSpec = _SPM, transform: str = "vl") -> None:
-    register_pretrained(ZooEntry(name=name, family="beit3", task=task, weights=ZooFile(BEIT3_URL + name + ".pth"),
-                                 backbone=f"beit3_{size}", image_size=image_size, normalize_output=normalize_output,
-                                 tokenizer=tokenizer, image_transform=transform, head=dict(head or {}),
-                                 dataset=dataset, base=base))
+         head=None, dataset: str = "", base=None, tokenizer: TokenizerSpec = _SPM, transform: str = "vl",
+         notes: str = "") -> None:
+    _entries.append(ZooEntry(name=name, family="beit3", task=task, weights=ZooFile(BEIT3_URL + name + ".pth"),
+                             backbone=f"beit3_{size}", image_size=image_size, normalize_output=normalize_output,
+                             tokenizer=tokenizer, image_transform=transform, head=dict(head or {}),
+                             dataset=dataset, base=base, notes=notes))
 
 
 _SIZES = {"base": "base", "large": "large", "base_indomain": "base", "large_indomain": "large"}
@@ -40,7 +42,8 @@ _SIZES = {"base": "base", "large": "large", "base_indomain": "base", "large_indo
 for _kind, _size in _SIZES.items():
     _add(f"beit3_{_kind}_patch16_224", "pretrain", _size, head={"mlm_vocab": 64010, "mim_vocab": 8192})
 for _size in ("base", "large"):
-    _add(f"beit3_{_size}_itc_patch16_224", "itc", _size, base=f"beit3_{_size}_patch16_224")
+    _add(f"beit3_{_size}_itc_patch16_224", "retrieval", _size, base=f"beit3_{_size}_patch16_224",
+         notes="image-text contrastive tuning of the pretrained file (the dual encoder; no retrieval fine-tuning)")
 
 # ImageNet-1k (fine-tuned at 224 px from the pretrained files; imagenet mean/std; no final norm)
 for _kind, _size in _SIZES.items():
@@ -76,6 +79,8 @@ for _size in ("base", "large"):
 for _file in ("vqkd_encoder_base_decoder_1x768x12_clip-d93179da.pth",
               "vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth",
               "vqkd_encoder_base_decoder_1x768x12_dino-663c55d7.pth"):
-    register_pretrained(ZooEntry(_file.split("-")[0], "beit2", "visual_tokenizer", ZooFile(BEIT2_URL + _file),
-                                 head={"codebook_size": 8192, "code_dim": 32},
-                                 notes="teacher: " + ("CLIP ViT-B/16" if "clip" in _file else "DINO ViT-B/16")))
+    _entries.append(ZooEntry(_file.split("-")[0], "beit2", "visual_tokenizer", ZooFile(BEIT2_URL + _file),
+                             head={"codebook_size": 8192, "code_dim": 32},
+                             notes="teacher: " + ("CLIP ViT-B/16" if "clip" in _file else "DINO ViT-B/16")))
+
+ENTRIES = tuple(_entries)

@@ -12,28 +12,20 @@ import dataclasses
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["ZooFile", "TokenizerSpec", "ZooEntry", "register_pretrained", "get_pretrained", "list_pretrained",
-           "ZOO", "TASK_KINDS", "UnknownPretrainedError"]
+from beit3_plugins.registry import Registry, UnknownComponentError
 
-# What the weights of an entry fit (the pipelines layer maps each to a task model of vl_tasks/):
-#   pretrain            backbone + mlm/mim heads (MDM pretraining file)
-#   itc                 backbone + contrastive heads (vision_head / language_head / logit_scale)
-#   retrieval           as itc, fine-tuned on COCO / Flickr30k
-#   vqa                 backbone + pooler + 3129-way classifier
-#   nlvr2               backbone + two-layer MLP over 4D pooled pairs
-#   captioning          backbone + mlm_head, generation by masked-token decoding
-#   image_classification backbone + fc_norm + head (ImageNet-1k)
+__all__ = ["ZooFile", "TokenizerSpec", "ZooEntry", "register_pretrained", "get_pretrained", "list_pretrained",
+           "ZOO", "FILE_KINDS", "UnknownPretrainedError"]
+
+# File kinds that are no task model's weights; every other ``ZooEntry.task`` is a ``TASKS`` name (the task
+# plugin that builds the model the weights fit, e.g. "vqa", "retrieval", a third party's "shape_colors").
+#   pretrain            backbone (+ pretraining heads, not loaded): the MDM / VLMo pretraining file
 #   tokenizer           a text tokenizer file (beit3.spm, a WordPiece vocab)
 #   visual_tokenizer    a BEiT v2 VQ-KD tokenizer (MIM targets for pretraining)
-TASK_KINDS = ("pretrain", "itc", "retrieval", "vqa", "nlvr2", "captioning", "image_classification", "tokenizer",
-              "visual_tokenizer")
+FILE_KINDS = ("pretrain", "tokenizer", "visual_tokenizer")
 
 
-class UnknownPretrainedError(KeyError):
-    """A name that is neither a zoo entry nor an existing file."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+UnknownPretrainedError = UnknownComponentError  # a name the zoo does not hold (the registry's did-you-mean error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +67,7 @@ class ZooEntry:
 
     name: str
     family: str                      # "beit3" | "vlmo" | "beit2"
-    task: str                        # one of TASK_KINDS
+    task: str                        # a TASKS name (the model the weights fit) or one of FILE_KINDS
     weights: ZooFile
     backbone: Optional[str] = None   # BACKBONES name; None for tokenizer files
     image_size: int = 224
@@ -87,16 +79,18 @@ class ZooEntry:
     dataset: str = ""                # what it was fine-tuned on (coco, flickr30k, vqav2, ...)
     base: Optional[str] = None       # entry it was fine-tuned from
     notes: str = ""
+    backbone_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # other config fields set
+    labels: Tuple[str, ...] = ()     # VQA answers / class names in label order (self-described models)
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_KINDS:
-            raise ValueError(f"zoo entry {self.name!r}: unknown task {self.task!r}; one of {TASK_KINDS}")
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"zoo entry {self.name!r}: task must be a TASKS name or one of {FILE_KINDS}")
         if self.task not in ("tokenizer", "visual_tokenizer") and self.backbone is None:
             raise ValueError(f"zoo entry {self.name!r}: a {self.task} checkpoint needs a backbone name")
 
     def backbone_overrides(self) -> Dict[str, object]:
-        """Backbone config fields this entry sets (resolution and final norm)."""
-        return {"img_size": self.image_size, "normalize_output": self.normalize_output}
+        """Backbone config fields this entry sets (resolution, final norm and any other field it names)."""
+        return {**self.backbone_config, "img_size": self.image_size, "normalize_output": self.normalize_output}
 
     def files(self) -> List[ZooFile]:
         """Every file the entry needs: weights, tokenizer, answer list."""
@@ -108,56 +102,29 @@ class ZooEntry:
         return out
 
 
-ZOO: Dict[str, ZooEntry] = {}
+# The zoo: a registry of data. Its locations name the release lists (``ENTRIES`` of each module) without
+# importing them here; installed packages add theirs under the ``beit3_plugins.zoo`` entry-point group
+# (``my_zoo = "my_package.zoo:ENTRIES"``).
+ZOO = Registry("pretrained model", entry_type=ZooEntry, entry_point_group="beit3_plugins.zoo", code_plugins=False,
+               locations=["beit3_plugins.zoo.beit3_release:ENTRIES", "beit3_plugins.zoo.vlmo_release:ENTRIES"])
 
 
 def register_pretrained(entry: ZooEntry, *, force: bool = False) -> ZooEntry:
-    """Add ``entry`` to the zoo (VLMo's entries, a lab's own files, test twins)."""
-    if entry.name in ZOO and ZOO[entry.name] != entry and not force:
-        raise ValueError(f"zoo entry {entry.name!r} already exists; pass force=True to replace it")
-    ZOO[entry.name] = entry
-    return entry
+    """Add ``entry`` to the zoo at run time (a lab's own files, test twins)."""
+    return ZOO.add(entry, force=force, source="register_pretrained")
 
 
 def get_pretrained(name: str) -> ZooEntry:
-    _load_builtin()
-    try:
-        return ZOO[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(ZOO), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise UnknownPretrainedError(f"unknown pretrained name {name!r}.{hint} See beit3_plugins.list_pretrained()"
-                                     ) from None
+    return ZOO[name]
 
 
 def list_pretrained(task: Optional[str] = None, family: Optional[str] = None, as_tuples: bool = False):
     """Names of the zoo entries (optionally of one task / family); ``as_tuples`` gives (name, task) pairs
     as open_clip's ``list_pretrained`` gives (architecture, tag)."""
-    _load_builtin()
-    entries = [e for e in ZOO.values() if (task is None or e.task == task) and (family is None or e.family == family)]
+    entries = [e for _, e in ZOO.items() if (task is None or e.task == task) and (family is None or e.family == family)]
     if as_tuples:
         return [(e.name, e.task) for e in entries]
     return [e.name for e in entries]
-
-
-_BUILTIN_LOADED: List[bool] = []
-
-
-def _load_builtin() -> None:
-    """Import the published lists once (BEiT-3 / BEiT v2 here; VLMo's module when it exists)."""
-    if _BUILTIN_LOADED:
-        return
-    _BUILTIN_LOADED.append(True)
-    import importlib
-
-    from . import beit3_release  # noqa: F401 - registers the BEiT-3 and BEiT v2 files
-    try:
-        importlib.import_module("beit3_plugins.zoo.vlmo_release")
-    except ModuleNotFoundError as exc:
-        if exc.name != "beit3_plugins.zoo.vlmo_release":
-            raise
 
 
 def entry_summary(entry: ZooEntry) -> Tuple[str, ...]:

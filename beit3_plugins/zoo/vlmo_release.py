@@ -10,26 +10,26 @@ checked afterwards (``download.py``).
 """
 from __future__ import annotations
 
-from .entries import TokenizerSpec, ZooEntry, ZooFile, register_pretrained
+from .entries import TokenizerSpec, ZooEntry, ZooFile
 
-__all__ = ["VLMO_URL", "BERT_UNCASED_VOCAB"]
+__all__ = ["ENTRIES", "VLMO_URL", "BERT_UNCASED_VOCAB"]
 
 VLMO_URL = "https://github.com/wenhui0924/vlmo_ckpts/releases/download/vlmo/"
 BERT_UNCASED_VOCAB = ZooFile("hf-hub:google-bert/bert-base-uncased/vocab.txt",
                              filename="bert-base-uncased-vocab.txt")
 _WORDPIECE = TokenizerSpec("wordpiece", BERT_UNCASED_VOCAB, max_length=40)
 
-register_pretrained(ZooEntry("bert_base_uncased_vocab", "vlmo", "tokenizer", BERT_UNCASED_VOCAB,
-                             tokenizer=_WORDPIECE, notes="BERT-uncased WordPiece vocabulary (VLMo's text)"))
+_entries = [ZooEntry("bert_base_uncased_vocab", "vlmo", "tokenizer", BERT_UNCASED_VOCAB,
+                     tokenizer=_WORDPIECE, notes="BERT-uncased WordPiece vocabulary (VLMo's text)")]
 
 _SIZES = {"base": "vlmo_base", "base_plus": "vlmo_base_plus", "large": "vlmo_large"}
 
 
 def _add(name: str, task: str, size: str, *, image_size: int, head=None, dataset: str = "", base=None) -> None:
-    register_pretrained(ZooEntry(name=name, family="vlmo", task=task, weights=ZooFile(VLMO_URL + name + ".pt"),
-                                 backbone=_SIZES[size], image_size=image_size, normalize_output=True,
-                                 tokenizer=_WORDPIECE, image_transform="vl", head=dict(head or {}),
-                                 dataset=dataset, base=base))
+    _entries.append(ZooEntry(name=name, family="vlmo", task=task, weights=ZooFile(VLMO_URL + name + ".pt"),
+                             backbone=_SIZES[size], image_size=image_size, normalize_output=True,
+                             tokenizer=_WORDPIECE, image_transform="vl", head=dict(head or {}),
+                             dataset=dataset, base=base))
 
 
 for _size in _SIZES:
@@ -45,3 +45,5 @@ for _size in _SIZES:
     # Flickr30k: base and large were fine-tuned from their COCO files, base-plus from the pretrained one
     _add(f"vlmo_{_size}_patch16_384_f30k", "retrieval", _size, image_size=384, dataset="flickr30k",
          base=f"vlmo_{_size}_patch16_224" if _size == "base_plus" else f"vlmo_{_size}_patch16_384_coco")
+
+ENTRIES = tuple(_entries)

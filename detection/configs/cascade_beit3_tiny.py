@@ -1,7 +1,7 @@
 """LazyConfig twin of detection/cascade_beit3_tiny.yaml (same modules, same parameter names): the paper
 config at toy size for the synthetic shape world on CPU.
 
-    python tools/train_net.py --config-file detection/configs/cascade_beit3_tiny.py datasets.root=/tmp/world
+    python -m beit3_plugins.detection.train --config-file detection/configs/cascade_beit3_tiny.py datasets.root=/tmp/world
 """
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec

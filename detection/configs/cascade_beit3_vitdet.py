@@ -1,7 +1,7 @@
 """LazyConfig (ViTDet style) of detection/cascade_beit3.yaml: BEiT-3 large as a ViTDet backbone, Cascade
 Mask R-CNN with soft-NMS, 1280 px LSJ, AdamW with layer decay, 100-epoch schedule on COCO.
 
-    python tools/train_net.py --config-file detection/configs/cascade_beit3_vitdet.py --num-gpus 8 \
+    python -m beit3_plugins.detection.train --config-file detection/configs/cascade_beit3_vitdet.py --num-gpus 8 \
         model.backbone.net.spec.weights=/path/to/beit3_large_patch16_224.pth
 """
 from detectron2 import model_zoo
@@ -49,7 +49,7 @@ model.roi_heads.update(
 )
 
 # datasets: detectron2's builtin COCO (under $DETECTRON2_DATASETS/coco); extra [name, json, image_root]
-# entries in datasets.coco_instances are registered by tools/train_net.py
+# entries in datasets.coco_instances are registered by beit3_plugins.detection.train
 datasets = dict(root="", coco_instances=[])
 dataloader = dict(
     train=L(build_resumable_train_loader)(
@@ -66,12 +66,12 @@ dataloader = dict(
     evaluator=L(CheckedCOCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False),
 )
 
-# multi-scale + flip evaluation with detectron2's GeneralizedRCNNWithTTA (tools/train_net.py --tta or
+# multi-scale + flip evaluation with detectron2's GeneralizedRCNNWithTTA (detection.train --tta or
 # test_aug.enabled=True; yacs twin: TEST.AUG in cascade_beit3.yaml)
 test_aug = dict(enabled=False, min_sizes=[640, 800, 960, 1120, 1280], max_size=IMAGE_SIZE, flip=True)
 
 optimizer = L(torch.optim.AdamW)(
-    params=L(beit3_optimizer_params)(base_lr=1e-4, weight_decay=0.1, layer_decay=0.9),  # model set by train_net
+    params=L(beit3_optimizer_params)(base_lr=1e-4, weight_decay=0.1, layer_decay=0.9),  # model set by detection.train
     lr=1e-4, betas=(0.9, 0.999))
 
 MAX_ITER = 184375  # 100 epochs at batch 64

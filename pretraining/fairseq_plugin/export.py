@@ -44,13 +44,15 @@ def _core_from_state(path: str):
 
     from beit3_plugins.registry import BACKBONES
 
+    from .models import BACKBONE_PREFIX
+
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     cfg = state["cfg"]
     sd = state["model"]
-    if not any(k.startswith("core.backbone.") for k in sd):
-        raise ValueError(f"{path} is not a beit3_pretrain checkpoint (no core.backbone.* weights)")
+    if not any(k.startswith(BACKBONE_PREFIX) for k in sd):
+        raise ValueError(f"{path} is not a beit3_pretrain checkpoint (no {BACKBONE_PREFIX}* weights)")
     name = cfg["model"].get("backbone") or cfg["model"]["_name"]
-    backbone_sd = {k[len("core.backbone."):]: v for k, v in sd.items() if k.startswith("core.backbone.")}
+    backbone_sd = {k[len(BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
     sizes = {"img_size": int(cfg["task"]["image_size"]), "vocab_size": backbone_sd["text_embed.weight"].shape[0]}
     if "text_pos_embed" in backbone_sd:  # absolute positions (VLMo has a relative position bias only)
         sizes["max_text_positions"] = backbone_sd["text_pos_embed"].shape[1]
@@ -61,17 +63,26 @@ def _core_from_state(path: str):
                               "core.logit_scale"))}
     if cfg["model"].get("mim_target", "vqkd") != "vqkd":   # pixel heads have no released counterpart
         heads = {k: v for k, v in heads.items() if not k.startswith("mim_head.")}
-    return name, backbone, heads
+    spm = cfg["task"].get("spm_model") or None
+    if spm and not os.path.isabs(spm):
+        spm = os.path.join(cfg["task"].get("data") or "", spm)
+    return name, backbone, heads, spm
 
 
 def export_checkpoint(fairseq_checkpoint: str, out_path: str) -> Dict[str, object]:
     """Write the backbone checkpoint; returns a summary (backbone name, layout, #tensors)."""
     from beit3_plugins.backbones import export_state_dict
 
-    name, backbone, heads = _core_from_state(fairseq_checkpoint)
+    from beit3_plugins.backbones import backbone_model_config
+
+    name, backbone, heads, spm = _core_from_state(fairseq_checkpoint)
     sd, layout = export_state_dict(backbone, heads)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save({"model": sd}, out_path)
+    # the backbone's self-description: build_backbone(name, pretrained=out_path) / beit3-plugins save need no more
+    description = backbone_model_config(backbone, task="pretrain", trained_by="fairseq export",
+                                        tokenizer_file=spm if spm and os.path.isfile(spm) else None,
+                                        base=os.path.abspath(fairseq_checkpoint))
+    torch.save({"model": sd, "model_config": description.to_dict()}, out_path)
     summary = {"backbone": name, "layout": layout, "tensors": len(sd), "heads": sorted(heads), "path": out_path}
     logger.info(f"exported {summary}")
     return summary

@@ -21,7 +21,11 @@ from .sharding import is_sharded
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Beit3PretrainConfig", "Beit3PretrainModel", "ARCHS"]
+__all__ = ["BACKBONE_PREFIX", "Beit3PretrainConfig", "Beit3PretrainModel", "ARCHS"]
+
+# Where the fairseq model keeps the Multiway backbone: Beit3PretrainModel.core (MaskedDataModel) .backbone;
+# read by the export, checked against the built model in tests.
+BACKBONE_PREFIX = "core.backbone."
 
 ARCHS = ("beit3_tiny", "beit3_base", "beit3_large", "beit3_giant", "vlmo_tiny", "vlmo_base", "vlmo_large",
          "beit3_base_shared", "beit3_base_standard", "vlbeit_base", "beit3_tiny_shared", "beit3_tiny_standard")

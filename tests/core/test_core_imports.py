@@ -13,6 +13,8 @@ def run(code):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_core_modules_import_no_framework():
     code = (f"import sys\nfor m in {CORE!r}: __import__(m)\n"
             f"print(sorted(f for f in {FRAMEWORKS!r} if f in sys.modules))")
@@ -26,6 +28,8 @@ def test_import_beit3_plugins_is_torch_free():
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("adapter, framework, extra", [
     ("beit3_plugins.detection", "detectron2", "detectron2"),
     ("beit3_plugins.segmentation", "mmseg", "mmseg"),

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beit3_plugins.data import (AnswerVocab, CorruptImageError, SkipCounter, generate_world, load_image,
-                                normalize_answer, read_ade20k, read_coco_captions, read_coco_instances,
+from beit3_plugins.data import (AnswerVocab, CorruptImageError, SkipCounter, beit3_normalize_word, generate_world,
+                                load_image, read_ade20k, read_coco_captions, read_coco_instances,
                                 read_image_folder, read_json, read_jsonl, read_karpathy, read_nlvr2,
-                                read_text_lines, read_vqa, vqa_score, WorldConfig)
+                                read_text_lines, read_vqa, vqa_target_score, WorldConfig)
 from beit3_plugins.registry import DATASETS, UnknownComponentError
 
 
@@ -96,12 +96,12 @@ def test_dataset_survives_corrupt_images(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- VQA
 def test_vqa_score_and_normalisation():
-    assert [vqa_score(n) for n in range(7)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0]
-    assert normalize_answer("Two") == "2"
-    assert normalize_answer("a Dog.") == "dog"
-    assert normalize_answer("yes!") == "yes"
-    assert normalize_answer("the red-ish one") == "red ish 1"  # as the official script does
-    assert normalize_answer("dont know") == "don't know"
+    assert [vqa_target_score(n) for n in range(7)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0]
+    assert beit3_normalize_word("Two") == "2"
+    assert beit3_normalize_word("a Dog.") == "dog"
+    assert beit3_normalize_word("yes!") == "yes"
+    assert beit3_normalize_word("the red-ish one") == "red ish 1"  # as the official glossary does
+    assert beit3_normalize_word("dont know") == "don't know"
 
 
 def _write_vqa(tmp_path, answers_per_question):
@@ -121,15 +121,15 @@ def _write_vqa(tmp_path, answers_per_question):
 
 def test_vqa_soft_targets_and_out_of_vocab(tmp_path):
     q, a = _write_vqa(tmp_path, [
-        ["2"] * 3 + ["two"] + ["3"] * 2 + ["4"] + ["red"] * 3,   # "two" normalises to "2": 4 votes
+        ["2"] * 3 + ["two"] + ["3"] * 2 + ["4"] + ["red"] * 3,   # raw answers count: "two" is not "2"
         ["blue"] * 10,                                          # all outside the vocabulary below
     ])
     vocab = AnswerVocab(["2", "3", "4", "red"])
     skips = SkipCounter()
     records = read_vqa(q, a, image_dir=tmp_path / "val2014", vocab=vocab, skips=skips)
     first = records[0]
-    assert dict(zip(first.labels, first.scores)) == {0: 1.0, 1: 0.6, 2: 0.3, 3: 0.9}
-    np.testing.assert_allclose(first.dense_target(4), [1.0, 0.6, 0.3, 0.9])
+    assert dict(zip(first.labels, first.scores)) == {0: 0.9, 1: 0.6, 2: 0.3, 3: 0.9}
+    np.testing.assert_allclose(first.dense_target(4), [0.9, 0.6, 0.3, 0.9])
     assert first.image_path.endswith("val2014/COCO_val2014_000000000007.jpg")
     assert records[1].labels == [] and skips.count("vqa_answers_out_of_vocab") == 1
     dropped = read_vqa(q, a, vocab=vocab, drop_out_of_vocab=True, skips=SkipCounter())
@@ -151,7 +151,7 @@ def test_vqa_missing_annotation_is_an_error(tmp_path):
 
 def test_answer_vocab_from_world_save_and_load(tmp_path, data_world):
     _, manifest = data_world
-    vocab = AnswerVocab.from_annotations(manifest.path("vqa_annotations_train"))
+    vocab = AnswerVocab.from_annotations(manifest.path("vqa_annotations_train"), min_count=1)
     assert {"yes", "no", "0", "1", "2", "3", "red", "green", "blue", "yellow", "circle", "square",
             "triangle"} <= set(vocab.answers)
     vocab.save(tmp_path / "answer2label.txt")
@@ -160,8 +160,11 @@ def test_answer_vocab_from_world_save_and_load(tmp_path, data_world):
     assert AnswerVocab.load(tmp_path / "answer2label.txt").answers == vocab.answers
     (tmp_path / "answers.json").write_text(json.dumps(["yes", "no"]))
     assert AnswerVocab.load(tmp_path / "answers.json").index == {"yes": 0, "no": 1}
-    top = AnswerVocab.from_annotations([manifest.path("vqa_annotations_train")], min_count=1, top_k=3)
-    assert top.answers == vocab.answers[:3]
+    majority = [a["multiple_choice_answer"] for a in json.loads(
+        manifest.path("vqa_annotations_train").read_text())["annotations"]]
+    assert vocab.answers == list(dict.fromkeys(majority))  # order of first appearance
+    common = AnswerVocab.from_annotations(manifest.path("vqa_annotations_train"))  # the official 9
+    assert common.answers == [a for a in vocab.answers if majority.count(a) >= 9] and len(common) < len(vocab)
     records = read_vqa(manifest.path("vqa_questions_val"), manifest.path("vqa_annotations_val"),
                        manifest.path("coco_images_val"), vocab)
     assert len(records) == manifest.counts["vqa_val_questions"]
@@ -227,10 +230,12 @@ def test_registered_datasets(data_world):
     assert {"vqa_v2", "nlvr2", "karpathy_captions", "text_corpus", "imagenet_folder"} <= set(DATASETS.names())
     vqa = DATASETS.build({"name": "vqa_v2", "questions": str(manifest.path("vqa_questions_train")),
                           "annotations": str(manifest.path("vqa_annotations_train")),
-                          "image_dir": str(manifest.path("coco_images_train")), "drop_out_of_vocab": True})
+                          "image_dir": str(manifest.path("coco_images_train")), "drop_out_of_vocab": True,
+                          "answer_list_from": [str(manifest.path("vqa_annotations_train")),
+                                               str(manifest.path("vqa_annotations_val"))], "min_answer_count": 1})
     item = vqa[0]
     assert set(item) == {"image", "question", "labels", "scores", "question_id"} and item["image"].size == (64, 64)
-    assert len(vqa) == manifest.counts["vqa_train_questions"] and len(vqa.vocab) >= 13
+    assert len(vqa) == manifest.counts["vqa_train_questions"] and len(vqa.vocab) == 13
     nlvr2 = DATASETS.build({"name": "nlvr2", "jsonl": str(manifest.path("nlvr2_dev")),
                             "image_dir": str(manifest.path("nlvr2_images_dev"))})
     assert {nlvr2[i]["label"] for i in range(len(nlvr2))} == {0, 1}

@@ -128,6 +128,8 @@ def test_child_registries_scope_duplicates_and_parent_fallback():
         Registry("widget", parent=root)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_fresh_process_builds_every_kind_through_the_root_registries(data_world, tiny_spm):
     """No prior import of any layer: the roots find the built-ins through the ``beit3_plugins`` entry points."""
     import subprocess
@@ -153,3 +155,38 @@ print(type(task).__name__, type(head).__name__, acc, len(ds), TASKS.get('vl_task
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["VqaTask", "Pooler", "{'accuracy':", "50.0}", "12", "vqa"], res.stdout
+
+
+def test_data_registry_reads_listed_entries_and_its_entry_point_group(tmp_path, monkeypatch):
+    """A registry of data (the zoo, the CLI commands): a ``module:ATTR`` location is a list the registry reads
+    itself on first lookup (importing it registers nothing), and the registry's own entry-point group adds a
+    third party's entries; one lookup and one did-you-mean error for all of them."""
+    (tmp_path / "thing_type.py").write_text("import dataclasses\n\n\n@dataclasses.dataclass(frozen=True)\n"
+                                            "class Thing:\n    name: str\n    size: int = 0\n")
+    (tmp_path / "listed_things.py").write_text(
+        "from thing_type import Thing\nTHINGS = (Thing('small', 1), Thing('large', 9))\n")
+    (tmp_path / "plugin_things.py").write_text("from thing_type import Thing\nEXTRA = [Thing('huge', 99)]\n"
+                                               "ONE = Thing('ignored_name', 5)\n")
+    info = tmp_path / "plugin_things-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-things\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[test_registry.things]\nextra = plugin_things:EXTRA\n"
+                                           "single = plugin_things:ONE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from thing_type import Thing
+
+    reg = Registry("thing", entry_type=Thing, locations=["listed_things:THINGS"],
+                   entry_point_group="test_registry.things", code_plugins=False)
+    import listed_things  # noqa: F401 - importing the list registers nothing
+
+    assert reg._entries == {}
+    assert reg["small"] == Thing("small", 1) and reg["huge"].size == 99
+    assert reg["single"] == Thing("ignored_name", 5)          # a lone entry point value is named by the entry point
+    assert [name for name, _ in reg.items()] == ["huge", "large", "single", "small"]
+    with pytest.raises(UnknownComponentError, match="Did you mean 'large'"):
+        reg.get("lage")
+    reg.add(Thing("small", 1))                                 # the same entry again: no conflict
+    with pytest.raises(DuplicateComponentError):
+        reg.add(Thing("small", 2))
+    with pytest.raises(TypeError, match="must be a Thing"):
+        reg.add("small")

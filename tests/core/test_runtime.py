@@ -33,6 +33,8 @@ def probe(mode: str, env=None) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_malloc_reuses_memory_instead_of_faulting_it_in_again():
     default, tuned = probe("0"), probe("1")
@@ -51,6 +53,8 @@ def test_entry_points_can_be_told_not_to_tune(monkeypatch, value, expected):
     assert malloc_tuning_requested() is expected
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_entry_point_helper_tunes_unless_switched_off():
     import os
 

@@ -36,6 +36,8 @@ def test_safe_load_refuses_the_payload(evil):
         assert not marker.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_vl_trainer_model_checkpoint_refuses_the_payload(evil, data_world, tiny_spm, tmp_path):
     path, marker = evil
     root, _ = data_world
@@ -48,6 +50,8 @@ def test_vl_trainer_model_checkpoint_refuses_the_payload(evil, data_world, tiny_
     assert not marker.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_vl_trainer_resume_file_refuses_the_payload(evil, data_world, tiny_spm, tmp_path):
     path, marker = evil
     root, _ = data_world

@@ -28,11 +28,11 @@ def test_imagenet_eval_uses_imagenet_statistics_and_centre_crop():
     expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert out.shape == (3, 32, 32)
     torch.testing.assert_close(out.mean(dim=(1, 2)), expected, atol=1e-3, rtol=0)
-    # crop_pct 0.875 below 384 px: a thin red border is cropped away, with crop_pct=1 it stays
+    # the official default keeps the whole image (crop_pct 1.0): a thin red border stays; crop_pct=0.875 crops it
     framed = Image.new("RGB", (64, 64), (255, 0, 0))
     framed.paste(grey(128, 60), (2, 2))
-    cropped = build_image_transform("imagenet", train=False, image_size=32)(framed)
-    full = build_image_transform("imagenet", train=False, image_size=32, crop_pct=1.0)(framed)
+    full = build_image_transform("imagenet", train=False, image_size=32)(framed)
+    cropped = build_image_transform("imagenet", train=False, image_size=32, crop_pct=0.875)(framed)
     assert cropped[0, 0, 0] < 0.5 < full[0, 0, 0]
 
 

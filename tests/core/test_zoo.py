@@ -18,8 +18,9 @@ def test_published_lists_are_complete():
     checkpoints = [e for e in beit3 if e.task != "tokenizer"]
     assert len(checkpoints) == 29
     counts = {t: sum(e.task == t for e in checkpoints) for t in {e.task for e in checkpoints}}
-    assert counts == {"pretrain": 4, "itc": 2, "image_classification": 4, "vqa": 5, "nlvr2": 4, "captioning": 6,
-                      "retrieval": 4}
+    assert counts == {"pretrain": 4, "image_classification": 4, "vqa": 5, "nlvr2": 4, "captioning": 6,
+                      "retrieval": 6}                                  # 2 ITC-tuned dual encoders + 4 fine-tuned
+    assert get_pretrained("beit3_base_itc_patch16_224").task == "retrieval"
     for e in checkpoints:
         assert e.weights.url == "https://github.com/addf400/files/releases/download/beit3/" + e.name + ".pth"
         assert e.tokenizer.kind == "sentencepiece" and e.tokenizer.file.filename == "beit3.spm"
@@ -127,8 +128,13 @@ def test_entry_type_carries_vlmo_files():
     entry = ZooEntry("vlmo_test_twin", "vlmo", "vqa", ZooFile("https://example.invalid/vlmo.pt"), backbone="vlmo_tiny",
                      tokenizer=zoo.TokenizerSpec("wordpiece", vocab, max_length=40), head={"num_answers": 3129})
     assert entry.files()[1] is vocab
-    with pytest.raises(ValueError, match="unknown task"):
-        ZooEntry("x", "vlmo", "vqa2", vocab, backbone="vlmo_tiny")
+    # an entry's task is a TASKS name (third-party tasks included), checked by the one lookup that builds it
+    from beit3_plugins.registry import TASKS, UnknownComponentError
+
+    with pytest.raises(UnknownComponentError, match="Did you mean 'vqa'"):
+        TASKS.get(ZooEntry("x", "vlmo", "vqa2", vocab, backbone="vlmo_tiny").task)
+    with pytest.raises(ValueError, match="needs a backbone name"):
+        ZooEntry("x", "vlmo", "vqa", vocab)
 
 
 def test_hf_hub_names_go_through_huggingface_hub(tmp_path, monkeypatch):
@@ -146,3 +152,28 @@ def test_hf_hub_names_go_through_huggingface_hub(tmp_path, monkeypatch):
         assert any(r["path"].endswith("/resolve/main/weights.safetensors") for r in server.requests)
     with pytest.raises(ValueError, match="hf-hub:<org>/<repo>/<file>"):
         download_file(ZooFile("hf-hub:justarepo"), cache=tmp_path)
+
+
+def test_release_modules_are_data_and_import_only_entry_types():
+    """The release lists import the entry types and nothing else of the project, export ``ENTRIES`` and register
+    nothing when imported; the zoo reads them on its first lookup."""
+    import ast
+    import subprocess
+    import sys
+
+    from beit3_plugins.zoo import beit3_release, vlmo_release
+
+    for module in (beit3_release, vlmo_release):
+        tree = ast.parse(open(module.__file__).read())
+        imported = [(n.module, n.level, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    for a in n.names if n.module != "__future__"]
+        assert {(m, lvl) for m, lvl, _ in imported} == {("entries", 1)}, module.__name__
+        assert {a for _, _, a in imported} <= {"ZooEntry", "ZooFile", "TokenizerSpec"}
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import)]
+        assert module.ENTRIES and all(isinstance(e, ZooEntry) for e in module.ENTRIES)
+    code = ("import beit3_plugins.zoo.beit3_release, beit3_plugins.zoo.vlmo_release\n"
+            "from beit3_plugins.zoo import ZOO\n"
+            "print(len(ZOO._entries), len(ZOO.names()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", str(len(beit3_release.ENTRIES) + len(vlmo_release.ENTRIES))]

@@ -224,3 +224,22 @@ def test_vlmo_windows_get_their_relative_bias_and_padding_masks():
     assert torch.allclose(out, x, atol=1e-5)
     names = [n for n, _ in net.named_parameters()]
     assert "beit3.rel_pos.table" in names and not [n for n in names if ".vl." in n or "text_embed" in n]
+
+
+def test_backbone_prefix_names_the_built_detectors_backbone():
+    """BACKBONE_PREFIX is where detectron2's built detector keeps our backbone; with the attribute renamed the
+    optimizer fails naming the new place instead of training the backbone at the heads' lr."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from beit3_plugins.backbones import MultiwayTransformer
+
+    cfg = det.add_beit3_config(get_cfg())
+    cfg.merge_from_file(str(Path(det.__file__).parent / "cascade_beit3_tiny.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model.get_submodule(det.BACKBONE_PREFIX[:-1]), MultiwayTransformer)
+    net = model.backbone.net
+    net._modules["trunk"] = net._modules.pop("beit3")
+    with pytest.raises(ValueError, match=r"it sits at \['backbone.net.trunk.'\]"):
+        det.beit3_optimizer_params(model, base_lr=1.0, weight_decay=0.1, layer_decay=0.5)

@@ -69,12 +69,8 @@ def test_corrupt_training_image_is_named(data_world, tmp_path):
 
 
 def test_eval_only_without_weights_is_refused(tmp_path):
-    import importlib.util
+    from beit3_plugins.detection import train as train_net
 
-    path = Path(__file__).resolve().parents[2] / "tools" / "train_net.py"
-    spec = importlib.util.spec_from_file_location("beit3_train_net_inputs", path)
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     args = train_net.build_parser().parse_args(
         ["--config-file", "detection/cascade_beit3_tiny.yaml", "--eval-only", "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(ValueError, match="MODEL.WEIGHTS"):

@@ -1,10 +1,10 @@
-"""Training through the real entry (`python tools/train_net.py`) on the data world's COCO instances:
-overfitting a handful of images, `--eval-only` reproducing the trained run, `--resume` after a kill.
+"""Training through the real entry (`python -m beit3_plugins.detection.train`, which `tools/train_net.py` runs) on
+the data world's COCO instances: overfitting a handful of images, `--eval-only` reproducing the trained run,
+`--resume` after a kill.
 
 Threads: the runs use one intra-op thread (OMP_NUM_THREADS=1). On this shared 2-core machine two OpenMP
 threads spin against each other and make a step several times slower, not faster.
 """
-import importlib.util
 import json
 import os
 import signal
@@ -19,7 +19,7 @@ import torch
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_NET = ROOT / "tools" / "train_net.py"
+TRAIN_NET = ["-m", "beit3_plugins.detection.train"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # Overfitting budget: 8 images of 128 px with 1-4 shapes each (21 shapes, 3 classes), 160 iterations of
@@ -50,18 +50,18 @@ def _dataset_opts(root: Path, json_file: Path, name: str):
 
 
 def _run(args, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(TRAIN_NET), *args], cwd=cwd, env=ENV, capture_output=True,
+    proc = subprocess.run([sys.executable, *TRAIN_NET, *args], cwd=cwd, env=ENV, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"train_net.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"detection trainer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
     return proc
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("beit3_train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from beit3_plugins.detection import train
+
+    return train
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from PIL import Image
 import beit3_plugins
 from beit3_plugins import cli, zoo
 from beit3_plugins.checkpoint import convert_to_safetensors, safe_load
-from beit3_plugins.pipelines import create_model_and_transforms, pipeline
+from beit3_plugins.pipelines import create_model_and_transforms, get_tokenizer, pipeline
 from beit3_plugins.transforms import build_image_transform
 from beit3_plugins.vl_tasks.base import encode_texts
 
@@ -52,8 +52,13 @@ def _ids(pipe, texts):
 
 def test_every_twin_downloads_and_builds_by_name(world):
     for name, ref in world["refs"].items():
-        model, transform, tok = create_model_and_transforms(name)
+        model, preprocess_train, preprocess_val = create_model_and_transforms(name)   # open_clip's contract
+        tok = get_tokenizer(name)
         assert (world["cache"] / os.path.basename(model.zoo_entry.weights.url)).is_file()
+        image = Image.open(world["images"][0]).convert("RGB")
+        assert preprocess_val(image).shape == preprocess_train(image).shape == (3, TWIN_SIZE, TWIN_SIZE)
+        torch.manual_seed(0)
+        assert not torch.equal(preprocess_train(image), preprocess_val(image))      # random crop / flip vs resize
         expected = ref.state_dict()
         got = model.state_dict()
         assert set(got) == set(expected), name
@@ -102,8 +107,12 @@ def test_image_inputs_path_pil_array_tensor_agree(world):
     with torch.no_grad():
         expected = world["refs"]["twin_itc"].embed_images(_pixels(world["images"]))
     assert torch.allclose(batch, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="cannot read image"):
+    # the core decoder's errors: a missing file, an undecodable one (CorruptImageError, a ValueError)
+    with pytest.raises(FileNotFoundError, match="missing.png: image file not found"):
         pipe(str(world["cache"] / "missing.png"))
+    (world["cache"] / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png: cannot decode image"):
+        pipe(str(world["cache"] / "broken.png"))
 
 
 def test_text_embeddings_retrieval_and_safetensors_entry(world):
@@ -176,11 +185,11 @@ def test_nlvr2_and_image_classification(world):
 
 
 def test_wrong_task_for_weights_and_missing_heads_are_clear_errors(world, tmp_path):
-    with pytest.raises(ValueError, match="runs vqa weights; twin_itc is a itc checkpoint"):
+    with pytest.raises(ValueError, match="runs vqa weights; twin_itc is a retrieval checkpoint"):
         pipeline("vqa", model="twin_itc", answers=ANSWERS)
     with pytest.raises(Exception, match="heads are not in this file"):
         pipeline("captioning", model=str(world["cache"] / "twin_nlvr2.pth"), like="twin_captioning")
-    with pytest.raises(ValueError, match="unknown pipeline task"):
+    with pytest.raises(KeyError, match="unknown pipeline 'vqa2'. Did you mean 'vqa'"):
         pipeline("vqa2", model="twin_vqa")
 
 

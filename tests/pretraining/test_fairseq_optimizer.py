@@ -81,3 +81,11 @@ def test_sharding_options_fail_clearly(model_and_optimizer):
     model.shard(SimpleNamespace(**ok))
     assert getattr(model, "sharded_state", None) is None
     assert not any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def test_backbone_prefix_names_the_fairseq_models_backbone(model_and_optimizer):
+    from beit3_plugins.backbones import MultiwayTransformer
+    from beit3_plugins.pretraining.fairseq_plugin.models import BACKBONE_PREFIX
+
+    model, _ = model_and_optimizer
+    assert isinstance(model.get_submodule(BACKBONE_PREFIX[:-1]), MultiwayTransformer)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "configs" / "pretrain"
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}:{os.environ['PATH']}",
-       "BEIT3_FAIRSEQ_USER_DIR": str(ROOT / "tools" / "fairseq_user_dir" / "beit3_mdm")}
+       "BEIT3_FAIRSEQ_USER_DIR": str(ROOT / "pretraining" / "fairseq_user_dir" / "beit3_mdm")}
 
 
 # ---------------------------------------------------------------------------------------------- helpers

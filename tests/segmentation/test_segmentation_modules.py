@@ -135,6 +135,14 @@ def _segmentor():
     return cfg, MODELS.build(cfg.model)
 
 
+def test_backbone_prefix_names_the_built_segmentors_backbone():
+    from beit3_plugins.backbones import MultiwayTransformer
+    from beit3_plugins.segmentation import BACKBONE_PREFIX
+
+    _, model = _segmentor()
+    assert isinstance(model.get_submodule(BACKBONE_PREFIX[:-1]), MultiwayTransformer)
+
+
 def test_layer_decay_constructor_follows_our_parameter_names():
     from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 

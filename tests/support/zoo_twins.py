@@ -21,7 +21,7 @@ ANSWERS = ["yes", "no", "red", "blue", "circle", "square", "two", "three"]
 KINDS = {  # twin name -> (task, head, normalize_output, image transform, file suffix)
     "twin_vqa": ("vqa", {"num_answers": len(ANSWERS)}, False, "vl", ".pth"),
     "twin_nlvr2": ("nlvr2", {"num_classes": 2}, True, "vl", ".pth"),
-    "twin_itc": ("itc", {}, True, "vl", ".pth"),
+    "twin_itc": ("retrieval", {}, True, "vl", ".pth"),
     "twin_retrieval": ("retrieval", {}, True, "vl", ".safetensors"),
     "twin_captioning": ("captioning", {"mlm_vocab": 1024}, True, "vl", ".pth"),
     "twin_in1k": ("image_classification", {"num_classes": 5}, False, "imagenet", ".pth"),

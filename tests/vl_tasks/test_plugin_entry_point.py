@@ -1,10 +1,12 @@
 """Third-party task plugins: the example package registers ``shape_colors`` through the ``beit3_plugins``
-entry point and trains with the library's trainer, without a line of this repository changed.
+entry point, trains with the library's trainer, and its zoo entry (entry point ``beit3_plugins.zoo``) runs as
+its own pipeline (``shape-colors``), without a line of this repository changed.
 
 The package is pip-installed into the venv from a temporary copy and uninstalled at teardown; the
 checks run in fresh subprocesses so the entry-point metadata is read anew.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,3 +76,50 @@ def test_plugin_task_trains_with_the_library_trainer(installed_example, data_wor
     majority = 100 * sum(max(sum(col), len(col) - sum(col)) for col in zip(*present)) / (4 * len(present))
     assert metrics["eval"]["label_accuracy"] >= majority + 15.0, (metrics, majority)
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "curves.png").is_file()
+
+
+def test_plugin_zoo_entry_runs_as_its_pipeline(installed_example, tmp_path):
+    """The zoo lists the plugin's entry (task ``shape_colors``); the factory builds the plugin's model from it with
+    one TASKS lookup, downloads the file (from a loopback mirror) and the plugin's pipeline answers with that
+    model's own sigmoid outputs."""
+    from zoo_server import ZooServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    code = (
+        "import json, os, sys, torch\n"
+        "from PIL import Image\n"
+        "from beit3_plugins.registry import BACKBONES\n"
+        "from beit3_plugins.zoo import get_pretrained, list_pretrained\n"
+        "from beit3_plugins.pipelines import pipeline, list_pipelines\n"
+        "from beit3_plugins.pipelines.factory import build_task_model\n"
+        "from beit3_plugins.transforms import build_image_transform\n"
+        "entry = get_pretrained('shape_colors_beit3_tiny')\n"
+        "assert list_pretrained(task='shape_colors') == ['shape_colors_beit3_tiny']\n"
+        "torch.manual_seed(0)\n"
+        "ref = build_task_model(entry, BACKBONES.build('beit3_tiny', **entry.backbone_overrides())).eval()\n"
+        "assert type(ref).__name__ == 'ShapeColorsModel'\n"
+        "for p in ref.color_head.parameters():\n    torch.nn.init.normal_(p, std=0.5)\n"
+        "torch.save({'model': ref.state_dict()}, os.path.join(sys.argv[1], 'shape_colors_beit3_tiny.pt'))\n"
+        "image = Image.new('RGB', (40, 30), (200, 30, 30))\n"
+        "pipe = pipeline('shape-colors', model='shape_colors_beit3_tiny', device='cpu')\n"
+        "pixels = build_image_transform('vl', train=False, image_size=224)(image)[None]\n"
+        "with torch.no_grad():\n    want = ref.logits(pixels).sigmoid()[0].tolist()\n"
+        "image.save(os.path.join(sys.argv[1], 'red.png'))\n"
+        "from beit3_plugins.cli import main\n"
+        "assert main(['predict', 'shape-colors', '--model', 'shape_colors_beit3_tiny', '--device', 'cpu',\n"
+        "             '--image', os.path.join(sys.argv[1], 'red.png')]) == 0\n"
+        "print(json.dumps({'got': pipe(image), 'want': want, 'pipelines': list_pipelines()}))\n"
+    )
+    with ZooServer(served) as server:
+        env = dict(os.environ, BEIT3_PLUGINS_MIRROR=server.url, BEIT3_PLUGINS_CACHE=str(tmp_path / "cache"))
+        res = subprocess.run([sys.executable, "-c", code, str(served)], capture_output=True, text=True, timeout=300,
+                             cwd=str(REPO), env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    cli, out = json.loads(lines[-2]), json.loads(lines[-1])
+    assert "shape-colors" in out["pipelines"] and "vqa" in out["pipelines"]
+    assert list(out["got"]) == ["red", "green", "blue", "yellow"]
+    assert list(out["got"].values()) == pytest.approx(out["want"], abs=1e-5)
+    assert cli["task"] == "shape-colors" and list(cli["result"][0].values()) == pytest.approx(out["want"], abs=1e-5)
+    assert (tmp_path / "cache" / "shape_colors_beit3_tiny.pt").is_file()

@@ -50,7 +50,8 @@ def _run(task, root, spm, out, *extra):
 
 def test_vqa_beats_the_best_constant_answer(data_world, tiny_spm, tmp_path):
     root, _ = data_world
-    ev = _run("vqa", root, tiny_spm, tmp_path, "train.epochs=12", "train.lr=5e-4", "train.head_lr_mult=10")
+    ev = _run("vqa", root, tiny_spm, tmp_path, "train.epochs=12", "train.lr=5e-4", "train.head_lr_mult=10",
+              "task.min_answer_count=1")  # the official 9 drops colours seen 7-8 times in this tiny world
     assert ev["vqa_accuracy"] >= 35.0, ev
 
 

@@ -10,7 +10,7 @@ import pytest
 from beit3_plugins.registry import METRICS
 from beit3_plugins.vl_tasks.metrics import (accuracy, bleu, caption_metrics, caption_tokenize, cider, meteor,
                                             meteor_available, recall_at_k, spice, spice_available,
-                                            tokenize_captions, vqa_accuracy, vqa_normalize, vqa_question_accuracy)
+                                            tokenize_captions, vqa_accuracy, vqa_eval_normalize, vqa_question_accuracy)
 
 
 def test_metrics_are_registered():
@@ -44,8 +44,8 @@ def test_vqa_normalises_only_when_annotators_disagree():
     assert vqa_question_accuracy("Two", ["2"] * 9 + ["3"]) == 1.0
     # leave-one-out: 2 of 10 said "2" -> (8 * 2/3 + 2 * 1/3) / 10
     assert vqa_question_accuracy("2", ["2"] * 2 + ["3"] * 8) == pytest.approx(0.6)
-    assert vqa_normalize("The Red-ish one") == "red ish 1"
-    assert vqa_normalize("dont know") == "don't know" and vqa_normalize("its") == "its"
+    assert vqa_eval_normalize("The Red-ish one") == "red ish 1"
+    assert vqa_eval_normalize("dont know") == "don't know" and vqa_eval_normalize("its") == "its"
     with pytest.raises(KeyError, match="no annotations"):
         vqa_accuracy({3: "x"}, {1: ["x"]})
     with pytest.raises(ValueError, match="empty"):

@@ -90,21 +90,12 @@ def test_recipe_composes_with_the_published_values(recipe):
 
 
 def _world_with_extras(root: Path, tmp: Path) -> Path:
-    """The data world plus NoCaps val (COCO format over the world's COCO val images) and Visual Genome QA
-    (question_answers.json over the world's train images), linked into a private root."""
+    """The data world (its NoCaps in the official files) plus Visual Genome QA (question_answers.json over the
+    world's train images), linked into a private root."""
     private = tmp / "root"
     private.mkdir()
     for child in root.iterdir():
         os.symlink(child, private / child.name)
-    karpathy = json.loads((root / "coco" / "dataset_coco.json").read_text())
-    val = [im for im in karpathy["images"] if im["split"] == "val"][:4]
-    (private / "nocaps" / "val").mkdir(parents=True)
-    images, anns = [], []
-    for im in val:
-        os.symlink(root / "coco" / im["filepath"] / im["filename"], private / "nocaps" / "val" / im["filename"])
-        images.append({"id": im["cocoid"], "file_name": im["filename"]})
-        anns += [{"image_id": im["cocoid"], "id": len(anns) + i, "caption": s["raw"]} for i, s in enumerate(im["sentences"])]
-    (private / "nocaps" / "nocaps_val_4500_captions.json").write_text(json.dumps({"images": images, "annotations": anns}))
     questions = json.loads((root / "coco/vqa/v2_OpenEnded_mscoco_train2014_questions.json").read_text())["questions"]
     annotations = {a["question_id"]: a for a in json.loads(
         (root / "coco/vqa/v2_mscoco_train2014_annotations.json").read_text())["annotations"]}

@@ -135,6 +135,9 @@ def test_cached_greedy_decoding_matches_full_recomputation(data_world, tiny_spm)
 def test_layer_decay_and_weight_decay_groups(data_world, tiny_spm):
     root, _ = data_world
     model = _task("nlvr2", root, tiny_spm).build_model(_backbone())
+    from beit3_plugins.vl_tasks.base import BACKBONE_PREFIX
+
+    assert model.get_submodule(BACKBONE_PREFIX[:-1]) is model.backbone
     groups = param_groups(model, weight_decay=0.05, layer_decay=0.5, head_lr_mult=20.0)
     by_name = {n: g for g in groups for n in g["param_names"]}
     depth = len(model.backbone.layers)
@@ -177,7 +180,7 @@ def test_bad_input_is_counted_or_refused(data_world, tiny_spm, tmp_path):
     with pytest.raises(ValueError, match="invalid JSON .* line"):
         task.build_dataset("val")
     # empty split: clear error
-    nlvr = world / "nlvr2" / "data" / "dev.json"
+    nlvr = world / "nlvr2" / "nlvr" / "nlvr2" / "data" / "dev.json"
     nlvr.write_text("")
     with pytest.raises(EmptySplitError, match="no usable records"):
         _task("nlvr2", world, tiny_spm).build_dataset("val")
@@ -253,3 +256,12 @@ def test_mixup_cutmix_mix_training_batches_of_image_classification(data_world, t
     model.train()
     with pytest.raises(ValueError, match="even batch size"):
         model(task.collate([ds[i] for i in range(3)], train=True))
+
+
+def test_nocaps_splits_read_the_official_files(data_world, tiny_spm):
+    """val: COCO-format captions; test: the image-info file of the server split (images only, no captions)."""
+    root, manifest = data_world
+    task = _task("captioning", root, tiny_spm, eval_dataset="nocaps")
+    val, test = task.build_dataset("val"), task.build_dataset("test")
+    assert len(val) == manifest.counts["nocaps_val_images"] and len(test) == manifest.counts["nocaps_test_images"]
+    assert val[0]["captions"] and test[0]["captions"] == [] and test[0]["image"].shape[-1] == 32

@@ -213,7 +213,7 @@ def test_vqa_pipeline_runs_a_vlmo_file_with_wordpiece(data_world, tmp_path):
     VLMo's task model and the WordPiece tokenizer are used, scores equal that model's own."""
     from PIL import Image
 
-    from beit3_plugins.pipelines import PIPELINES, create_model_and_transforms
+    from beit3_plugins.pipelines import PIPELINES, create_model_and_transforms, get_tokenizer
     from beit3_plugins.transforms import build_image_transform
     from beit3_plugins.vl_tasks.base import encode_texts
 
@@ -227,8 +227,9 @@ def test_vqa_pipeline_runs_a_vlmo_file_with_wordpiece(data_world, tmp_path):
     path = tmp_path / "vlmo_tiny_vqa.pth"
     torch.save(ref.state_dict(), path)
     answers = ["yes", "no", "red", "two"]
-    model, transform, tok = create_model_and_transforms(str(path), like="vlmo_base_patch16_480_vqa", backbone="vlmo_tiny",
-                                                        image_size=64, head={"num_answers": 4}, tokenizer=str(vocab))
+    model, _, transform = create_model_and_transforms(str(path), like="vlmo_base_patch16_480_vqa", backbone="vlmo_tiny",
+                                                      image_size=64, head={"num_answers": 4})
+    tok = get_tokenizer(model.zoo_entry, str(vocab))
     pipe = PIPELINES["vqa"](model, transform, tok, device=torch.device("cpu"), dtype=torch.float32, batch_size=4,
                             answers=answers)
     assert isinstance(pipe.model, VlmoVqaModel) and type(pipe.tokenizer).__name__ == "BertWordPieceTokenizer"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from beit3_plugins.backbones import build_backbone, to_released_state_dict
+from beit3_plugins.data.images import load_image
 from beit3_plugins.registry import BACKBONES
 
 
 def load_images(world: Path, size: int, count: int = 8) -> torch.Tensor:
     files = sorted((world / "imagenet" / "train").rglob("*.JPEG"))[:count]
-    arrays = [np.asarray(Image.open(f).convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1 for f in files]
+    arrays = [np.asarray(load_image(f).resize((size, size)), dtype=np.float32) / 127.5 - 1 for f in files]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 

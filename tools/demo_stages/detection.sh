@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Demo stage "detection": BEiT-3 ViTDet + Cascade Mask R-CNN (soft-NMS) through the command users type,
-#   python tools/train_net.py --config-file detection/cascade_beit3_tiny.yaml DATASETS.ROOT <world> ...
+#   python -m beit3_plugins.detection.train --config-file detection/cascade_beit3_tiny.yaml DATASETS.ROOT <world> ...
 # trained on the data world's COCO instances (coco/train2017) and evaluated on coco/val2017 (box + mask AP
 # with detectron2's COCOEvaluator), with a visualisation PNG of predictions next to ground truth.
 # Writes <out>/metrics.json ({"metrics", "chance", "curves"}) and <out>/detection.png.
@@ -37,8 +37,8 @@ OPTS=(DATASETS.ROOT "$WORLD" OUTPUT_DIR "$OUT/train" SOLVER.MAX_ITER "$ITERS"
 if [[ -n "$INIT" ]]; then
   OPTS+=(MODEL.BEIT3.WEIGHTS "$INIT")
 fi
-echo "[stage] detection: python tools/train_net.py --config-file detection/cascade_beit3_tiny.yaml ${OPTS[*]}"
-"$PY" "$ROOT/tools/train_net.py" --config-file detection/cascade_beit3_tiny.yaml --visualize 4 "${OPTS[@]}"
+echo "[stage] detection: python -m beit3_plugins.detection.train --config-file detection/cascade_beit3_tiny.yaml ${OPTS[*]}"
+"$PY" -m beit3_plugins.detection.train --config-file detection/cascade_beit3_tiny.yaml --visualize 4 "${OPTS[@]}"
 
 "$PY" - "$OUT" "$INIT" <<'EOF'
 import json

@@ -33,7 +33,7 @@ echo "[stage] pretrain: fairseq-hydra-train --config-dir configs/pretrain --conf
   optimization.max_update="$MAX_UPDATE" dataset.disable_validation=true checkpoint.save_interval_updates=0 \
   2>&1 | tee "$OUT/train.log" | grep --line-buffered -E "train_inner|valid|Error|error" || true
 test -f "$OUT/checkpoints/checkpoint_last.pt" || { echo "pretraining produced no checkpoint" >&2; exit 1; }
-"$PY" tools/export_pretrained.py "$OUT/checkpoints/checkpoint_last.pt" "$OUT/backbone.pth" \
+"$BIN/beit3-plugins" export-pretrained "$OUT/checkpoints/checkpoint_last.pt" "$OUT/backbone.pth" \
   --eval-data "$WORLD" --spm-model "$SPM" --metrics "$OUT/heldout.json" > "$OUT/export.log" 2>&1 \
   || { tail -20 "$OUT/export.log" >&2; exit 1; }
 "$PY" - "$OUT" <<'PYEOF'

@@ -74,7 +74,7 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
 
 
 def evaluate(task, model, split: str, device, out: Path, task_name: str, predict: bool) -> Dict[str, float]:
-    dataset = task.build_dataset(split, train=False)
+    dataset = task.dataset(split, train=False)
     was_training = model.training
     model.eval()
     try:
@@ -110,8 +110,10 @@ def _optimizer_step(loss, optimizer, scaler, model, grad_clip: Optional[float]) 
 
 def fit(*, task, task_name: str, model, train_model, train_ds, optimizer, scaler, autocast, tc, dist: DistContext,
         device: torch.device, out: Path, state: TrainState, log: MetricLog, eval_split: str, total_steps: int,
-        warmup: int, num_workers: int, checkpoint_extra: Callable[[], Dict[str, Any]]) -> Dict[str, float]:
-    """Train until ``total_steps`` (or ``tc.epochs``); ``state`` is advanced in place. Returns the last eval."""
+        warmup: int, num_workers: int, checkpoint_extra: Callable[..., Dict[str, Any]]) -> Dict[str, float]:
+    """Train until ``total_steps`` (or ``tc.epochs``); ``state`` is advanced in place. Returns the last eval.
+    ``checkpoint_extra(metrics=...)``: entries added to every checkpoint (the run config, the model description
+    with the metrics of the evaluation that made ``best.pt``)."""
     ckpt_dir = out / "checkpoints"
     bs, world, seed, epochs = int(tc.batch_size), dist.world, int(tc.seed), int(tc.epochs)
     steps_per_epoch = len(train_ds) // (bs * world)
@@ -194,7 +196,8 @@ def fit(*, task, task_name: str, model, train_model, train_ds, optimizer, scaler
                 if value is not None and (state.best is None or value > state.best):
                     state.best = value
                     atomic_save({"model": model.state_dict(), "task": task.state_dict(), "task_name": task_name,
-                                 "metric": {task.primary_metric: value}, "epoch": state.epoch}, ckpt_dir / "best.pt")
+                                 "metric": {task.primary_metric: value}, "epoch": state.epoch,
+                                 **checkpoint_extra(metrics=eval_metrics)}, ckpt_dir / "best.pt")
             dist.barrier()
             model.train()
         save(ckpt_dir / "last.pt")

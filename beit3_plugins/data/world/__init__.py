@@ -4,7 +4,7 @@ No dataset can be downloaded here, yet every loader, tokenizer and training path
 real files and must show that it learns. This module renders small scenes (1-3 coloured circles,
 squares and triangles on a plain or lightly textured background) and writes, from the same scene
 model, the files the real pipelines read: COCO captions + Karpathy splits, VQA v2, NLVR2, Flickr30k
-(Karpathy), COCO instances, ADE20K and an ImageNet-style folder, plus a text corpus. Captions, answers,
+(Karpathy), NoCaps, COCO instances, ADE20K and an ImageNet-style folder, plus a text corpus. Captions, answers,
 labels and masks all follow from the scene, so a model can learn them.
 
 Modules: ``scene`` (shapes, sampling, rendering), ``language`` (caption grammar), ``config`` (what to
@@ -29,11 +29,13 @@ Layout written under ``out_dir`` (keys of :attr:`WorldManifest.files` in bracket
                                                                            val2014 -> val / test
     coco/vqa/v2_OpenEnded_mscoco_{train,val}2014_questions.json   [vqa_questions_train / _val]
     coco/vqa/v2_mscoco_{train,val}2014_annotations.json           [vqa_annotations_train / _val]
+    coco/test2015/COCO_test2015_<id:012d>.jpg            [coco_images_test]  VQA test images
+    coco/vqa/v2_OpenEnded_mscoco_{test,test-dev}2015_questions.json   [vqa_questions_test / _test-dev]
     coco/{train,val}2017/<id:012d>.jpg                   [det_images_train / _val]  detection size
     coco/annotations/instances_{train,val}2017.json      [instances_train / _val]
     flickr30k/flickr30k-images/<id>.jpg                  [flickr_images]
     flickr30k/dataset_flickr30k.json                     [karpathy_flickr]  5 captions per image
-    nlvr2/data/{train,dev,test1}.json                    [nlvr2_train / _dev / _test1]  jsonl
+    nlvr2/nlvr/nlvr2/data/{train,dev,test1}.json         [nlvr2_train / _dev / _test1]  jsonl (the repo clone)
     nlvr2/images/train/<directory>/<split>-<set>-<pair>-img{0,1}.png   [nlvr2_images_train]
     nlvr2/{dev,test1}/<split>-<set>-<pair>-img{0,1}.png                [nlvr2_images_dev / _test1]
     ADEChallengeData2016/images/{training,validation}/ADE_{train,val}_<n:08d>.jpg   [ade_root]
@@ -41,6 +43,12 @@ Layout written under ``out_dir`` (keys of :attr:`WorldManifest.files` in bracket
     ADEChallengeData2016/classes.json                    [ade_classes]
     imagenet/{train,val}/<class>/<class>_<n:05d>.JPEG    [imagenet_train / _val]
     imagenet/classes.json                                [imagenet_classes]
+    nocaps/{val,test}/<open images id>.jpg               [nocaps_images_val / _test]
+    nocaps/nocaps_val_4500_captions.json                 [nocaps_val]  COCO-format captions
+    nocaps/nocaps_test_image_info.json                   [nocaps_test]  images only
+
+Every benchmark folder (``coco``, ``nlvr2``, ``flickr30k``, ``nocaps``, ``imagenet``) is in the official BEiT-3
+download layout, so ``beit3-plugins data check`` / ``data prepare`` (``beit3_plugins.data.official``) run on it.
 
 Segmentation labels (ADE20K convention): 0 = unlabeled (shape outlines), 1 = background, 2 = circle,
 3 = square, 4 = triangle. With mmseg's ``reduce_zero_label=True`` they become 255 (ignored), 0..3 with

@@ -104,3 +104,34 @@ def write_flickr(w: FormatWriter) -> None:
     w.json("karpathy_flickr", "flickr30k/dataset_flickr30k.json", {"images": images, "dataset": "flickr30k"})
     for split in ("train", "val", "test"):
         w.counts[f"flickr_{split}"] = splits.count(split)
+
+
+def write_nocaps(w: FormatWriter) -> None:
+    """NoCaps as downloaded: ``nocaps/{val,test}/<hex id>.jpg``, the val captions (COCO format, 10 per image in
+    the real set, ``captions_per_image`` here) and the test image info (images only: the server scores test)."""
+    rng = w.rng("nocaps")
+    w.files["nocaps_root"] = "nocaps"
+    info = {"description": "beit3-plugins synthetic shape world NoCaps", "version": "0.1", "year": 2024}
+    next_caption_id = 0
+    for split, n, json_name in (("val", w.cfg.nocaps_val_images, "nocaps_val_4500_captions.json"),
+                                ("test", w.cfg.nocaps_test_images, "nocaps_test_image_info.json")):
+        w.files[f"nocaps_images_{split}"] = f"nocaps/{split}"
+        images, annotations = [], []
+        for i in range(n):
+            scene = new_scene(w, rng)
+            open_images_id = f"{int(rng.integers(1 << 62)):016x}"
+            file_name = f"{open_images_id}.jpg"
+            w.image(f"nocaps/{split}/{file_name}", render_scene(scene, w.cfg.image_size)[0])
+            images.append({"id": i, "open_images_id": open_images_id, "file_name": file_name,
+                           "height": w.cfg.image_size, "width": w.cfg.image_size, "coco_url": "",
+                           "domain": ("in-domain", "near-domain", "out-domain")[i % 3]})
+            captions = scene_captions(scene, rng, w.cfg.captions_per_image)
+            if split == "val":
+                for caption in captions:
+                    annotations.append({"image_id": i, "id": next_caption_id, "caption": caption})
+                    next_caption_id += 1
+        data = {"info": info, "licenses": [], "images": images}
+        if split == "val":
+            data["annotations"] = annotations
+        w.json(f"nocaps_{split}", f"nocaps/{json_name}", data)
+        w.counts[f"nocaps_{split}_images"] = n

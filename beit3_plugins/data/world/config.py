@@ -21,7 +21,8 @@ ADE_CLASSES: Tuple[str, ...] = ("background",) + KINDS  # after reduce_zero_labe
 ADE_RAW_LABELS: Dict[str, int] = {"unlabeled": 0, "background": 1, **{k: i + 2 for i, k in enumerate(KINDS)}}
 
 
-FORMATS: Tuple[str, ...] = ("text", "coco", "vqa", "flickr30k", "nlvr2", "detection", "ade20k", "imagenet")
+FORMATS: Tuple[str, ...] = ("text", "coco", "vqa", "flickr30k", "nlvr2", "detection", "ade20k", "imagenet",
+                             "nocaps")
 
 
 
@@ -43,6 +44,7 @@ class WorldConfig:
     coco_val_images: int = 16         # Karpathy: first half val, second half test
     captions_per_image: int = 5
     vqa_questions_per_image: int = 4
+    vqa_test_images: int = 8          # test2015 images; test-dev2015 asks about the first half of them
     flickr_train_images: int = 24
     flickr_val_images: int = 8
     flickr_test_images: int = 8
@@ -60,6 +62,8 @@ class WorldConfig:
     det_val_images: int = 8
     ade_train_images: int = 24
     ade_val_images: int = 8
+    nocaps_val_images: int = 8
+    nocaps_test_images: int = 8
     imagenet_classes: str = "kind"    # "kind" (3 classes) or "kind_color" (12 classes)
     imagenet_train_per_class: int = 16
     imagenet_val_per_class: int = 4

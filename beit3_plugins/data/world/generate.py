@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .captions import coco_scenes, write_coco, write_flickr, write_text
+from .captions import coco_scenes, write_coco, write_flickr, write_nocaps, write_text
 from .config import WorldConfig, WorldManifest
 from .nlvr2 import write_nlvr2
 from .vision import write_ade, write_detection, write_imagenet
@@ -40,6 +40,8 @@ def generate_world(out_dir: os.PathLike, cfg: Optional[WorldConfig] = None) -> W
         write_ade(w)
     if "imagenet" in cfg.formats:
         write_imagenet(w)
+    if "nocaps" in cfg.formats:
+        write_nocaps(w)
     config = dataclasses.asdict(cfg)
     config["formats"] = list(cfg.formats)
     manifest = WorldManifest(root=str(root), seed=cfg.seed, config=config, files=dict(sorted(w.files.items())),

@@ -56,7 +56,8 @@ def write_nlvr2(w: FormatWriter) -> None:
         else:
             records = _nlvr2_statement_records(w, rng, split, image_dir, n_sets)
         lines = [json.dumps(record, sort_keys=True) for record in records]
-        w.mark(f"nlvr2_{split}", f"nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
+        # the statements sit in the lil-lab/nlvr clone (nlvr2/nlvr/), as the official setup lays them out
+        w.mark(f"nlvr2_{split}", f"nlvr2/nlvr/nlvr2/data/{split}.json").write_text("\n".join(lines) + "\n")
         w.counts[f"nlvr2_{split}"] = len(lines)
         w.counts[f"nlvr2_{split}_true"] = sum(record["label"] == "True" for record in records)
 

@@ -6,8 +6,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .scene import KINDS, COLORS, Scene
-from .writer import FormatWriter
+from .config import FORMATS
+from .scene import KINDS, COLORS, Scene, render_scene
+from .writer import FormatWriter, new_scene
 
 
 def _vqa_candidates(scene: Scene, rng: np.random.Generator) -> List[Tuple[str, str, str, str]]:
@@ -76,3 +77,34 @@ def write_vqa(w: FormatWriter, scenes: Dict[str, List[Tuple[int, Scene, List[str
         w.json(f"vqa_annotations_{key}", f"coco/vqa/v2_mscoco_{split}_annotations.json", {
             "info": info, "license": license_, "data_subtype": split, "annotations": annotations})
         w.counts[f"vqa_{key}_questions"] = len(questions)
+    _write_vqa_test(w, info, license_)
+
+
+def _write_vqa_test(w: FormatWriter, info: Dict, license_: Dict) -> None:
+    """test2015 images with questions only (``test2015`` and its ``test-dev2015`` subset: the questions about
+    the first half of the images), as the evaluation server splits them. Own seeded stream, so train/val
+    stay byte-identical whatever the test size."""
+    n = w.cfg.vqa_test_images
+    if n < 1:
+        return
+    rng = np.random.default_rng([w.cfg.seed, FORMATS.index("vqa"), 1])
+    w.files["coco_images_test"] = "coco/test2015"
+    questions, dev_images = [], set()
+    for i in range(n):
+        image_id = 1000001 + i
+        scene = new_scene(w, rng)
+        w.image(f"coco/test2015/COCO_test2015_{image_id:012d}.jpg", render_scene(scene, w.cfg.image_size)[0])
+        if i < (n + 1) // 2:
+            dev_images.add(image_id)
+        candidates = _vqa_candidates(scene, rng)
+        k = min(w.cfg.vqa_questions_per_image, len(candidates))
+        for q_index, c in enumerate(sorted(rng.choice(len(candidates), size=k, replace=False))):
+            questions.append({"image_id": image_id, "question": candidates[int(c)][0],
+                              "question_id": image_id * 1000 + q_index})
+    for key, subtype, chosen in (("test", "test2015", questions),
+                                 ("test-dev", "test-dev2015", [q for q in questions if q["image_id"] in dev_images])):
+        w.json(f"vqa_questions_{key}", f"coco/vqa/v2_OpenEnded_mscoco_{subtype}_questions.json", {
+            "info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": license_,
+            "data_subtype": subtype, "questions": chosen})
+        w.counts[f"vqa_{key}_questions"] = len(chosen)
+    w.counts["coco_test_images"] = n

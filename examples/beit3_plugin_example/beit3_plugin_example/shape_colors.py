@@ -3,7 +3,8 @@ beit3-plugins (multi-label classification with the vision path).
 
 It reuses the library's pieces - the Karpathy caption reader (colour words of an image's captions give
 its labels), the VL image transform, the backbone, the trainer - and adds one head and one metric.
-Registered through the ``beit3_plugins`` entry point declared in this package's pyproject.toml.
+Registered through the ``beit3_plugins`` entry point declared in this package's pyproject.toml; its
+pipeline (``pipeline("shape-colors", model=...)``) is in ``pipeline.py`` and its zoo entries in ``zoo.py``.
 """
 from __future__ import annotations
 
@@ -95,8 +96,11 @@ class ShapeColorsTask(VlTask):
         return {"image": stack_images([it["image"] for it in items]),
                 "labels": torch.tensor([it["labels"] for it in items])}
 
-    def build_model(self, backbone):
-        return ShapeColorsModel(backbone, len(self.cfg.colors))
+    def head_spec(self):
+        return {"num_labels": len(self.cfg.colors)}
+
+    def model_for(self, backbone, head):
+        return ShapeColorsModel(backbone, int(head["num_labels"]))
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device):
