@@ -19,6 +19,7 @@ import torch
 
 from bench.common import build_models, interleaved_times, median, official_model
 from bench.generation import generate
+from bench.training import train_step
 
 GOAL = 1.3  # ours / torchscale throughput, fused forward+backward, bf16
 
@@ -63,15 +64,6 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().std())
 
 
-def _train_step(call: Callable[[], torch.Tensor], model: torch.nn.Module) -> Callable[[], torch.Tensor]:
-    def run():
-        model.zero_grad(set_to_none=True)
-        out = call()
-        out.float().pow(2).mean().backward()
-        return out
-    return run
-
-
 def training_rows(models, device, batches, img, text, repeats, bf16_tol) -> List[GpuRow]:
     rows = []
     ours = models.ours.to(device).train()
@@ -85,8 +77,8 @@ def training_rows(models, device, batches, img, text, repeats, bf16_tol) -> List
             image = torch.randn(batch, 3, img, img, generator=g).to(device)
             ids = torch.randint(4, ours.cfg.vocab_size, (batch, text), generator=g).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                fns = {"ours": _train_step(lambda: ours.forward_fused(image, ids).hidden, ours),
-                       "torchscale": _train_step(lambda: official(textual_tokens=ids, visual_tokens=image)
+                fns = {"ours": train_step(lambda: ours.forward_fused(image, ids).hidden, ours),
+                       "torchscale": train_step(lambda: official(textual_tokens=ids, visual_tokens=image)
                                                  ["encoder_out"], official)}
                 diff = _relative(fns["ours"](), fns["torchscale"]())
                 if not diff < bf16_tol:
