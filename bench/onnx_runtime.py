@@ -25,7 +25,7 @@ from beit3_plugins.registry import BACKBONES
 from beit3_plugins.zoo import ZooEntry, ZooFile
 from bench.common import interleaved_times, machine_info, median
 
-CASES = (("itc", "image_tower", {}), ("itc", "text_tower", {}), ("vqa", "model", {"num_answers": 3129}))
+CASES = (("retrieval", "image_tower", {}), ("retrieval", "text_tower", {}), ("vqa", "model", {"num_answers": 3129}))
 
 
 def measure(smoke: bool = False, repeats: int = 5, batches=(1, 8)) -> List[List[str]]:

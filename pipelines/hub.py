@@ -27,9 +27,8 @@ __all__ = ["save_pretrained", "push_to_hub", "model_config_of", "model_card", "s
 
 # zoo task kind -> the Hub's pipeline tag (what the Hub's task filter lists the model under)
 _PIPELINE_TAGS = {"vqa": "visual-question-answering", "captioning": "image-to-text",
-                  "image_classification": "image-classification", "itc": "zero-shot-image-classification",
-                  "retrieval": "zero-shot-image-classification", "nlvr2": "image-text-to-text",
-                  "pretrain": "feature-extraction"}
+                  "image_classification": "image-classification", "retrieval": "zero-shot-image-classification",
+                  "nlvr2": "image-text-to-text", "pretrain": "feature-extraction"}
 
 
 def model_config_of(model: nn.Module, *, task: Optional[str] = None, labels: Optional[Sequence[str]] = None,
@@ -143,7 +142,7 @@ def model_card(config: ModelConfig) -> str:
         lines += ["", "## Results", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" for k, v in config.benchmark.items()]
     pipe = {"vqa": "vqa", "captioning": "captioning", "nlvr2": "nlvr2", "image_classification": "image-classification",
-            "itc": "retrieval", "retrieval": "retrieval"}.get(config.task)
+            "retrieval": "retrieval"}.get(config.task)
     if pipe:
         lines += ["", "## Use", "", "```python", "from beit3_plugins import pipeline",
                   f'pipe = pipeline("{pipe}", model="hf-hub:<org>/<name>")  # or the local folder', "```"]

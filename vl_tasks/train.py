@@ -186,8 +186,12 @@ def run(cfg) -> Dict[str, Any]:
     results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name), "world_size": dist.world}
 
     if bool(tc.eval_only):
+        # under torchrun every rank evaluates a block of the split (engine.loop.evaluate); train.amp applies
+        autocast, _ = autocast_and_scaler(str(tc.amp), device)
+        task.progress = bool(tc.progress) and dist.main
+        with autocast:
+            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict), dist=dist)
         if dist.main:
-            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict))
             results.update(eval=metrics, skipped=task.skips.as_dict())
             (out / "metrics.json").write_text(json.dumps(results, indent=1))
         dist.barrier()
