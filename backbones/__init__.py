@@ -1,7 +1,7 @@
 """Backbones (installed as ``beit3_plugins.backbones``): the Multiway Transformer, its registered variants,
 checkpoint conversion and the parameter-group rules every trainer uses."""
 from .multiway import (KVCache, Layout, Modality, MultiwayConfig, MultiwayOutput, MultiwayTransformer,  # noqa: F401
-                       Routing, unilm_attention_mask)
+                       Routing, TokenParts, unilm_attention_mask)
 from .variants import (Beit3BaseConfig, Beit3GiantConfig, Beit3LargeConfig, Beit3TinyConfig,  # noqa: F401
                        VlmoBaseConfig, VlmoBasePlusConfig, VlmoLargeConfig, VlmoTinyConfig,
                        VlmoTinyPlusConfig, backbone_model_config, build_backbone, describe_backbone, is_vlmo)

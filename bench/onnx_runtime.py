@@ -25,10 +25,11 @@ from beit3_plugins.registry import BACKBONES
 from beit3_plugins.zoo import ZooEntry, ZooFile
 from bench.common import interleaved_times, machine_info, median
 
-CASES = (("itc", "image_tower", {}), ("itc", "text_tower", {}), ("vqa", "model", {"num_answers": 3129}))
+CASES = (("retrieval", "image_tower", {}), ("retrieval", "text_tower", {}), ("vqa", "model", {"num_answers": 3129}))
 
 
 def measure(smoke: bool = False, repeats: int = 5, batches=(1, 8)) -> List[List[str]]:
+    """One row per (graph, batch); each row is printed as soon as it is measured (a loaded machine is slow)."""
     import onnxruntime as ort
 
     from beit3_plugins.pipelines.factory import build_task_model
@@ -64,6 +65,7 @@ def measure(smoke: bool = False, repeats: int = 5, batches=(1, 8)) -> List[List[
                 t, o = median(times["torch"]), median(times["ort"])
                 rows.append([f"{kind} {graph}", backbone, str(batch), f"{t * 1000:.1f} ms", f"{o * 1000:.1f} ms",
                              f"{t / o:.2f}x", f"{diff:.1e}"])
+                print("| " + " | ".join(rows[-1]) + " |", flush=True)
     return rows
 
 
@@ -81,11 +83,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", help="also write the table here (default bench/onnx_runtime.md, not with --smoke)")
     args = parser.parse_args(argv)
     if args.out is None and not args.smoke:
         args.out = str(Path(__file__).with_name("onnx_runtime.md"))
-    text = table(measure(args.smoke, args.repeats), 64 if args.smoke else 224)
+    text = table(measure(args.smoke, args.repeats, tuple(args.batches)), 64 if args.smoke else 224)
     print(text)
     if args.out:
         Path(args.out).write_text("## ONNX Runtime vs PyTorch on CPU (`python -m bench.onnx_runtime`)\n\n" + text)

@@ -155,6 +155,7 @@ class Pipeline:
             raise TypeError(f"texts must be strings, got {type(bad[0]).__name__}")
         ids, pad = encode_texts(self.tokenizer, list(texts), self.entry.tokenizer.max_length
                                 if self.entry.tokenizer else 64)
+        self.model.backbone.check_token_ids(ids)  # here, on the host: the forward does not read ids back
         return ids.to(self.device), pad.to(self.device)
 
     # ------------------------------------------------------------------ running

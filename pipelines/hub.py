@@ -27,16 +27,15 @@ __all__ = ["save_pretrained", "push_to_hub", "model_config_of", "model_card", "s
 
 # zoo task kind -> the Hub's pipeline tag (what the Hub's task filter lists the model under)
 _PIPELINE_TAGS = {"vqa": "visual-question-answering", "captioning": "image-to-text",
-                  "image_classification": "image-classification", "itc": "zero-shot-image-classification",
-                  "retrieval": "zero-shot-image-classification", "nlvr2": "image-text-to-text",
-                  "pretrain": "feature-extraction"}
+                  "image_classification": "image-classification", "retrieval": "zero-shot-image-classification",
+                  "nlvr2": "image-text-to-text", "pretrain": "feature-extraction"}
 
 
 def model_config_of(model: nn.Module, *, task: Optional[str] = None, labels: Optional[Sequence[str]] = None,
-                    tokenizer: Optional[str] = None) -> ModelConfig:
+                    tokenizer: Optional[str] = None, head: Optional[Mapping[str, Any]] = None) -> ModelConfig:
     """The description of ``model``: the one it was loaded with (``model.zoo_entry``), or for a bare backbone
-    or a task model built by hand, the backbone's (``backbone_model_config``) with ``task`` (``labels`` /
-    ``tokenizer`` completing it)."""
+    or a task model built by hand, the backbone's (``backbone_model_config``) with ``task`` (``labels``,
+    ``tokenizer`` and ``head``, the shapes its ``model_for`` reads, e.g. ``{"num_answers": 3}``, completing it)."""
     from beit3_plugins.backbones import MultiwayTransformer, backbone_model_config, describe_backbone
 
     entry = getattr(model, "zoo_entry", None)
@@ -63,6 +62,8 @@ def model_config_of(model: nn.Module, *, task: Optional[str] = None, labels: Opt
         changes["task"] = task
     if labels is not None:
         changes["labels"] = tuple(str(x) for x in labels)
+    if head is not None:
+        changes["head"] = dict(head)
     if tokenizer is not None and config.tokenizer is not None:
         changes["tokenizer"] = dataclasses.replace(config.tokenizer, file=str(tokenizer))
     return dataclasses.replace(config, **changes) if changes else config
@@ -84,15 +85,15 @@ def _tokenizer_source(model: nn.Module, config: ModelConfig) -> Optional[str]:
 
 def save_pretrained(model: nn.Module, folder: Union[str, os.PathLike], *, config: Optional[ModelConfig] = None,
                     task: Optional[str] = None, labels: Optional[Sequence[str]] = None,
-                    tokenizer: Union[str, os.PathLike, None] = None, benchmark: Optional[Mapping[str, float]] = None,
-                    card: bool = True) -> Path:
+                    head: Optional[Mapping[str, Any]] = None, tokenizer: Union[str, os.PathLike, None] = None,
+                    benchmark: Optional[Mapping[str, float]] = None, card: bool = True) -> Path:
     """Write ``model`` as a self-describing folder (see the module docstring); returns the folder.
 
     ``config``: the description to write (default :func:`model_config_of`); ``tokenizer``: the tokenizer file
     to copy in (default: the one the description or the zoo entry names); ``benchmark``: metric -> value for
     the model card's table. A model that reads text without a reachable tokenizer file is an error.
     """
-    config = config or model_config_of(model, task=task, labels=labels)
+    config = config or model_config_of(model, task=task, labels=labels, head=head)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     changes: Dict[str, Any] = {}
@@ -141,7 +142,7 @@ def model_card(config: ModelConfig) -> str:
         lines += ["", "## Results", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" for k, v in config.benchmark.items()]
     pipe = {"vqa": "vqa", "captioning": "captioning", "nlvr2": "nlvr2", "image_classification": "image-classification",
-            "itc": "retrieval", "retrieval": "retrieval"}.get(config.task)
+            "retrieval": "retrieval"}.get(config.task)
     if pipe:
         lines += ["", "## Use", "", "```python", "from beit3_plugins import pipeline",
                   f'pipe = pipeline("{pipe}", model="hf-hub:<org>/<name>")  # or the local folder', "```"]

@@ -2,7 +2,7 @@
 
 Exported graphs (batch size dynamic, text length dynamic, resolution fixed at the model's):
 
-* dual encoder (``itc`` / ``retrieval``): two graphs, as open_clip exports CLIP's towers, so an index embeds
+* dual encoder (``retrieval``: the ITC files and the retrieval fine-tunes): two graphs, as open_clip exports CLIP's towers, so an index embeds
   images and a query embeds text without the other tower: ``image_tower.onnx`` (pixels -> L2-normalised
   image embedding) and ``text_tower.onnx`` (ids, padding_mask -> text embedding);
 * ``vqa``: (pixels, ids, padding_mask) -> answer logits; ``nlvr2``: (left, right, ids, padding_mask) ->
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 __all__ = ["export_onnx", "check_onnx", "example_inputs", "ONNX_TASKS", "NOT_EXPORTABLE", "export_cli"]
 
-ONNX_TASKS = ("itc", "retrieval", "vqa", "nlvr2", "image_classification")
+ONNX_TASKS = ("retrieval", "vqa", "nlvr2", "image_classification")
 NOT_EXPORTABLE = {
     "captioning": "beam search with a key/value cache that grows per generated token is a data-dependent loop, "
                   "not one static graph",
@@ -52,12 +52,12 @@ class _Call(nn.Module):
 
 # task -> [(graph name, model method, input names)]
 _GRAPHS: Dict[str, List[Tuple[str, str, Tuple[str, ...]]]] = {
-    "itc": [("image_tower", "embed_images", ("pixels",)), ("text_tower", "embed_texts", ("ids", "padding_mask"))],
+    "retrieval": [("image_tower", "embed_images", ("pixels",)),
+                  ("text_tower", "embed_texts", ("ids", "padding_mask"))],
     "vqa": [("model", "logits", ("pixels", "ids", "padding_mask"))],
     "nlvr2": [("model", "logits", ("left", "right", "ids", "padding_mask"))],
     "image_classification": [("model", "logits", ("pixels",))],
 }
-_GRAPHS["retrieval"] = _GRAPHS["itc"]
 
 
 def _task_of(model: nn.Module) -> str:

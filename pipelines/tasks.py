@@ -181,14 +181,9 @@ class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
         if key in self._class_cache:
             self._class_cache.move_to_end(key)
             return self._class_cache[key]
-        if not classes or not templates:
-            raise ValueError("zero-shot classification needs at least one class name and one template")
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"prompt templates need a '{{}}' for the class name: {bad}")
-        prompts = [t.format(c) for c in classes for t in templates]
-        emb = self.embed_texts(prompts).view(len(classes), len(templates), -1).mean(1)
-        emb = torch.nn.functional.normalize(emb, dim=-1)
+        from beit3_plugins.vl_tasks.classification import prompt_ensemble
+
+        emb = prompt_ensemble(self.embed_texts, classes, templates)
         self._class_cache[key] = emb
         if len(self._class_cache) > self.cache_size:
             self._class_cache.popitem(last=False)

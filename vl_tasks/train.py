@@ -242,8 +242,12 @@ def run(cfg) -> Dict[str, Any]:
     results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name), "world_size": dist.world}
 
     if bool(tc.eval_only):
+        # under torchrun every rank evaluates a block of the split (engine.loop.evaluate); train.amp applies
+        autocast, _ = autocast_and_scaler(str(tc.amp), device)
+        task.progress = bool(tc.progress) and dist.main
+        with autocast:
+            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict), dist=dist)
         if dist.main:
-            metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict))
             results.update(eval=metrics, skipped=task.skips.as_dict())
             (out / "metrics.json").write_text(json.dumps(results, indent=1))
         dist.barrier()
@@ -255,8 +259,10 @@ def run(cfg) -> Dict[str, Any]:
                          f"({bs} x {dist.world} processes); lower train.batch_size")
     total_steps, warmup = _schedule(tc, len(train_ds) // (bs * dist.world))
     groups = param_groups(model, float(tc.weight_decay), float(tc.layer_decay), float(tc.head_lr_mult))
+    # fused AdamW (one kernel for every parameter) on the GPU; the CPU keeps torch's default implementation
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups],
-                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps))
+                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps),
+                                  fused=True if device.type == "cuda" else None)
     if dist.main:
         check_free_space(ckpt_dir, _checkpoint_bytes(model), setting="train.output_dir")
     autocast, scaler = autocast_and_scaler(str(tc.amp), device)

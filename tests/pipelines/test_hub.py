@@ -160,3 +160,27 @@ def test_round_trip_of_the_schema():
     assert ModelConfig.from_entry(entry) == dataclasses.replace(config, benchmark={})
     with pytest.raises(ModelConfigError, match="image_transform.size"):
         dataclasses.replace(config, image_transform=ImageTransformConfig.of("vl", 224))
+
+
+@pytest.mark.parametrize("task,pipe_task", [("image_classification", "image-classification"),
+                                            ("retrieval", "image-embedding"), ("nlvr2", "nlvr2")])
+def test_other_tasks_run_by_checkpoint_path_alone(data_world, tiny_spm, tmp_path, trained, task, pipe_task):
+    from beit3_plugins.vl_tasks.train import compose_config, run
+
+    root, _ = data_world
+    run(compose_config([f"task={task}", "model=beit3_tiny", "preset=cpu_tiny", f"data.root={root}",
+                        f"data.tokenizer={tiny_spm}", f"train.output_dir={tmp_path}", "train.max_steps=2",
+                        "train.epochs=1", "train.tensorboard=false", "train.progress=false", "train.batch_size=4"]))
+    saved = tmp_path / "checkpoints" / "last.pt"
+    config = describe(saved).config
+    assert config.task == task and config.backbone == "beit3_tiny"
+    pipe = pipeline(pipe_task, model=str(saved), device="cpu")
+    images = trained["images"]
+    if task == "image_classification":
+        assert config.labels and pipe.class_names == list(config.labels)   # the class names stored at training
+        assert config.image_transform.kind == "imagenet" and config.head["num_classes"] == len(config.labels)
+        assert pipe(images[0], top_k=2)[0]["label"] in config.labels
+    elif task == "retrieval":
+        assert pipe(images).shape[0] == 3
+    else:
+        assert set(pipe(images[0], images[1], "there is a circle")) == {"label", "score"}

@@ -62,6 +62,23 @@ def test_bare_backbone_saves_and_loads_through_build_backbone(tmp_path):
         build_backbone("vlmo_tiny", pretrained=str(tmp_path / "bb"))
 
 
+def test_hand_built_vlmo_model_saves_with_its_description(tiny_spm, tmp_path):
+    from beit3_plugins.registry import TASKS
+
+    torch.manual_seed(0)
+    backbone = build_backbone("vlmo_tiny", img_size=32)
+    model = TASKS.build("vqa").model_for(backbone, {"num_answers": 3})
+    with pytest.raises(ValueError, match="pass task="):
+        save_pretrained(model, tmp_path / "no_task")
+    folder = save_pretrained(model, tmp_path / "vlmo", task="vqa", labels=["yes", "no", "two"],
+                             head={"num_answers": 3}, tokenizer=tiny_spm)
+    config = zoo.ModelConfig.read(folder / "config.json")
+    assert (config.family, config.backbone, config.tokenizer.kind, config.head) == (
+        "vlmo", "vlmo_tiny", "wordpiece", {"num_answers": 3})
+    loaded = create_model_and_transforms(str(folder))[0]
+    assert type(loaded) is type(model) and _same(model, loaded) and loaded.zoo_entry.labels == ("yes", "no", "two")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,graphs", [("twin_itc", {"image_tower", "text_tower"}), ("twin_vqa", {"model"}),
                                          ("twin_nlvr2", {"model"}), ("twin_in1k", {"model"})])
