@@ -21,7 +21,7 @@ __all__ = [
     "Beit3TinyConfig", "Beit3BaseConfig", "Beit3LargeConfig", "Beit3GiantConfig", "Beit3BaseSharedConfig",
     "Beit3BaseStandardConfig", "VlBeitBaseConfig", "Beit3TinySharedConfig", "Beit3TinyStandardConfig",
     "VlmoTinyConfig", "VlmoBaseConfig", "VlmoLargeConfig", "VlmoBasePlusConfig", "VlmoTinyPlusConfig",
-    "is_vlmo", "build_backbone",
+    "is_vlmo", "build_backbone", "describe_backbone", "backbone_model_config",
 ]
 
 
@@ -174,6 +174,42 @@ class VlmoTinyPlusConfig(VlmoTinyConfig):
     layer_scale_init: Optional[float] = None
     absolute_positions: bool = True
     relative_position_bias: bool = False
+
+
+def describe_backbone(cfg: MultiwayConfig) -> "tuple[str, dict]":
+    """(registered variant name, the config fields that differ from that variant's defaults): what a model
+    description (``ModelConfig.backbone`` / ``backbone_config``) records to rebuild exactly this backbone."""
+    from dataclasses import fields
+
+    name = BACKBONES.name_for_config(cfg)
+    default = BACKBONES.default_config(name)
+    return name, {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def backbone_model_config(module, *, task: str, trained_by: str, name: Optional[str] = None,
+                          tokenizer_file: Optional[str] = None, **fields):
+    """The :class:`beit3_plugins.zoo.ModelConfig` of the Multiway Transformer inside ``module`` (the backbone
+    itself, a task model, a detector or a segmentor): variant, every non-default config field, its resolution
+    and the family's tokenizer kind (``tokenizer_file``: the file the run read). Every trainer's checkpoint
+    writes it; ``fields`` set the rest (head, labels, transform, tokenizer, benchmark)."""
+    import os
+
+    from beit3_plugins.zoo import ImageTransformConfig, ModelConfig, TokenizerConfig
+
+    backbone = module if isinstance(module, MultiwayTransformer) else next(
+        (m for m in module.modules() if isinstance(m, MultiwayTransformer)), None)
+    if backbone is None:
+        raise TypeError(f"{type(module).__name__} holds no MultiwayTransformer to describe")
+    cfg = backbone.cfg
+    variant, changed = describe_backbone(cfg)
+    vlmo = is_vlmo(cfg)
+    defaults = dict(family="vlmo" if vlmo else "beit3",
+                    image_transform=ImageTransformConfig.of("vl", cfg.img_size),
+                    tokenizer=TokenizerConfig("wordpiece" if vlmo else "sentencepiece", os.path.abspath(tokenizer_file))
+                    if tokenizer_file else None)
+    return ModelConfig(name=name or f"{variant}_{task}", task=task, backbone=variant, trained_by=trained_by,
+                       backbone_config={"img_size": cfg.img_size, "normalize_output": cfg.normalize_output, **changed},
+                       **{**defaults, **fields})
 
 
 def is_vlmo(cfg) -> bool:

@@ -11,11 +11,8 @@ Public API (imported lazily, so ``import beit3_plugins`` pulls in neither torch 
     model = build_backbone("beit3_base", pretrained="beit3_base_patch16_224")   # zoo name: downloaded, cached
     captioner = pipeline("captioning", model="beit3_base_patch16_480_coco_captioning")
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any, List
-
+# Nothing imported at import time (not even __future__): every interpreter start imports this package (the
+# autoload .pth, autoload.py), so it must cost next to nothing there.
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -34,19 +31,23 @@ _LAZY = {
     "pipeline": "beit3_plugins.pipelines",
     "create_model_and_transforms": "beit3_plugins.pipelines",
     "get_tokenizer": "beit3_plugins.pipelines",
+    "save_pretrained": "beit3_plugins.pipelines",
+    "push_to_hub": "beit3_plugins.pipelines",
 }
 
 __all__ = sorted(_LAZY) + ["list_backbones", "__version__"]
 
 
-def list_backbones() -> List[str]:
+def list_backbones() -> list[str]:
     """Names of every registered backbone (built-in and from installed plugins)."""
     from beit3_plugins.registry import BACKBONES
 
     return BACKBONES.names()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
+        import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'beit3_plugins' has no attribute {name!r}")

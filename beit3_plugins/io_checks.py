@@ -4,8 +4,8 @@ A run that cannot write its checkpoints should fail in seconds with the director
 its first epoch: :func:`probe_output_dir` creates the directory and writes (then deletes) a 1 MiB probe file,
 so a path under a regular file, a read-only mount or a (nearly) full disk is caught before training starts.
 :func:`prepare_output_dir` (what every trainer calls) also deletes the temporaries that a killed process left
-behind: atomic writes (:func:`beit3_plugins.checkpoint.atomic_write`) and probes name theirs through
-:func:`temporary_in`, so only files of that pattern are ever removed.
+behind: atomic writes (:func:`atomic_write`, also exported by ``beit3_plugins.checkpoint``) and probes name
+theirs through :func:`temporary_in`, so only files of that pattern are ever removed.
 Core layer: imports no framework.
 """
 from __future__ import annotations
@@ -16,11 +16,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import IO, Callable
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["OutputDirError", "probe_output_dir", "prepare_output_dir", "check_free_space", "temporary_in",
-           "remove_stale_temporaries", "PROBE_BYTES", "TEMPORARY_SUFFIX"]
+           "remove_stale_temporaries", "atomic_write", "PROBE_BYTES", "TEMPORARY_SUFFIX"]
 
 PROBE_BYTES = 1 << 20  # a probe this large also catches a (nearly) full disk
 TEMPORARY_SUFFIX = ".beit3-partial"  # distinct enough that cleaning up never touches a user's own files
@@ -90,3 +91,30 @@ def check_free_space(folder, checkpoint_bytes: int, setting: str = "output direc
         raise OutputDirError(
             f"{setting}={folder}: {free / 2**20:.0f} MiB free, but checkpoints need about "
             f"{2 * checkpoint_bytes / 2**20:.0f} MiB (the new one is written beside the previous one)")
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` so that a reader (or a resume after kill -9) sees the old file or the whole new one:
+    ``write`` fills a temporary file in the same folder, which is fsynced and renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = temporary_in(directory, os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable (not every filesystem lets a directory be opened or fsynced)
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -90,6 +90,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             return
         data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}}
         data.update(kwargs)
+        data.setdefault("model_config", _describe(self.model))
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
@@ -99,6 +100,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                      lambda handle: handle.write(last_filename_basename.encode()))
+
+
+def _describe(model) -> Optional[dict]:
+    """The detector's backbone description (``beit3_plugins.zoo.ModelConfig``): ``build_backbone(...,
+    pretrained="model_final.pth")`` and ``beit3-plugins save`` read the file with no other argument."""
+    from beit3_plugins.backbones import backbone_model_config
+
+    try:
+        return backbone_model_config(model, task="detection", trained_by="detectron2").to_dict()
+    except TypeError:  # a detector without a Multiway Transformer: nothing of ours to describe
+        return None
 
 
 class SeedPerIteration(HookBase):

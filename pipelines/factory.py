@@ -17,8 +17,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from beit3_plugins.checkpoint import CheckpointMismatchError
-from beit3_plugins.zoo import FILE_KINDS, ZooEntry, ZooFile, download_file, get_pretrained
+from beit3_plugins.zoo import FILE_KINDS, ZooEntry, ZooFile, describe, download_file, get_pretrained
 
 __all__ = ["create_model_and_transforms", "get_tokenizer", "resolve_entry", "build_tokenizer", "build_task_model",
            "resolve_dtype"]
@@ -26,9 +25,14 @@ __all__ = ["create_model_and_transforms", "get_tokenizer", "resolve_entry", "bui
 
 def resolve_entry(name_or_path: Union[str, os.PathLike], like: Optional[str] = None, **fields: Any
                   ) -> Tuple[ZooEntry, ZooFile]:
-    """(entry with the settings, the weights file) for a zoo name, or for a local file described by the zoo
-    entry ``like`` and/or explicit entry ``fields`` (``task``, ``backbone``, ``image_size``, ...)."""
+    """(entry with the settings, the weights file) for a zoo name, a self-described model (a model folder,
+    ``hf-hub:org/name``, a trainer checkpoint carrying its ``model_config``), or a local file described by the
+    zoo entry ``like`` and/or explicit entry ``fields`` (``task``, ``backbone``, ``image_size``, ...)."""
     path = str(name_or_path)
+    described = describe(path) if like is None else None
+    if described is not None:
+        entry = described.entry()
+        return (dataclasses.replace(entry, **fields) if fields else entry), entry.weights
     if not os.path.isfile(path):
         entry = get_pretrained(path)
         return (dataclasses.replace(entry, **fields) if fields else entry), entry.weights
@@ -65,7 +69,8 @@ def build_tokenizer(entry: ZooEntry, tokenizer: Any = None, **download: Any):
     elif spec.file is not None:
         model_path = _local_or_download(spec.file, **download)
     else:
-        raise ValueError(f"{entry.name}: pass tokenizer=<path to the {spec.kind} model file>")
+        why = f" ({entry.notes})" if entry.notes else ""
+        raise ValueError(f"{entry.name}: pass tokenizer=<path to the {spec.kind} model file>{why}")
     return TOKENIZERS.build(spec.kind, model_path=model_path, max_length=spec.max_length)
 
 
@@ -129,12 +134,7 @@ def create_model_and_transforms(name_or_path: Union[str, os.PathLike], *, like: 
         model = build_backbone(entry.backbone, checkpoint=path, strict=strict, **entry.backbone_overrides())
     else:
         model = build_task_model(entry, build_backbone(entry.backbone, **entry.backbone_overrides()))
-        report = load_task_checkpoint(model, path, strict_backbone=strict)
-        heads_missing = [k for k in report.missing if not k.startswith("backbone.")]
-        if strict and heads_missing:
-            raise CheckpointMismatchError(
-                f"{path}: the {entry.task} heads are not in this file ({heads_missing[:6]}); is it a "
-                f"{entry.task} checkpoint? A pretrained file has no task heads; fine-tune it first")
+        load_task_checkpoint(model, path, strict_backbone=strict, strict_heads=strict)
     model.zoo_entry = entry
     model.eval()
     if device is not None:

@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from beit3_plugins.paths import location
+
 __all__ = ["REPO_CONFIGS", "mim_command", "run_mim", "read_scalars", "last_metric", "read_test_metrics",
            "latest_checkpoint"]
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# the mmseg configs as installed (`beit3-plugins paths mmseg-configs`; the checkout's configs/ when editable)
+REPO_CONFIGS = location("mmseg-configs")
 
 
 def _mim_executable() -> str:
@@ -27,9 +30,10 @@ def _mim_executable() -> str:
 
 
 def mim_command(action: str, config: os.PathLike, work_dir: os.PathLike,
-                cfg_options: Sequence[str] = (), extra: Sequence[str] = ()) -> List[str]:
-    """``mim <action> mmseg <config> --work-dir ... [extra] --cfg-options k=v ...`` (CPU, no launcher)."""
-    cmd = [_mim_executable(), action, "mmseg", str(config), "--launcher", "none", "--gpus", "0",
+                cfg_options: Sequence[str] = (), extra: Sequence[str] = (), gpus: int = 0) -> List[str]:
+    """``mim <action> mmseg <config> --work-dir ... [extra] --cfg-options k=v ...`` (no launcher; CPU unless
+    ``gpus``)."""
+    cmd = [_mim_executable(), action, "mmseg", str(config), "--launcher", "none", "--gpus", str(gpus),
            "--work-dir", str(work_dir), *extra]
     if cfg_options:
         cmd += ["--cfg-options", *cfg_options]
@@ -38,16 +42,17 @@ def mim_command(action: str, config: os.PathLike, work_dir: os.PathLike,
 
 def run_mim(action: str, config: os.PathLike, work_dir: os.PathLike, cfg_options: Sequence[str] = (),
             extra: Sequence[str] = (), env: Optional[Dict[str, str]] = None, timeout: float = 600,
-            log_file: Optional[os.PathLike] = None) -> subprocess.CompletedProcess:
-    """Run mim synchronously; stdout+stderr go to ``log_file`` (default ``<work_dir>/mim_<action>.log``)."""
+            log_file: Optional[os.PathLike] = None, gpus: int = 0) -> subprocess.CompletedProcess:
+    """Run mim synchronously from ``work_dir`` (outside any checkout, as users would); stdout+stderr go to
+    ``log_file`` (default ``<work_dir>/mim_<action>.log``)."""
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     log_path = Path(log_file or Path(work_dir) / f"mim_{action}.log")
     full_env = {**os.environ, **(env or {})}
     # tiny models on a shared CPU: one intra-op thread avoids OpenMP spin-waiting under load (20x slower)
     full_env.setdefault("OMP_NUM_THREADS", "1")
     with open(log_path, "w") as log:
-        proc = subprocess.run(mim_command(action, config, work_dir, cfg_options, extra), env=full_env,
-                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(mim_command(action, config, work_dir, cfg_options, extra, gpus), env=full_env,
+                              cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     proc.log = log_path.read_text()  # type: ignore[attr-defined]
     return proc
 

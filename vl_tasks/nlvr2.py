@@ -46,11 +46,10 @@ class Nlvr2Model(TaskModel):
         self.head = TwoLayerMLP(4 * self.dim, 2 * self.dim, 2, init_scale=head_init_scale)
 
     def logits(self, left, right, ids, padding_mask):
-        bsz = ids.shape[0]
         out = self.backbone.forward_fused(torch.cat([left, right]), torch.cat([ids, ids]),
                                           torch.cat([padding_mask, padding_mask]))
         pooled = torch.cat([out.vision_cls, out.text_cls], dim=-1)  # (2B, 2D)
-        a, b = pooled.split(bsz)
+        a, b = pooled.chunk(2)  # (left, right) halves; chunk keeps the batch dynamic in an ONNX trace
         return self.head(torch.cat([a, b], dim=-1))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -134,13 +133,16 @@ class Nlvr2Task(ImageTextMixin, VlTask):
         return model_type(backbone, **({"head_init_scale": head["head_init_scale"]} if "head_init_scale" in head else {}))
 
     @torch.no_grad()
-    def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:
+    def predict(self, model: Nlvr2Model, dataset, device) -> List[Dict[str, Any]]:
         from .batches import iterate_eval
 
-        preds, labels, out = [], [], []
+        out = []
         for batch in iterate_eval(self, dataset, device):
             p = model.logits(batch["left"], batch["right"], batch["ids"], batch["padding_mask"]).argmax(-1)
-            preds += p.tolist()
-            labels += batch["label"].tolist()
-            out += [{"identifier": i, "prediction": bool(v)} for i, v in zip(batch["identifier"], p.tolist())]
-        return accuracy(preds, labels), out
+            out += [{"identifier": i, "prediction": bool(v), "label": int(y)}
+                    for i, v, y in zip(batch["identifier"], p.tolist(), batch["label"].tolist())]
+        return out
+
+    def score(self, raw: List[Dict[str, Any]], dataset) -> Tuple[Dict[str, float], Any]:
+        metrics = accuracy([int(r["prediction"]) for r in raw], [r["label"] for r in raw])
+        return metrics, [{"identifier": r["identifier"], "prediction": r["prediction"]} for r in raw]

@@ -329,10 +329,11 @@ class AnswerVocab:
 
     def save(self, path: PathLike) -> None:
         """BEiT-3's ``answer2label.txt`` format: one ``{"answer": ..., "label": i}`` object per line."""
+        from beit3_plugins.io_checks import atomic_write
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            for i, answer in enumerate(self.answers):
-                handle.write(json.dumps({"answer": answer, "label": i}) + "\n")
+        text = "".join(json.dumps({"answer": answer, "label": i}) + "\n" for i, answer in enumerate(self.answers))
+        atomic_write(str(path), lambda handle: handle.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, path: PathLike) -> "AnswerVocab":

@@ -5,10 +5,15 @@ from .download import (CACHE_ENV, MIRROR_ENV, OFFLINE_ENV, ZooDownloadError, cac
                        download_file, resolve_url)
 from .entries import (FILE_KINDS, ZOO, TokenizerSpec, UnknownPretrainedError, ZooEntry, ZooFile,  # noqa: F401
                       get_pretrained, list_pretrained, register_pretrained)
+from .hub import Described, describe, is_hub_name, model_folder, read_model_folder  # noqa: F401
+from .model_config import (CONFIG_NAME, WEIGHTS_NAME, ImageTransformConfig, ModelConfig,  # noqa: F401
+                           ModelConfigError, TokenizerConfig)
 
 __all__ = ["ZooEntry", "ZooFile", "TokenizerSpec", "FILE_KINDS", "ZOO", "register_pretrained", "get_pretrained",
            "list_pretrained", "download_file", "download_pretrained", "cache_dir", "resolve_url",
-           "ZooDownloadError", "UnknownPretrainedError", "pretrained_weights", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
+           "ZooDownloadError", "UnknownPretrainedError", "pretrained_weights",
+           "ModelConfig", "ModelConfigError", "ImageTransformConfig", "TokenizerConfig", "describe", "Described",
+           "model_folder", "read_model_folder", "is_hub_name", "CONFIG_NAME", "WEIGHTS_NAME", "CACHE_ENV", "MIRROR_ENV", "OFFLINE_ENV"]
 
 
 def download_pretrained(name: str, **kwargs) -> "dict":
@@ -23,13 +28,22 @@ def download_pretrained(name: str, **kwargs) -> "dict":
 
 
 def pretrained_weights(name_or_path: str, backbone: "str | None" = None, **kwargs):
-    """(local weights path, backbone config overrides) for a zoo name or an existing file.
+    """(local weights path, backbone config overrides) for a zoo name, a model folder (local or
+    ``hf-hub:org/name``), a trainer checkpoint that describes itself, or another existing file.
 
-    A zoo entry is downloaded (cached) and contributes its resolution and final-norm setting; ``backbone``
-    (a ``BACKBONES`` name) must be the entry's. A local file contributes no overrides.
+    A zoo entry is downloaded (cached) and contributes its resolution and final-norm setting, a described
+    model every backbone field it records; ``backbone`` (a ``BACKBONES`` name) must be theirs. Another local
+    file contributes no overrides.
     """
     import os
 
+    described = describe(name_or_path)
+    if described is not None:  # a folder or any trainer's checkpoint (task model, detector, segmentor, export)
+        config = described.config
+        if backbone is not None and backbone != config.backbone:
+            raise ValueError(f"{name_or_path} holds {config.backbone} weights, not {backbone}; build "
+                             f"{config.backbone!r}")
+        return str(described.weights), dict(config.backbone_config)
     if os.path.isfile(str(name_or_path)):
         return str(name_or_path), {}
     entry = get_pretrained(str(name_or_path))

@@ -79,6 +79,8 @@ class ZooEntry:
     dataset: str = ""                # what it was fine-tuned on (coco, flickr30k, vqav2, ...)
     base: Optional[str] = None       # entry it was fine-tuned from
     notes: str = ""
+    backbone_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # other config fields set
+    labels: Tuple[str, ...] = ()     # VQA answers / class names in label order (self-described models)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -87,8 +89,8 @@ class ZooEntry:
             raise ValueError(f"zoo entry {self.name!r}: a {self.task} checkpoint needs a backbone name")
 
     def backbone_overrides(self) -> Dict[str, object]:
-        """Backbone config fields this entry sets (resolution and final norm)."""
-        return {"img_size": self.image_size, "normalize_output": self.normalize_output}
+        """Backbone config fields this entry sets (resolution, final norm and any other field it names)."""
+        return {**self.backbone_config, "img_size": self.image_size, "normalize_output": self.normalize_output}
 
     def files(self) -> List[ZooFile]:
         """Every file the entry needs: weights, tokenizer, answer list."""

@@ -46,7 +46,10 @@ def _core_from_state(path: str):
 
     from .models import BACKBONE_PREFIX
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except KeyError as exc:  # fairseq's upgrade step reads fields only its own checkpoints have
+        raise ValueError(_not_fairseq(path)) from exc
     cfg = state["cfg"]
     sd = state["model"]
     if not any(k.startswith(BACKBONE_PREFIX) for k in sd):
@@ -63,17 +66,44 @@ def _core_from_state(path: str):
                               "core.logit_scale"))}
     if cfg["model"].get("mim_target", "vqkd") != "vqkd":   # pixel heads have no released counterpart
         heads = {k: v for k, v in heads.items() if not k.startswith("mim_head.")}
-    return name, backbone, heads
+    spm = cfg["task"].get("spm_model") or None
+    if spm and not os.path.isabs(spm):
+        spm = os.path.join(cfg["task"].get("data") or "", spm)
+    return name, backbone, heads, spm
+
+
+def _not_fairseq(path: str) -> str:
+    """What ``path`` is, for a file fairseq could not read as one of its checkpoints."""
+    from beit3_plugins.checkpoint import safe_load
+
+    state = safe_load(path)
+    model = state.get("model") if isinstance(state, dict) else None
+    what = "a state dict"
+    if isinstance(model, dict) and isinstance(state.get("config"), dict) and any(k.startswith("backbone.") for k in model):
+        config = state["config"]
+        name = config.get("model", {}).get("name", "<backbone>")
+        what = (f"a checkpoint of the VL task trainer (task {config.get('task', {}).get('name')}, model {name}), "
+                f"whose backbone loads as it is: build_backbone({name!r}, checkpoint={path!r})")
+    elif isinstance(model, dict) and any(k.startswith("beit3.") for k in model):
+        what = "already a backbone checkpoint in the released BEiT-3 layout (build_backbone(name, checkpoint=...) loads it)"
+    return (f"{path} is not a fairseq checkpoint of the beit3_pretrain task: it is {what}. export-pretrained "
+            "converts the checkpoint_*.pt files fairseq-train writes")
 
 
 def export_checkpoint(fairseq_checkpoint: str, out_path: str) -> Dict[str, object]:
     """Write the backbone checkpoint; returns a summary (backbone name, layout, #tensors)."""
     from beit3_plugins.backbones import export_state_dict
 
-    name, backbone, heads = _core_from_state(fairseq_checkpoint)
+    from beit3_plugins.backbones import backbone_model_config
+
+    name, backbone, heads, spm = _core_from_state(fairseq_checkpoint)
     sd, layout = export_state_dict(backbone, heads)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save({"model": sd}, out_path)
+    # the backbone's self-description: build_backbone(name, pretrained=out_path) / beit3-plugins save need no more
+    description = backbone_model_config(backbone, task="pretrain", trained_by="fairseq export",
+                                        tokenizer_file=spm if spm and os.path.isfile(spm) else None,
+                                        base=os.path.abspath(fairseq_checkpoint))
+    torch.save({"model": sd, "model_config": description.to_dict()}, out_path)
     summary = {"backbone": name, "layout": layout, "tensors": len(sd), "heads": sorted(heads), "path": out_path}
     logger.info(f"exported {summary}")
     return summary
@@ -130,7 +160,9 @@ def heldout_accuracy(model, task, max_batches: int = 50, batch_units: int = 16) 
 
 
 def cli_main(argv=None) -> int:
-    """``beit3-plugins export-pretrained CHECKPOINT OUT [--eval-data DIR --spm-model SPM --metrics OUT.json]``."""
+    """Export a fairseq pretraining checkpoint as a backbone checkpoint (released BEiT-3 layout).
+
+    ``beit3-plugins export-pretrained CHECKPOINT OUT [--eval-data DIR --spm-model SPM --metrics OUT.json]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="beit3-plugins export-pretrained", description=__doc__,

@@ -10,7 +10,7 @@ Held-out parts for validation. One config dataclass per task, as fairseq's regis
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,9 @@ from omegaconf import II
 from beit3_plugins.data.readers import SkipCounter, read_text_lines
 from beit3_plugins.pretraining.data import (EmptyCorpusError, ImageSource, PairSource, ShardedImageSource,
                                             ShardedPairSource, ShardedTextSource, TextSource, list_images, read_pairs)
-from beit3_plugins.pretraining.shards import SKIP_REASONS, ShardLimits, ShardSet, expand_shards, is_shard_spec
+from beit3_plugins.input_checks import exit_on_missing_data, require_paths
+from beit3_plugins.pretraining.shards import (SKIP_REASONS, MissingShardError, ShardLimits, ShardSet, expand_shards,
+                                             is_shard_spec)
 from beit3_plugins.pretraining.masking import BlockMaskingConfig, TokenMaskingConfig
 
 from .datasets import BinarizedTextSource, MixedModalityDataset
@@ -125,10 +127,13 @@ class Beit3MdmTask(FairseqTask):
     def setup_task(cls, cfg: Beit3MdmTaskConfig, **kwargs):
         from beit3_plugins.tokenizer import Beit3Tokenizer
 
-        if not cfg.data or not os.path.isdir(cfg.data):
-            raise FileNotFoundError(f"data directory {cfg.data!r} not found (first positional argument)")
         if not cfg.spm_model:
             raise ValueError("--spm-model is required (a sentencepiece model with the XLM-R id layout)")
+        inputs = [(cfg.data, "dir", "data directory: the first argument / task.data")]
+        if cfg.data and os.path.isdir(cfg.data):
+            inputs.append((cls._path(cfg, cfg.spm_model), "file", "tokenizer: --spm-model"))
+            inputs += cls.data_inputs(cfg, "train")
+        cls.require_inputs(inputs)
         tokenizer = Beit3Tokenizer(cls._path(cfg, cfg.spm_model))
         logger.info(f"text tokenizer: {tokenizer}")
         return cls(cfg, tokenizer)
@@ -136,6 +141,68 @@ class Beit3MdmTask(FairseqTask):
     @staticmethod
     def _path(cfg, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(cfg.data, rel)
+
+    @staticmethod
+    def source_specs(cfg, split: str) -> Dict[str, str]:
+        """The data sources a split reads and where (``{"text" | "image" | "pair": spec}``), from the stage
+        and the objective switches: what :meth:`build_sources` builds and :meth:`data_inputs` checks."""
+        train = split == "train"
+        text = cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data
+        image = cfg.image_data if train else cfg.valid_image_data
+        pair = cfg.pair_data if train or not cfg.valid_pair_data else cfg.valid_pair_data
+        if cfg.stage == "language":      # VLMo stage 2: text only
+            return {"text": text}
+        if cfg.stage == "vision":        # VLMo stage 1: images only
+            return {"image": image}
+        if cfg.stage != "all":
+            raise ValueError(f"unknown stage {cfg.stage!r}; stages are all, vision, language")
+        specs = {}
+        if cfg.objective == "vlmo" or cfg.mvlm:
+            specs["pair"] = pair
+        if cfg.objective == "mdm" and cfg.mlm:
+            specs["text"] = text
+        if cfg.objective == "mdm" and cfg.mim:
+            specs["image"] = image
+        return specs
+
+    @classmethod
+    def data_inputs(cls, cfg, split: str) -> List[Tuple[str, str, str]]:
+        """``(path, "file" | "dir", role)`` of every local file and folder a split reads: shards (a pattern
+        that matches nothing is listed as the pattern), corpora, image folders, caption files and their image
+        root. URLs are left to the shard reader."""
+        inputs: List[Tuple[str, str, str]] = []
+        for kind, spec in cls.source_specs(cfg, split).items():
+            option = {"text": "--text-data", "image": "--image-data", "pair": "--pair-data"}[kind]
+            option = option if split == "train" else option.replace("--", "--valid-")
+            if is_shard_spec(spec):
+                try:
+                    names = expand_shards(spec, cfg.data)
+                except MissingShardError:
+                    inputs.append((cls._path(cfg, spec), "file", f"{kind} shards ({option}): no match"))
+                    continue
+                if cfg.missing_shards == "error":
+                    inputs += [(n, "file", f"{kind} shard ({option})") for n in names if "://" not in n]
+            elif kind == "text":
+                if not os.path.isfile(cls._path(cfg, spec) + ".idx"):   # else fairseq-preprocess output
+                    inputs += [(cls._path(cfg, p.strip()), "file", f"text corpus ({option})")
+                               for p in spec.split(",") if p.strip()]
+            elif kind == "image":
+                inputs += [(cls._path(cfg, p.strip()), "dir", f"image folder ({option})")
+                           for p in spec.split(",") if p.strip()]
+            else:
+                train = split == "train"
+                root = cfg.pair_image_root if train or not cfg.valid_pair_image_root else cfg.valid_pair_image_root
+                inputs += [(cls._path(cfg, spec), "file", f"caption file ({option})"),
+                           (cls._path(cfg, root), "dir", "image root of the captions (--pair-image-root)")]
+        return inputs
+
+    @staticmethod
+    def require_inputs(inputs) -> None:
+        """One message naming every missing input and exit status 2, no traceback (``BEIT3_DEBUG=1``)."""
+        with exit_on_missing_data():
+            require_paths("fairseq pretraining data", inputs,
+                          "the data directory (the first argument of fairseq-train, task.data of "
+                          "fairseq-hydra-train); --spm-model and the --*-data paths are relative to it")
 
     def _paths(self, spec: str) -> List[str]:
         return [self._path(self.cfg, p.strip()) for p in spec.split(",") if p.strip()]
@@ -170,76 +237,67 @@ class Beit3MdmTask(FairseqTask):
         block = BlockMaskingConfig(mask_ratio=cfg.image_mask_ratio, min_block=cfg.min_mask_block)
         vocab = self.model_vocab_size()
         transform = self.transform(train)
-        text_spec = cfg.text_data if train or not cfg.valid_text_data else cfg.valid_text_data
+        specs = self.source_specs(cfg, split)
+        sources = {}
+        if "pair" in specs:
+            pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm"
+                                           else cfg.text_mask_prob, whole_word=cfg.whole_word_masking)
+            sources["pair"] = (self._pair_source(specs["pair"], train, vocab, transform, pair_mask, block),
+                               cfg.pairs_per_unit)
+        if "text" in specs:
+            sources["text"] = (self._text_source(specs["text"], train, vocab), cfg.texts_per_unit)
+        if "image" in specs:
+            image_spec = specs["image"]
+            if is_shard_spec(image_spec):
+                image_source = ShardedImageSource(self.shard_set(image_spec, "tar"), transform, self.grid, block)
+            else:
+                folders = self._paths(image_spec)
+                image_source = ImageSource(list_images(folders), transform, self.grid, block, self.skips,
+                                           name=",".join(folders))
+            sources["image"] = (image_source, cfg.images_per_unit)
+        return sources
+
+    def _text_source(self, text_spec: str, train: bool, vocab: int):
+        cfg = self.cfg
+        text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob, whole_word=cfg.whole_word_masking)
         binarized = os.path.isfile(self._path(cfg, text_spec) + ".idx")   # fairseq-preprocess output prefix
         if binarized and not train and not cfg.valid_text_data:
             raise ValueError(f"binarized text {cfg.text_data}: set --valid-text-data (held-out text) for validation")
-        sharded_text = binarized or is_shard_spec(text_spec)
-        if sharded_text and not train and not cfg.valid_text_data:
-            raise ValueError(f"text shards {cfg.text_data}: set --valid-text-data (held-out text) for validation")
+        if binarized:
+            return BinarizedTextSource(self._path(cfg, text_spec), self.tokenizer, cfg.max_text_len, vocab,
+                                       text_mask, self.skips)
+        if is_shard_spec(text_spec):
+            if not train and not cfg.valid_text_data:
+                raise ValueError(f"text shards {cfg.text_data}: set --valid-text-data (held-out text) for validation")
+            return ShardedTextSource(self.shard_set(text_spec, "text"), self.tokenizer, cfg.max_text_len, vocab,
+                                     text_mask)
         text_lines: List[str] = []
-        if not sharded_text:
-            for path in self._paths(text_spec):
-                text_lines.extend(read_text_lines(path))
-            if not text_lines:
-                raise EmptyCorpusError(f"text corpus {text_spec} in {cfg.data} has no non-empty lines")
-        if not sharded_text and not cfg.valid_text_data:
+        for path in self._paths(text_spec):
+            text_lines.extend(read_text_lines(path))
+        if not text_lines:
+            raise EmptyCorpusError(f"text corpus {text_spec} in {cfg.data} has no non-empty lines")
+        if not cfg.valid_text_data:
             held = cfg.valid_text_lines
             if len(text_lines) <= held:
                 raise ValueError(f"text corpus {cfg.text_data} has {len(text_lines)} lines: too few to hold out "
                                  f"{held} for validation (set --valid-text-data or --valid-text-lines)")
             text_lines = text_lines[:-held] if train else text_lines[-held:]
-        text_mask = TokenMaskingConfig(mask_prob=cfg.text_mask_prob, whole_word=cfg.whole_word_masking)
-        pair_mask = TokenMaskingConfig(mask_prob=cfg.pair_text_mask_prob if cfg.objective == "mdm" else cfg.text_mask_prob,
-                                       whole_word=cfg.whole_word_masking)
+        return TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask, self.skips, name=text_spec)
 
-        def text_source():
-            if binarized:
-                return BinarizedTextSource(self._path(cfg, text_spec), self.tokenizer, cfg.max_text_len, vocab,
-                                           text_mask, self.skips)
-            if sharded_text:
-                return ShardedTextSource(self.shard_set(text_spec, "text"), self.tokenizer, cfg.max_text_len, vocab,
-                                         text_mask)
-            return TextSource(text_lines, self.tokenizer, cfg.max_text_len, vocab, text_mask, self.skips,
-                              name=text_spec)
-
-        image_spec = cfg.image_data if train else cfg.valid_image_data
-
-        def image_source():
-            if is_shard_spec(image_spec):
-                return ShardedImageSource(self.shard_set(image_spec, "tar"), transform, self.grid, block)
-            folders = self._paths(image_spec)
-            return ImageSource(list_images(folders), transform, self.grid, block, self.skips, name=",".join(folders))
-
-        if cfg.stage == "language":      # VLMo stage 2: text only
-            return {"text": (text_source(), cfg.texts_per_unit)}
-        if cfg.stage == "vision":        # VLMo stage 1: images only
-            return {"image": (image_source(), cfg.images_per_unit)}
-        if cfg.stage != "all":
-            raise ValueError(f"unknown stage {cfg.stage!r}; stages are all, vision, language")
-        sources = {}
-        if cfg.objective == "vlmo" or cfg.mvlm:
-            pair_mode = "joint" if cfg.objective == "vlmo" else cfg.mvlm_masking
-            pair_spec = cfg.pair_data if train or not cfg.valid_pair_data else cfg.valid_pair_data
-            if is_shard_spec(pair_spec):
-                if not train and not cfg.valid_pair_data:
-                    raise ValueError(f"pair shards {cfg.pair_data}: set --valid-pair-data (held-out pairs) for validation")
-                pair_source = ShardedPairSource(self.shard_set(pair_spec, "tar"), self.tokenizer, cfg.max_text_len,
-                                                vocab, transform, self.grid, pair_mask, block, mode=pair_mode)
-            else:
-                splits = cfg.pair_splits if train else cfg.valid_pair_splits
-                root = cfg.pair_image_root if train or not cfg.valid_pair_image_root else cfg.valid_pair_image_root
-                pairs = read_pairs(self._path(cfg, pair_spec), self._path(cfg, root),
-                                   splits=[s.strip() for s in splits.split(",") if s.strip()])
-                pair_source = PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid,
-                                         pair_mask, block, mode=pair_mode, skips=self.skips,
-                                         name=f"{pair_spec} ({splits})")
-            sources["pair"] = (pair_source, cfg.pairs_per_unit)
-        if cfg.objective == "mdm" and cfg.mlm:
-            sources["text"] = (text_source(), cfg.texts_per_unit)
-        if cfg.objective == "mdm" and cfg.mim:
-            sources["image"] = (image_source(), cfg.images_per_unit)
-        return sources
+    def _pair_source(self, pair_spec: str, train: bool, vocab: int, transform, pair_mask, block):
+        cfg = self.cfg
+        pair_mode = "joint" if cfg.objective == "vlmo" else cfg.mvlm_masking
+        if is_shard_spec(pair_spec):
+            if not train and not cfg.valid_pair_data:
+                raise ValueError(f"pair shards {cfg.pair_data}: set --valid-pair-data (held-out pairs) for validation")
+            return ShardedPairSource(self.shard_set(pair_spec, "tar"), self.tokenizer, cfg.max_text_len, vocab,
+                                     transform, self.grid, pair_mask, block, mode=pair_mode)
+        splits = cfg.pair_splits if train else cfg.valid_pair_splits
+        root = cfg.pair_image_root if train or not cfg.valid_pair_image_root else cfg.valid_pair_image_root
+        pairs = read_pairs(self._path(cfg, pair_spec), self._path(cfg, root),
+                           splits=[s.strip() for s in splits.split(",") if s.strip()])
+        return PairSource(pairs, self.tokenizer, cfg.max_text_len, vocab, transform, self.grid, pair_mask, block,
+                          mode=pair_mode, skips=self.skips, name=f"{pair_spec} ({splits})")
 
     def shard_set(self, spec: str, kind: str) -> ShardSet:
         names = expand_shards(spec, self.cfg.data)
@@ -250,6 +308,8 @@ class Beit3MdmTask(FairseqTask):
     def load_dataset(self, split: str, combine: bool = False, epoch: int = 1, **kwargs):
         if split not in ("train", "valid"):
             raise ValueError(f"unknown split {split!r}: this task has 'train' and 'valid'")
+        if split == "valid":   # the training inputs were checked in setup_task
+            self.require_inputs(self.data_inputs(self.cfg, split))
         sources = self.build_sources(split)
         sizes = {k: len(s) for k, (s, _) in sources.items()}
         logger.info(f"{split}: {sizes} examples; per unit {{k: n}} = { {k: n for k, (_, n) in sources.items()} }")

@@ -144,6 +144,12 @@ def test_check_names_every_missing_and_damaged_file(official_world, tmp_path, ca
     assert all(name in out for name in (jpeg.name, gone.name, "dataset_flickr30k.json"))
     with pytest.raises(DataCheckError, match=gone.name):  # nothing is built over damaged data
         prepare(root, ["nlvr2"], sentencepiece=GOLDEN / "tiny.spm")
+    # a cut derived file (a killed prepare) is rebuilt, not a blocker
+    shutil.copy(src / "coco/vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json", root / "coco/vqa")
+    shutil.copy(src / "coco/val2014" / jpeg.name, jpeg)
+    prepare(root, ["vqav2"], sentencepiece=GOLDEN / "tiny.spm")
+    assert check(root, ["vqav2"]).ok and (root / "coco/answer2label.txt").read_bytes() == (
+        src / "coco/answer2label.txt").read_bytes()
     assert cli(["data", "prepare", str(root), "-b", "nlvr2", "--sentencepiece", str(GOLDEN / "tiny.spm")]) == 1
     assert gone.name in capsys.readouterr().out
 

@@ -92,6 +92,9 @@ def test_tiny_recipe_learns_over_shards_on_two_ranks_and_exports(data_world, wor
     assert {"mlm_head.weight", "mim_head.weight"} <= set(backbone.load_report.heads)
     ref = model.core.backbone.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in backbone.state_dict().items())
+    described = build_backbone("beit3_tiny", pretrained=str(tmp_path / "backbone.pth"))  # its model_config alone
+    assert described.cfg.vocab_size == model.core.backbone.cfg.vocab_size
+    assert all(torch.equal(v, ref[k]) for k, v in described.state_dict().items())
 
 
 RESUME_ARGS = ["--batch-size", "4", "--max-update", "24", "--disable-validation", "--save-interval-updates", "3"]

@@ -8,6 +8,8 @@ import subprocess
 import time
 import zipfile
 
+import pytest
+
 from fairseq_run import BIN, ENV, ROOT, model_weights, run, tiny_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]

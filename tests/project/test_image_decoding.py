@@ -156,3 +156,25 @@ def test_array_and_pil_inputs_follow_the_contract():
     skips = SkipCounter()
     assert load_image(b"not an image", skips, where="shard:key") is None
     assert skips.as_dict() == {"corrupt_image": 1} and "shard:key" in skips.examples["corrupt_image"][0]
+
+
+def test_a_task_config_selects_the_official_policy_for_its_datasets(tmp_path):
+    """``task.image_decode=official`` reaches the datasets the trainer builds (``VlTask.dataset``)."""
+    from beit3_plugins.data.datasets import RecordDataset
+    from beit3_plugins.vl_tasks.base import TaskConfigBase, VlTask
+
+    path = tmp_path / "exif.png"
+    path.write_bytes(CRAFTED["exif_rotated"][0])
+
+    class Items(RecordDataset):
+        def _item(self, record):
+            image = self._image(record)
+            return None if image is None else {"image": np.asarray(image)}
+
+    class Task(VlTask):
+        def build_dataset(self, split, train=None):
+            return Items([str(path)])
+
+    assert Task(TaskConfigBase()).dataset("train")[0]["image"].shape == CRAFTED["exif_rotated"][1].shape   # viewer
+    official = Task(TaskConfigBase(image_decode="official")).dataset("train")[0]["image"]
+    np.testing.assert_array_equal(official, BASE)                                        # as stored, not rotated

@@ -105,6 +105,10 @@ def test_plugin_zoo_entry_runs_as_its_pipeline(installed_example, tmp_path):
         "pipe = pipeline('shape-colors', model='shape_colors_beit3_tiny', device='cpu')\n"
         "pixels = build_image_transform('vl', train=False, image_size=224)(image)[None]\n"
         "with torch.no_grad():\n    want = ref.logits(pixels).sigmoid()[0].tolist()\n"
+        "image.save(os.path.join(sys.argv[1], 'red.png'))\n"
+        "from beit3_plugins.cli import main\n"
+        "assert main(['predict', 'shape-colors', '--model', 'shape_colors_beit3_tiny', '--device', 'cpu',\n"
+        "             '--image', os.path.join(sys.argv[1], 'red.png')]) == 0\n"
         "print(json.dumps({'got': pipe(image), 'want': want, 'pipelines': list_pipelines()}))\n"
     )
     with ZooServer(served) as server:
@@ -112,8 +116,10 @@ def test_plugin_zoo_entry_runs_as_its_pipeline(installed_example, tmp_path):
         res = subprocess.run([sys.executable, "-c", code, str(served)], capture_output=True, text=True, timeout=300,
                              cwd=str(REPO), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    lines = res.stdout.strip().splitlines()
+    cli, out = json.loads(lines[-2]), json.loads(lines[-1])
     assert "shape-colors" in out["pipelines"] and "vqa" in out["pipelines"]
     assert list(out["got"]) == ["red", "green", "blue", "yellow"]
     assert list(out["got"].values()) == pytest.approx(out["want"], abs=1e-5)
+    assert cli["task"] == "shape-colors" and list(cli["result"][0].values()) == pytest.approx(out["want"], abs=1e-5)
     assert (tmp_path / "cache" / "shape_colors_beit3_tiny.pt").is_file()

@@ -1,17 +1,22 @@
-"""A regular (non-editable) install ships the trainer's Hydra config tree and the mmseg configs, declared as
-packages (the build prints no setuptools BuildBackendWarning).
+"""A regular (non-editable) install ships the configs the framework commands name, declared as packages (the
+build prints no setuptools BuildBackendWarning), and runs them.
 
-The wheel is built from a copy of the source tree (so no ``build/`` lands in the checkout), installed
-into a throwaway ``--target`` directory without dependencies, and a fresh interpreter that imports the
-package from there (not from the editable checkout) composes a task config; ``mim train mmseg`` then runs
-two iterations of the installed tiny ADE20K config (``_base_`` files resolved next to it, the adapter
-imported from the installed copy).
+The wheel is built from a copy of the source tree (so no ``build/`` lands in the checkout) and installed
+without dependencies into the site-packages of a fresh venv, which reads the frameworks from this venv's
+site-packages as a plain path entry (so this checkout's editable install stays inactive there). From a
+folder outside the checkout, that venv's interpreter: imports the package from the wheel, with the fairseq
+autoload ``.pth`` active and no framework imported; lists ``fairseq-train --task beit3_mdm``'s options with
+no ``--user-dir``; composes a VL task config; trains the detector for two iterations as
+``python -m beit3_plugins.detection.train`` with the installed yacs config; and ``mim train mmseg`` runs two
+iterations of the installed tiny ADE20K config (``_base_`` files resolved next to it, the adapter imported
+from the installed copy).
 """
 import ast
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 import pytest
@@ -51,11 +56,38 @@ def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
         assert f"beit3_plugins/vl_tasks/configs/{rel}" in names, sorted(n for n in names if "configs" in n)
     for rel in ("ade20k_beit3.py", "ade20k_beit3_tiny.py", "_base_/seg_runtime.py", "_base_/seg_ade20k.py"):
         assert f"beit3_plugins/segmentation/configs/{rel}" in names, sorted(n for n in names if "configs" in n)
-    assert "beit3_plugins/pretraining/configs/beit3_tiny_cpu.yaml" in names
+    assert {"beit3_plugins/pretraining/configs/beit3_tiny_cpu.yaml", "beit3_plugins_autoload.pth",
+            "beit3_plugins/pretraining/fairseq_user_dir/beit3_mdm/__init__.py",
+            "beit3_plugins/detection/cascade_beit3_tiny.yaml", "beit3_plugins/detection/train.py"} <= names
 
-    target = tmp_path / "site"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    target = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 check=True, capture_output=True, text=True).stdout.strip())
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                     str(wheel)], check=True, cwd=tmp_path)
+    (target / "zz_frameworks.pth").write_text(sysconfig.get_path("purelib") + "\n")  # torch, fairseq, ... only
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    start = ("import sys\n"
+             "import beit3_plugins\n"
+             f"assert beit3_plugins.__file__.startswith({str(target)!r}), beit3_plugins.__file__\n"
+             "assert any(type(f).__name__ == 'FrameworkHooks' for f in sys.meta_path), sys.meta_path\n"
+             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'fairseq')]\n")
+    subprocess.run([python, "-c", start], check=True, cwd=cwd)
+    fairseq_help = subprocess.run([python, "-m", "fairseq_cli.train", "--task", "beit3_mdm", "--help"], cwd=cwd,
+                                  capture_output=True, text=True)
+    assert fairseq_help.returncode == 0 and "--spm-model" in fairseq_help.stdout, fairseq_help.stderr[-2000:]
+    world = data_world[0]
+    detection = subprocess.run(
+        [python, "-m", "beit3_plugins.detection.train", "--config-file", "detection/cascade_beit3_tiny.yaml",
+         "DATASETS.ROOT", str(world), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
+         "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(tmp_path / "det")], cwd=cwd, capture_output=True,
+        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert detection.returncode == 0, detection.stderr[-3000:]
+    assert (tmp_path / "det" / "model_final.pth").is_file()
+    assert f"{target}/beit3_plugins/detection/cascade_beit3_tiny.yaml" in detection.stdout + detection.stderr
     probe = (
         "import beit3_plugins.vl_tasks.train as t\n"
         "from pathlib import Path\n"
@@ -66,9 +98,7 @@ def test_wheel_ships_vl_and_mmseg_configs_and_both_run(tmp_path, data_world):
         "assert cfg.task.name == 'nlvr2' and cfg.model.name == 'beit3_tiny' and cfg.task.image_size == 32, cfg\n"
         "print('OK', t.CONFIG_DIR)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run([python, "-c", probe], check=True, cwd=cwd, capture_output=True, text=True)
     assert "OK" in out.stdout, out.stderr
 
     from beit3_plugins.segmentation.mim_runs import read_scalars, run_mim

@@ -34,6 +34,7 @@ from beit3_plugins.data.official.answers import OFFICIAL_MIN_ANSWER_COUNT, offic
 from beit3_plugins.data.official.checker import check
 from beit3_plugins.data.official.layout import BENCHMARKS, benchmark
 from beit3_plugins.data.readers import IMAGE_EXTENSIONS, AnswerVocab, read_json, read_jsonl
+from beit3_plugins.io_checks import atomic_write
 
 __all__ = ["prepare", "PrepareResult", "TEXT_BENCHMARKS", "sort_imagenet_val"]
 
@@ -54,15 +55,11 @@ class PrepareResult:
 
 
 def _write_jsonl(path: Path, items: Iterable[Dict[str, Any]], result: PrepareResult, root: Path) -> None:
-    """One ``json.dumps(item)`` per line, as the official ``_write_data_into_jsonl``."""
-    tmp = path.with_name(path.name + ".part")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for item in items:
-            handle.write(json.dumps(item) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    result.written[path.relative_to(root).as_posix()] = n
+    """One ``json.dumps(item)`` per line, as the official ``_write_data_into_jsonl``; written atomically, so a
+    killed run leaves the old file or the whole new one."""
+    lines = [json.dumps(item) + "\n" for item in items]
+    atomic_write(str(path), lambda handle: handle.write("".join(lines).encode("utf-8")))
+    result.written[path.relative_to(root).as_posix()] = len(lines)
 
 
 # ---------------------------------------------------------------------------------------------- VQA v2
@@ -272,7 +269,10 @@ def prepare(root: PathLike, benchmarks: Optional[Sequence[str]] = None, *, sente
     if "imagenet" in names and imagenet_val.is_dir() and not any(p.is_dir() for p in imagenet_val.iterdir()):
         moved = sort_imagenet_val(root / "imagenet")
         result.notes.append(f"imagenet: sorted {moved} flat val images into class folders")
-    check(root, names, decode=decode).raise_for_problems()
+    report = check(root, names, decode=decode)
+    for bench in report.benchmarks:
+        bench.derived_damaged = []  # about to be rewritten: a cut file of a killed run is no reason to stop
+    report.raise_for_problems()
     for name in names:
         folder = root / benchmark(name).folder
         if name == "vqav2":
