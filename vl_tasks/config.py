@@ -67,6 +67,7 @@ class TrainConfig:
     log_every: int
     eval_only: bool
     predict: bool
+    controls: bool
     resume: bool
     progress: bool
     tensorboard: bool
