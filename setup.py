@@ -11,6 +11,7 @@ dict below; ``beit3_plugins/`` itself is the core), so nothing claims a generic 
     segmentation/   -> beit3_plugins.segmentation (mmsegmentation adapter)
     vl_tasks/       -> beit3_plugins.vl_tasks
     pipelines/      -> beit3_plugins.pipelines   (inference pipelines + `beit3-plugins predict`)
+    reproduction/   -> beit3_plugins.reproduction (published tables, cells, `beit3-plugins benchmark`)
 
 Config trees stay user-visible under ``configs/`` and install as data packages (``DATA_PACKAGES``) beside
 the code that reads them, so a wheel install has them too.
@@ -27,12 +28,13 @@ from setuptools.command.build_py import build_py
 
 MAPPED = {"backbones": "backbones", "pretraining": "pretraining", "detection": "detection",
           "segmentation": "segmentation", "vl_tasks": "vl_tasks",
-          "pipelines": "pipelines"}
+          "pipelines": "pipelines", "reproduction": "reproduction"}
 # Data-only packages: config trees stay user-visible in configs/ and are installed next to their adapter so that
 # a regular (non-editable) install finds them: the VL trainer's Hydra tree as beit3_plugins/vl_tasks/configs/,
 # the mmseg configs (configs/ade20k_*.py + configs/_base_/) as beit3_plugins/segmentation/configs/ (for
 # `mim train mmseg <that folder>/ade20k_beit3.py`), the fairseq-hydra-train yamls as
-# beit3_plugins/pretraining/configs/, the detectron2 LazyConfigs as beit3_plugins/detection/configs/.
+# beit3_plugins/pretraining/configs/, the detectron2 LazyConfigs as beit3_plugins/detection/configs/, the
+# reproduction layer's zero-shot class names / prompt templates as beit3_plugins/reproduction/data/.
 # Each is declared with every subfolder (configs/_base_, configs/vl_tasks/task, ...) as a package of its own and
 # ships the files matching its globs, so the wheel holds them by declaration (setuptools warns about, and may
 # one day drop, data in folders that are not declared packages).
@@ -40,6 +42,7 @@ DATA_PACKAGES = {"beit3_plugins.vl_tasks.configs": ("configs/vl_tasks", ["*.yaml
                  "beit3_plugins.segmentation.configs": ("configs", ["*.py"]),
                  "beit3_plugins.pretraining.configs": ("configs/pretrain", ["*.yaml"]),
                  "beit3_plugins.detection.configs": ("detection/configs", ["*.py"]),
+                 "beit3_plugins.reproduction.data": ("reproduction/data", ["*.json"]),
                  # fairseq's --user-dir folder (`beit3-plugins paths fairseq-user-dir`), imported top-level by fairseq
                  "beit3_plugins.pretraining.fairseq_user_dir": ("pretraining/fairseq_user_dir", ["*.py"])}
 # The package's own layers declare their child registries under the plugin entry-point group, exactly as a
@@ -145,6 +148,7 @@ setup(
             "save=beit3_plugins.pipelines.hub:save_cli",
             "push=beit3_plugins.pipelines.hub:push_cli",
             "export-onnx=beit3_plugins.pipelines.onnx_export:export_cli",
+            "benchmark=beit3_plugins.reproduction.cli:benchmark_main",
         ],
     },
 )

@@ -98,6 +98,8 @@ class VlTask:
     eval_split: str = "val"
     #: the Augmentation switches this task implements (others are refused, not silently ignored)
     supported_augmentations: Tuple[str, ...] = ()
+    #: whether the task encodes text (the trainer then refuses a run without ``data.tokenizer``)
+    needs_tokenizer: bool = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -159,8 +161,28 @@ class VlTask:
 
     @torch.no_grad()
     def evaluate(self, model: TaskModel, dataset, device: torch.device) -> Tuple[Dict[str, float], Any]:
-        """(metrics, predictions) on ``dataset``; runs on one process with the unwrapped model."""
+        """(metrics, predictions) on ``dataset`` with the unwrapped model: :meth:`score` of :meth:`predict`.
+        A task may override this instead (then its evaluation runs on one process only)."""
+        return self.score(self.predict(model, dataset, device), dataset)
+
+    # Sharded evaluation (torchrun): each rank predicts a block of whole evaluation batches, rank 0 merges the
+    # blocks in order and scores them, so the numbers equal one process's.
+    def predict(self, model: TaskModel, dataset, device: torch.device) -> Any:
+        """Raw per-item outputs of ``dataset`` (in order), mergeable by :meth:`merge_predictions`."""
         raise NotImplementedError
+
+    def score(self, raw: Any, dataset) -> Tuple[Dict[str, float], Any]:
+        """(metrics, predictions in the benchmark's format) from :meth:`predict`'s output over all of ``dataset``."""
+        raise NotImplementedError
+
+    def merge_predictions(self, parts: Sequence[Any]) -> Any:
+        """Outputs of consecutive blocks of the dataset -> the output over all of it (default: lists joined)."""
+        return [item for part in parts for item in part]
+
+    @property
+    def shardable(self) -> bool:
+        """Whether the evaluation can be split over processes (the task implements predict / score)."""
+        return type(self).predict is not VlTask.predict and type(self).evaluate is VlTask.evaluate
 
     def write_predictions(self, predictions: Any, path: Path) -> Path:
         """Write ``predictions`` in the benchmark's format; default JSON."""

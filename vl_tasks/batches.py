@@ -20,5 +20,10 @@ def iterate_eval(task, dataset, device: torch.device, batch_size: int = 0, num_w
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size or task.cfg.eval_batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=lambda items: task.collate(items, train=False))
-    for batch in loader:
+    batches = loader
+    if getattr(task, "progress", False):   # the trainer's eval-only runs (and the benchmark cells) show one bar
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc=f"evaluating {type(task).__name__}", dynamic_ncols=True, leave=False)
+    for batch in batches:
         yield to_device(batch, device)

@@ -176,16 +176,19 @@ class CaptioningTask(ImageTextMixin, VlTask):
         return [tok.decode([t for t in s if t not in special and t < tok.vocab_size]) for s in seqs]
 
     @torch.no_grad()
-    def evaluate(self, model: CaptioningModel, dataset, device) -> Tuple[Dict[str, float], Any]:
+    def predict(self, model: CaptioningModel, dataset, device) -> List[Dict[str, Any]]:
         from .batches import iterate_eval
 
-        preds, refs = [], {}
+        out = []
         for batch in iterate_eval(self, dataset, device):
             for image_id, caption, captions in zip(batch["image_id"], self.caption(model, batch["image"]),
                                                    batch["captions"]):
-                preds.append({"image_id": image_id, "caption": caption})
-                refs[image_id] = captions
-        refs = {k: v for k, v in refs.items() if v}       # NoCaps test: no references, predictions only
+                out.append({"image_id": image_id, "caption": caption, "references": list(captions)})
+        return out
+
+    def score(self, raw: List[Dict[str, Any]], dataset) -> Tuple[Dict[str, float], Any]:
+        refs = {r["image_id"]: r["references"] for r in raw if r["references"]}  # NoCaps test: none
+        preds = [{"image_id": r["image_id"], "caption": r["caption"]} for r in raw]
         scored = {p["image_id"]: p["caption"] for p in preds if p["image_id"] in refs}
         metrics = caption_metrics(scored, refs) if refs else {}
         return metrics, preds

@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,12 @@ from beit3_plugins.vl_tasks.registry import TASKS
 
 from .base import TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ImageClassifier, Pooler, init_head_weights
-from .metrics import accuracy
+from .metrics import accuracy, top_k_accuracy
 from .retrieval import RetrievalModel
 
 __all__ = ["ImageClassificationConfig", "ImageClassificationTask", "ImageClassifierModel",
            "ImageTextClassificationConfig", "ImageTextClassificationTask", "TextClassificationConfig",
-           "TextClassificationTask", "TextClassifierModel", "read_glue_tsv"]
+           "TextClassificationTask", "TextClassifierModel", "read_glue_tsv", "prompt_ensemble"]
 
 
 @dataclasses.dataclass
@@ -102,6 +102,7 @@ class ImageClassificationTask(_ImageFolderTask):
     primary_metric = "accuracy"
     normalize_output = False
     supported_augmentations = ("mixup", "cutmix")
+    needs_tokenizer = False
 
     def head_spec(self) -> Dict[str, Any]:
         num_classes = self.num_classes()
@@ -125,15 +126,40 @@ class ImageClassificationTask(_ImageFolderTask):
                 "labels": [str(n) for n in names] if names else None, "transform": self.cfg.transform}
 
     @torch.no_grad()
-    def evaluate(self, model, dataset, device):
+    def predict(self, model, dataset, device):
         from .batches import iterate_eval
 
-        preds, labels = [], []
-        for batch in iterate_eval(self, dataset, device):
-            preds += model.logits(batch["image"]).argmax(-1).tolist()
-            labels += batch["label"].tolist()
-        names = getattr(self, "class_names", None) or list(range(max(labels) + 1))
-        return accuracy(preds, labels), [{"index": i, "prediction": str(names[p])} for i, p in enumerate(preds)]
+        return [ranked for batch in iterate_eval(self, dataset, device)
+                for ranked in _ranked(model.logits(batch["image"]), batch["label"])]
+
+    def score(self, raw, dataset):
+        names = getattr(self, "class_names", None) or [str(i) for i in range(len(dataset.classes))]
+        return _scored(raw, [str(n) for n in names])
+
+
+def _ranked(logits, labels, k: int = 5) -> List[Dict[str, Any]]:
+    """Per image: the top-k class indices (best first) and the label."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices.tolist()
+    return [{"top": t, "label": int(y)} for t, y in zip(top, labels.tolist())]
+
+
+def _scored(raw: List[Dict[str, Any]], names: List[str]):
+    metrics = accuracy([r["top"][0] for r in raw], [r["label"] for r in raw])
+    metrics.update(top_k_accuracy([r["top"] for r in raw], [r["label"] for r in raw], k=5))
+    return metrics, [{"index": i, "prediction": names[r["top"][0]]} for i, r in enumerate(raw)]
+
+
+def prompt_ensemble(embed_texts, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Class text embeddings as CLIP's prompt ensembling: each class's prompts (one per template) embedded,
+    averaged and renormalised. ``embed_texts(list of str) -> (N, D)`` normalised embeddings."""
+    if not classes or not templates:
+        raise ValueError("zero-shot classification needs at least one class name and one template")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ValueError(f"prompt templates need a '{{}}' for the class name: {bad}")
+    prompts = [t.format(c) for c in classes for t in templates]
+    emb = embed_texts(prompts).view(len(classes), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------- as retrieval
@@ -142,35 +168,72 @@ class ImageTextClassificationConfig(ImageClassificationConfig):
     prompt: str = "a picture of a {}"
     transform: str = "vl"
     label_smoothing: float = 0.0
+    # zero-shot protocol: prompt templates ({"templates": [...]} JSON, e.g. CLIP's 80) replace ``prompt``;
+    # class display names ({"classnames": [...]} JSON, in class index order) replace the folder names
+    templates_json: Optional[str] = None
+    classnames_json: Optional[str] = None
 
 
 @TASKS.register("image_text_classification", config=ImageTextClassificationConfig)
 class ImageTextClassificationTask(_ImageFolderTask):
     primary_metric = "accuracy"
 
+    def _json_list(self, rel: Optional[str], key: str) -> Optional[List[str]]:
+        path = self.path(rel)
+        if path is None:
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the {key} file of the zero-shot protocol is missing")
+        data = json.loads(path.read_text())
+        values = data.get(key) if isinstance(data, dict) else data
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: expected a JSON list (or an object with a {key!r} list)")
+        return [str(v) for v in values]
+
+    def class_texts(self) -> List[str]:
+        folders = self.classes() or self.build_dataset("train").classes
+        names = self._json_list(self.cfg.classnames_json, "classnames")
+        if names is not None and len(names) != len(folders):
+            raise ValueError(f"{self.cfg.classnames_json}: {len(names)} class names for {len(folders)} classes")
+        return names if names is not None else [n.replace("_", " ") for n in folders]
+
+    def templates(self) -> List[str]:
+        return self._json_list(self.cfg.templates_json, "templates") or [self.cfg.prompt]
+
     def prompts(self) -> List[str]:
-        names = self.classes() or self.build_dataset("train").classes
-        return [self.cfg.prompt.format(n.replace("_", " ")) for n in names]
+        """One prompt per class with the first template (what a prediction is shown as)."""
+        first = self.templates()[0]
+        return [first.format(n) for n in self.class_texts()]
 
     def model_for(self, backbone, head: Mapping[str, Any]):
         return _ClassTextModel(backbone, self)
 
-    def class_logits(self, model: RetrievalModel, image):
-        ids, pad = encode_texts(self.tokenizer, self.prompts(), self.cfg.max_text_len, self.skips)
-        txt = model.embed_texts(ids.to(image.device), pad.to(image.device))
+    def class_embeddings(self, model: RetrievalModel, device) -> torch.Tensor:
+        def embed(texts):
+            out = []
+            for start in range(0, len(texts), self.cfg.eval_batch_size):
+                ids, pad = encode_texts(self.tokenizer, texts[start:start + self.cfg.eval_batch_size],
+                                        self.cfg.max_text_len, self.skips)
+                out.append(model.embed_texts(ids.to(device), pad.to(device)))
+            return torch.cat(out)
+
+        return prompt_ensemble(embed, self.class_texts(), self.templates())
+
+    def class_logits(self, model: RetrievalModel, image, text=None):
+        text = self.class_embeddings(model, image.device) if text is None else text
         img = model.embed_images(image)
-        return model.contrastive.logit_scale.exp().clamp(max=100.0) * img @ txt.t()
+        return model.contrastive.logit_scale.exp().clamp(max=100.0) * img @ text.to(img.dtype).t()
 
     @torch.no_grad()
-    def evaluate(self, model, dataset, device):
+    def predict(self, model, dataset, device):
         from .batches import iterate_eval
 
-        preds, labels = [], []
-        for batch in iterate_eval(self, dataset, device):
-            preds += self.class_logits(model, batch["image"]).argmax(-1).tolist()
-            labels += batch["label"].tolist()
-        prompts = self.prompts()
-        return accuracy(preds, labels), [{"index": i, "prediction": prompts[p]} for i, p in enumerate(preds)]
+        text = self.class_embeddings(model, device)
+        return [ranked for batch in iterate_eval(self, dataset, device)
+                for ranked in _ranked(self.class_logits(model, batch["image"], text), batch["label"])]
+
+    def score(self, raw, dataset):
+        return _scored(raw, self.prompts())
 
 
 class _ClassTextModel(RetrievalModel):

@@ -4,7 +4,8 @@
   are normalised (punctuation, number words, articles, contractions) only when the annotators disagree, then
   the mean over the leave-one-annotator-out subsets of ``min(1, #matching / 3)``; per answer type too.
 * ``recall_at_k`` - image->text and text->image R@1/5/10 from a similarity matrix with many captions per
-  image (COCO / Flickr30k Karpathy protocol).
+  image (COCO / Flickr30k Karpathy protocol); ``recall_at_k_chunked`` the same from the embeddings in bounded
+  memory (the retrieval task's evaluation: 5k images x 25k captions never form one matrix).
 * caption metrics - ``pycocoevalcap`` itself (the coco-caption code every captioning paper and the BEiT-3
   evaluation use): PTB tokenizer, Bleu, Meteor, Rouge, Cider, Spice. We call the library rather than
   re-implement it because our own BLEU/CIDEr differed from it in the decimals papers compare. Only the PTB
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["vqa_accuracy", "vqa_question_accuracy", "vqa_eval_normalize", "recall_at_k", "caption_tokenize",
            "tokenize_captions", "ptb_available",
-           "bleu", "cider", "rouge_l", "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy"]
+           "bleu", "cider", "rouge_l", "meteor", "meteor_available", "spice", "spice_available", "caption_metrics", "accuracy",
+           "top_k_accuracy", "recall_at_k_chunked", "caption_scorers_unavailable"]
 
 
 # ---------------------------------------------------------------------------------------------- VQA
@@ -118,6 +120,53 @@ def recall_at_k(similarity, text_to_image: Sequence[int], ks: Sequence[int] = (1
         out[f"i2t_r{k}"] = 100.0 * float((i2t_rank < k).mean())
         out[f"t2i_r{k}"] = 100.0 * float((t2i_rank < k).mean())
     out["r_mean"] = float(np.mean([out[f"i2t_r{k}"] for k in ks] + [out[f"t2i_r{k}"] for k in ks]))
+    return out
+
+
+def _ranks_of_targets(scores, targets):
+    """Position of ``targets[r]`` in row r of ``scores`` sorted descending (stable)."""
+    import torch
+
+    target_score = scores.gather(1, targets[:, None])
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    better = (scores > target_score).sum(1)
+    tied_before = ((scores == target_score) & (columns[None, :] < targets[:, None])).sum(1)
+    return better + tied_before
+
+
+def recall_at_k_chunked(image_emb, text_emb, text_to_image: Sequence[int],
+                        ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> Dict[str, float]:
+    """R@K (in %) in both directions from (N, D) image and (M, D) text embeddings, equal to
+    :func:`recall_at_k` on ``image_emb @ text_emb.T`` without holding that matrix: the ranks are computed one
+    block of ``chunk`` rows at a time and only each ground truth's rank is kept, so memory is
+    O(chunk * max(N, M)); ties are broken like the full version's stable sort (the earlier index first)."""
+    import torch
+
+    t2i = torch.as_tensor(text_to_image, dtype=torch.long, device=image_emb.device)
+    n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
+    if n_img == 0 or n_txt == 0:
+        raise ValueError("recall@K of an empty set of images or texts")
+    if t2i.shape != (n_txt,):
+        raise ValueError(f"text_to_image must have one entry per text ({n_txt}), got {tuple(t2i.shape)}")
+    # text -> image: rank of each text's image among all images
+    t2i_rank = torch.empty(n_txt, dtype=torch.long)
+    for start in range(0, n_txt, chunk):
+        scores = text_emb[start:start + chunk] @ image_emb.T
+        t2i_rank[start:start + chunk] = _ranks_of_targets(scores, t2i[start:start + chunk]).cpu()
+    # image -> text: best rank over the image's texts; texts are grouped by image to score only their rows
+    i2t_rank = torch.full((n_img,), n_txt, dtype=torch.long)
+    order = torch.argsort(t2i, stable=True)
+    for start in range(0, n_txt, chunk):
+        texts = order[start:start + chunk]
+        images = t2i[texts]
+        scores = image_emb[images] @ text_emb.T
+        ranks = _ranks_of_targets(scores, texts).cpu()
+        i2t_rank.scatter_reduce_(0, images.cpu(), ranks, reduce="amin")
+    out: Dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = 100.0 * float((i2t_rank < k).float().mean())
+        out[f"t2i_r{k}"] = 100.0 * float((t2i_rank < k).float().mean())
+    out["r_mean"] = sum(out[f"i2t_r{k}"] + out[f"t2i_r{k}"] for k in ks) / (2 * len(ks))
     return out
 
 
@@ -265,6 +314,13 @@ def spice(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Seq
     return {"spice": 100.0 * float(_scored(Spice(), gts, res))}
 
 
+def caption_scorers_unavailable() -> Dict[str, str]:
+    """{metric: what it needs} for the Java scorers of :func:`caption_metrics` that cannot run here."""
+    missing = {"meteor": _java_scorer_missing("meteor.meteor"),
+               "spice": _java_scorer_missing("spice.spice", needs_models=True)}
+    return {name: why for name, why in missing.items() if why}
+
+
 def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
                     use_ptb: Optional[bool] = None) -> Dict[str, float]:
     """COCOEvalCap's set, x100: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE, on one tokenisation.
@@ -280,21 +336,18 @@ def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Has
     gts, res, used_ptb = tokenize_captions(predictions, references, use_ptb)
     scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"bleu{n}": 100.0 * float(v) for n, v in enumerate(scores, 1)}
-    skipped = []
-    if meteor_available():
+    unavailable = caption_scorers_unavailable()
+    if "meteor" not in unavailable:
         from pycocoevalcap.meteor.meteor import Meteor
 
         out["meteor"] = 100.0 * float(_scored(Meteor(), gts, res))
-    else:
-        skipped.append(f"meteor (needs {_java_scorer_missing('meteor.meteor')})")
     out["rouge_l"] = 100.0 * float(_scored(Rouge(), gts, res))
     out["cider"] = 100.0 * float(_scored(Cider(), gts, res))
-    if spice_available():
+    if "spice" not in unavailable:
         from pycocoevalcap.spice.spice import Spice
 
         out["spice"] = 100.0 * float(_scored(Spice(), gts, res))
-    else:
-        skipped.append(f"spice (needs {_java_scorer_missing('spice.spice', needs_models=True)})")
+    skipped = [f"{name} (needs {why})" for name, why in unavailable.items()]
     out["ptb_tokenizer"] = 1.0 if used_ptb else 0.0
     if skipped or not used_ptb:
         logger.warning("caption metrics: %s%s", "" if used_ptb else "PTB tokenizer unavailable (no Java), "
@@ -313,3 +366,15 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> Dict[str, flo
     if pred.size == 0:
         raise ValueError("accuracy of an empty set (empty split?)")
     return {"accuracy": 100.0 * float((pred == gold).mean())}
+
+
+@METRICS.register("top_k_accuracy")
+def top_k_accuracy(ranked: Sequence[Sequence[int]], labels: Sequence[int], k: int = 5) -> Dict[str, float]:
+    """Top-k accuracy in % (``accuracy_top5`` for k=5): the label is among the first k of each ranking
+    (all of it when a ranking is shorter, i.e. fewer than k classes)."""
+    if len(ranked) != len(labels):
+        raise ValueError(f"{len(ranked)} rankings vs {len(labels)} labels")
+    if not labels:
+        raise ValueError("top-k accuracy of an empty set (empty split?)")
+    hits = sum(1 for r, y in zip(ranked, labels) if y in list(r)[:k])
+    return {f"accuracy_top{k}": 100.0 * hits / len(labels)}

@@ -133,13 +133,16 @@ class Nlvr2Task(ImageTextMixin, VlTask):
         return model_type(backbone, **({"head_init_scale": head["head_init_scale"]} if "head_init_scale" in head else {}))
 
     @torch.no_grad()
-    def evaluate(self, model: Nlvr2Model, dataset, device) -> Tuple[Dict[str, float], Any]:
+    def predict(self, model: Nlvr2Model, dataset, device) -> List[Dict[str, Any]]:
         from .batches import iterate_eval
 
-        preds, labels, out = [], [], []
+        out = []
         for batch in iterate_eval(self, dataset, device):
             p = model.logits(batch["left"], batch["right"], batch["ids"], batch["padding_mask"]).argmax(-1)
-            preds += p.tolist()
-            labels += batch["label"].tolist()
-            out += [{"identifier": i, "prediction": bool(v)} for i, v in zip(batch["identifier"], p.tolist())]
-        return accuracy(preds, labels), out
+            out += [{"identifier": i, "prediction": bool(v), "label": int(y)}
+                    for i, v, y in zip(batch["identifier"], p.tolist(), batch["label"].tolist())]
+        return out
+
+    def score(self, raw: List[Dict[str, Any]], dataset) -> Tuple[Dict[str, float], Any]:
+        metrics = accuracy([int(r["prediction"]) for r in raw], [r["label"] for r in raw])
+        return metrics, [{"identifier": r["identifier"], "prediction": r["prediction"]} for r in raw]

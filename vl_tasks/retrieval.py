@@ -30,9 +30,13 @@ from beit3_plugins.vl_tasks.registry import TASKS
 from .base import ImageTextMixin, TaskConfigBase, TaskModel, VlTask, encode_texts, stack_images
 from .heads import ContrastiveHeads, ItmHead
 from .losses import ContrastiveLoss, gather_with_grad
-from .metrics import recall_at_k
+from .metrics import recall_at_k, recall_at_k_chunked
 
 __all__ = ["RetrievalTaskConfig", "RetrievalModel", "VlmoRetrievalModel", "RetrievalTask"]
+
+#: rows of the similarity matrix scored at a time: memory O(SCORE_CHUNK x max(images, texts)) (25k COCO captions:
+#: 26 MB of scores per block; torch's topk keeps int64 indices of a whole block besides)
+SCORE_CHUNK = 256
 
 KARPATHY = {
     "coco": ("coco/dataset_coco.json", "coco", ("train", "restval")),
@@ -172,39 +176,79 @@ class RetrievalTask(ImageTextMixin, VlTask):
 
     @torch.no_grad()
     def encode_split(self, model: RetrievalModel, dataset, device):
-        """Every image and every caption encoded exactly once."""
+        """Every image and every caption encoded exactly once; the captions of each image batch are encoded
+        right after it, in chunks of ``eval_batch_size``, so a block of whole batches encodes the same way in a
+        sharded evaluation as in one process."""
         from .batches import iterate_eval
 
-        img_emb, image_ids, texts, text_to_image = [], [], [], []
+        img_emb, txt_emb, image_ids, texts, text_to_image = [], [], [], [], []
+        bs = self.cfg.eval_batch_size
         for batch in iterate_eval(self, dataset, device):
             img_emb.append(model.embed_images(batch["image"]))
-            for captions in batch["captions"]:
-                texts += captions
+            batch_texts = []
+            for image_id, captions in zip(batch["image_id"], batch["captions"]):
+                batch_texts += captions
                 text_to_image += [len(image_ids)] * len(captions)
-                image_ids.append(None)
-            image_ids[-len(batch["image_id"]):] = batch["image_id"]
-        txt_emb = []
-        bs = self.cfg.eval_batch_size
-        for start in range(0, len(texts), bs):
-            ids, pad = encode_texts(self.tokenizer, texts[start:start + bs], self.cfg.max_text_len, self.skips)
-            txt_emb.append(model.embed_texts(ids.to(device), pad.to(device)))
-        return torch.cat(img_emb), torch.cat(txt_emb), image_ids, texts, text_to_image
+                image_ids.append(image_id)
+            for start in range(0, len(batch_texts), bs):
+                ids, pad = encode_texts(self.tokenizer, batch_texts[start:start + bs], self.cfg.max_text_len,
+                                        self.skips)
+                txt_emb.append(model.embed_texts(ids.to(device), pad.to(device)))
+            texts += batch_texts
+        txt = torch.cat(txt_emb) if txt_emb else img_emb[0].new_zeros(0, img_emb[0].shape[-1])
+        return torch.cat(img_emb), txt, image_ids, texts, text_to_image
+
+    @property
+    def shardable(self) -> bool:
+        return self.cfg.rerank_k <= 0   # re-ranking reads the whole similarity matrix on one process
+
+    @torch.no_grad()
+    def predict(self, model: RetrievalModel, dataset, device) -> Dict[str, Any]:
+        img, txt, image_ids, texts, t2i = self.encode_split(model, dataset, device)
+        return {"image": img.float().cpu(), "text": txt.float().cpu(), "image_ids": image_ids, "texts": texts,
+                "text_to_image": t2i}
+
+    def merge_predictions(self, parts) -> Dict[str, Any]:
+        merged: Dict[str, Any] = {"image_ids": [], "texts": [], "text_to_image": []}
+        for part in parts:
+            offset = len(merged["image_ids"])
+            merged["image_ids"] += part["image_ids"]
+            merged["texts"] += part["texts"]
+            merged["text_to_image"] += [i + offset for i in part["text_to_image"]]
+        merged["image"] = torch.cat([p["image"] for p in parts])
+        merged["text"] = torch.cat([p["text"] for p in parts])
+        return merged
+
+    def score(self, raw: Dict[str, Any], dataset) -> Tuple[Dict[str, float], Any]:
+        """R@1/5/10 in bounded memory (``recall_at_k_chunked``) and each query's top-k as the predictions."""
+        img, txt, image_ids = raw["image"], raw["text"], raw["image_ids"]
+        chunk = SCORE_CHUNK
+        metrics = recall_at_k_chunked(img, txt, raw["text_to_image"], chunk=chunk)
+        k = min(self.cfg.topk_predictions, txt.shape[0])
+        i2t, t2i = {}, {}
+        for start in range(0, img.shape[0], chunk):
+            top = (img[start:start + chunk] @ txt.T).topk(k, dim=1).indices.tolist()
+            i2t.update({str(image_ids[start + r]): row for r, row in enumerate(top)})
+        for start in range(0, txt.shape[0], chunk):
+            top = (txt[start:start + chunk] @ img.T).topk(min(k, img.shape[0]), dim=1).indices.tolist()
+            t2i.update({str(start + r): [image_ids[i] for i in row] for r, row in enumerate(top)})
+        return metrics, {"i2t": i2t, "t2i": t2i, "captions": raw["texts"]}
 
     @torch.no_grad()
     def evaluate(self, model: RetrievalModel, dataset, device) -> Tuple[Dict[str, float], Any]:
+        if not (self.cfg.rerank_k > 0 and model.itm is not None):
+            return self.score(self.predict(model, dataset, device), dataset)
         img, txt, image_ids, texts, t2i = self.encode_split(model, dataset, device)
         sim = (img @ txt.t()).float().cpu()
         metrics = recall_at_k(sim, t2i)
-        sim_i2t = sim_t2i = sim
-        if self.cfg.rerank_k > 0 and model.itm is not None:
-            sim_i2t, sim_t2i = self.rerank(model, dataset, sim, texts, device)
-            reranked = recall_at_k(sim_i2t, t2i)
-            reranked_t = recall_at_k(sim_t2i, t2i)
-            ks = (1, 5, 10)
-            fused = {f"i2t_r{k}": reranked[f"i2t_r{k}"] for k in ks}
-            fused.update({f"t2i_r{k}": reranked_t[f"t2i_r{k}"] for k in ks})
-            fused["r_mean"] = sum(fused.values()) / len(fused)
-            metrics = {**{f"dual_{k}": v for k, v in metrics.items()}, **fused}
+        sim_i2t, sim_t2i = self.rerank(model, dataset, sim, texts, device)
+        reranked = recall_at_k(sim_i2t, t2i)
+        reranked_t = recall_at_k(sim_t2i, t2i)
+        ks = (1, 5, 10)
+        fused = {f"i2t_r{k}": reranked[f"i2t_r{k}"] for k in ks}
+        fused.update({f"t2i_r{k}": reranked_t[f"t2i_r{k}"] for k in ks})
+        fused["r_mean"] = sum(fused.values()) / len(fused)
+        metrics = {**{f"dual_{k}": v for k, v in metrics.items()}, **fused}
         k = min(self.cfg.topk_predictions, sim.shape[1])
         preds = {"i2t": {str(image_ids[i]): sim_i2t[i].topk(k).indices.tolist() for i in range(sim.shape[0])},
                  "t2i": {str(j): [image_ids[i] for i in sim_t2i[:, j].topk(min(k, sim.shape[0])).indices.tolist()]

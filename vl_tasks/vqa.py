@@ -53,6 +53,10 @@ class VqaTaskConfig(TaskConfigBase):
     holdout_seed: int = 0
     vg_questions: str = "visual_genome/question_answers.json"
     vg_images: str = "visual_genome/images"
+    # split "test": questions only, scored by the EvalAI server (test-dev; test2015 for test-std)
+    test_questions: str = "coco/vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json"
+    test_annotations: Optional[str] = None
+    test_images: str = "coco/test2015"
 
 
 class VqaModel(TaskModel):
@@ -166,6 +170,9 @@ class VqaTask(ImageTextMixin, VlTask):
             names = tuple(self.cfg.train_splits)
             records = [r for name in names for r in self._split_records(name, train, skips)]
             source = f"splits {list(names)}"
+        elif split == "test":
+            records = self._read("test", False, skips)
+            source = self.path(self.cfg.test_questions)
         else:
             records = self._split_records("val", train, skips)
             if "trainable_val" in self.cfg.train_splits:   # evaluate on the held-out val images only
@@ -194,7 +201,7 @@ class VqaTask(ImageTextMixin, VlTask):
         return model_type(backbone, int(head.get("num_answers", 3129)))
 
     @torch.no_grad()
-    def evaluate(self, model: VqaModel, dataset, device) -> Tuple[Dict[str, float], Any]:
+    def predict(self, model: VqaModel, dataset, device) -> List[Dict[str, Any]]:
         from .batches import iterate_eval
 
         vocab = self._require_vocab()
@@ -203,6 +210,10 @@ class VqaTask(ImageTextMixin, VlTask):
             logits = model.logits(batch["image"], batch["ids"], batch["padding_mask"])
             for qid, label in zip(batch["question_id"], logits.argmax(-1).tolist()):
                 predictions.append({"question_id": int(qid), "answer": vocab.answers[label]})
+        return predictions
+
+    def score(self, predictions: List[Dict[str, Any]], dataset) -> Tuple[Dict[str, float], Any]:
+        """The official accuracy where annotations exist (val); none on test-dev / test-std (server only)."""
         metrics: Dict[str, float] = {}
         answers = {r.question_id: r.raw_answers for r in dataset.records if r.raw_answers}
         if answers:

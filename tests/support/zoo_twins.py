@@ -43,8 +43,9 @@ def _released_heads(model) -> Dict[str, torch.Tensor]:
     return out
 
 
-def make_twins(served: Path, base_url: str, spm_path: Path):
-    """Write every twin into ``served`` and register it; returns {name: reference model in memory}."""
+def make_twins(served: Path, base_url: str, spm_path: Path, kinds=None):
+    """Write every twin (``kinds``: KINDS or a variant) into ``served`` and register it; returns {name: reference
+    model in memory}."""
     from beit3_plugins.pipelines.factory import build_task_model
 
     served.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def make_twins(served: Path, base_url: str, spm_path: Path):
     (served / "twin_answers.json").write_text(__import__("json").dumps(ANSWERS))
     tokenizer = TokenizerSpec("sentencepiece", ZooFile(base_url + "/twin.spm"), max_length=16)
     models = {}
-    for seed, (name, (task, head, norm, transform, suffix)) in enumerate(KINDS.items()):
+    for seed, (name, (task, head, norm, transform, suffix)) in enumerate((kinds or KINDS).items()):
         torch.manual_seed(seed)
         entry = ZooEntry(name=name, family="twin", task=task, weights=ZooFile(base_url + "/" + name + suffix),
                          backbone="beit3_tiny", image_size=TWIN_SIZE, normalize_output=norm, tokenizer=tokenizer,

@@ -27,7 +27,8 @@ from .state import TrainState, atomic_save, rng_state
 
 logger = logging.getLogger("beit3_plugins.vl_tasks.train")
 
-__all__ = ["fit", "evaluate", "epoch_batches", "NonFiniteLossError", "NonFiniteGuard", "NONFINITE_MODES"]
+__all__ = ["fit", "evaluate", "shard_indices", "epoch_batches", "NonFiniteLossError", "NonFiniteGuard",
+           "NONFINITE_MODES"]
 
 NONFINITE_MODES = ("skip", "stop")
 
@@ -73,12 +74,51 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     return out
 
 
-def evaluate(task, model, split: str, device, out: Path, task_name: str, predict: bool) -> Dict[str, float]:
+def shard_indices(n: int, batch_size: int, world: int, rank: int) -> range:
+    """This rank's block of ``n`` items: whole evaluation batches, consecutive blocks in rank order (so the
+    batches, hence the numbers, are those of one process, and the blocks concatenate to the split)."""
+    batches = -(-n // batch_size)
+    per_rank, extra = divmod(batches, world)
+    first = rank * per_rank + min(rank, extra)
+    count = per_rank + (1 if rank < extra else 0)
+    return range(min(n, first * batch_size), min(n, (first + count) * batch_size))
+
+
+def _evaluate_sharded(task, model, dataset, device, dist: DistContext):
+    """Every rank predicts its block; rank 0 merges the blocks in order and scores (others get ({}, None))."""
+    block = torch.utils.data.Subset(dataset, shard_indices(len(dataset), int(task.cfg.eval_batch_size), dist.world,
+                                                           dist.rank))
+    raw = task.predict(model, block, device)
+    parts: List[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(parts, (raw, getattr(dataset, "skips", None)))
+    if not dist.main:
+        return {}, None
+    skips = getattr(dataset, "skips", None)
+    for rank, (_, other) in enumerate(parts):
+        if rank and skips is not None and other is not None:
+            skips.merge(other)
+    return task.score(task.merge_predictions([p for p, _ in parts]), dataset)
+
+
+def evaluate(task, model, split: str, device, out: Path, task_name: str, predict: bool,
+             dist: Optional[DistContext] = None) -> Dict[str, float]:
+    """Evaluate ``split``; with ``dist`` (several processes) every rank must call it: a task that implements
+    ``predict`` / ``score`` is sharded over the ranks, another runs on rank 0 alone. Only rank 0 returns
+    metrics and writes predictions."""
+    sharded = dist is not None and dist.enabled
+    if sharded and not dist.main and not task.shardable:
+        return {}
     dataset = task.dataset(split, train=False)
     was_training = model.training
     model.eval()
     try:
-        metrics, predictions = task.evaluate(model, dataset, device)
+        if sharded and task.shardable:
+            with torch.no_grad():
+                metrics, predictions = _evaluate_sharded(task, model, dataset, device, dist)
+            if not dist.main:
+                return {}
+        else:
+            metrics, predictions = task.evaluate(model, dataset, device)
     finally:
         model.train(was_training)
     skips = getattr(dataset, "skips", None)
