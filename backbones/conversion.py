@@ -44,7 +44,7 @@ __all__ = [
     "ConvertedCheckpoint", "SOURCE_FORMATS", "detect_source_format", "convert_checkpoint", "checkpoint_filter_fn",
     "find_backbone_prefix",
     "load_pretrained", "to_released_state_dict", "export_state_dict", "split_heads", "HEAD_KEYS",
-    "VLMO_HEAD_PREFIXES", "vlmo_state_dict_from_beit", "BEIT_INIT_EXPERTS",
+    "VLMO_HEAD_PREFIXES", "vlmo_state_dict_from_beit", "BEIT_INIT_EXPERTS", "checkpoint_size", "size_hint",
 ]
 
 
@@ -353,7 +353,13 @@ def convert_checkpoint(state_dict: Dict[str, Tensor], model: MultiwayTransformer
     else:
         converter = next(convert for name, _, convert in SOURCE_FORMATS if name == source)
         converted = converter(dict(state_dict), model)
-    converted.state_dict = _fit_to_model(converted.state_dict, model, converted.notes)
+    try:
+        converted.state_dict = _fit_to_model(converted.state_dict, model, converted.notes)
+    except ValueError as exc:  # a table of another size: say which variant the file is, if that is the cause
+        hint = size_hint(converted.state_dict, model)
+        if not hint:
+            raise
+        raise CheckpointMismatchError(f"{exc}{hint}") from exc
     return converted
 
 
@@ -364,6 +370,52 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: MultiwayTransform
     reports them.
     """
     return convert_checkpoint(state_dict, model).state_dict
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
+
+
+def checkpoint_size(state_dict: Mapping[str, Tensor]) -> Optional[Tuple[int, int, int]]:
+    """(width, layers, FFN width) of a state dict in this package's key layout (``convert_checkpoint``'s
+    output), or None when it holds no transformer layers."""
+    layers = {int(m.group(1)) for k in state_dict for m in [_LAYER_INDEX.match(k)] if m}
+    fc1 = next((v for k, v in state_dict.items() if k.startswith("layers.0.ffn.") and k.endswith("fc1.weight")), None)
+    if not layers or fc1 is None:
+        return None
+    return int(fc1.shape[1]), max(layers) + 1, int(fc1.shape[0])
+
+
+def _architecture(cfg) -> Tuple:
+    """The switches that decide which tensors a model has (beyond its size)."""
+    return (cfg.layout, cfg.multiway, cfg.vl_expert_start is not None, cfg.layer_scale_init is not None,
+            cfg.relative_position_bias, cfg.absolute_positions)
+
+
+def _state_architecture(state_dict: Mapping[str, Tensor]) -> Tuple:
+    keys = list(state_dict)
+    has = lambda part: any(part in k for k in keys)  # noqa: E731
+    return (Layout.SHARED.value if has(".attn.qkv.shared.") else Layout.DECOUPLED.value, not has(".ffn.shared."),
+            has(".ffn.vl."), has("gamma_attn"), has("rel_pos.table"), has("vision_pos_embed"))
+
+
+def size_hint(state_dict: Mapping[str, Tensor], model: MultiwayTransformer) -> str:
+    """For an error about a checkpoint that does not fit ``model``: which registered variant the file's
+    tensors are (inferred from their shapes and names), when that is not the model's size; else ""."""
+    from beit3_plugins.registry import BACKBONES
+
+    size = checkpoint_size(state_dict)
+    cfg = model.cfg
+    own = (cfg.embed_dim, cfg.depth, cfg.ffn_dim)
+    if size is None or size == own:
+        return ""
+    arch = _state_architecture(state_dict)
+    configs = {name: BACKBONES.config_of(name) for name in BACKBONES.names()}
+    names = [name for name, c in configs.items()
+             if c is not None and (c.embed_dim, c.depth, c.ffn_dim) == size and _architecture(c) == arch]
+    what = f"a {' / '.join(names)} checkpoint" if names else "a checkpoint of no registered variant"
+    return (f"\nthis file is {what} (width {size[0]}, {size[1]} layers, FFN {size[2]}); the model is width "
+            f"{own[0]}, {own[1]} layers, FFN {own[2]}: build the variant the file was trained as")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -386,7 +438,13 @@ def load_pretrained(model: MultiwayTransformer, checkpoint: Union[str, Dict[str,
     own = set(model.state_dict())
     pruned = sorted(k for k in converted.state_dict if k not in own and model.is_pruned_key(k))
     usable = {k: v for k, v in converted.state_dict.items() if k not in pruned}
-    report = load_with_report(model, usable, strict=strict, source=source, notes=converted.notes)
+    try:
+        report = load_with_report(model, usable, strict=strict, source=source, notes=converted.notes)
+    except CheckpointMismatchError as exc:
+        hint = size_hint(converted.state_dict, model)
+        if not hint:
+            raise
+        raise CheckpointMismatchError(f"{exc}{hint}") from exc
     report.heads = converted.heads
     report.pruned = pruned
     return report

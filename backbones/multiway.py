@@ -37,7 +37,8 @@ from .relative_position import RelativePositionBias, TokenSpan
 
 __all__ = [
     "Layout", "Modality", "Routing", "MultiwayConfig", "MultiwayOutput", "MultiwayTransformer",
-    "MultiwayBlock", "MultiwayAttention", "FeedForward", "PerModality", "KVCache", "POSITION_OFFSET",
+    "MultiwayBlock", "MultiwayAttention", "FeedForward", "PerModality", "KVCache", "POSITION_OFFSET", "TokenParts",
+    "expert_of",
     "build_attention_mask", "unilm_attention_mask",
 ]
 
@@ -87,6 +88,62 @@ class Routing:
 
 # (key, value) per layer, each (batch, heads, tokens, head_dim)
 KVCache = List[Tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class TokenParts:
+    """A token sequence as the layers carry it: consecutive parts, each with the expert that serves it.
+
+    Vision-only or text-only input is one part. A fused sequence stays (vision part, text part) through
+    the layers without a vision-language expert, so per-modality projections and norms run on each part
+    with no split / concatenate around every one of them (fewer copies, forward and backward); a layer that
+    owns a vision-language expert joins the parts and serves the whole with it (VLMo, BEiT-3 giant).
+    """
+
+    parts: Tuple[Tensor, ...]
+    experts: Tuple[str, ...]
+    fused: bool
+
+    @staticmethod
+    def split(x: Tensor, routing: "Routing") -> "TokenParts":
+        if routing.modality == Modality.VISION:
+            return TokenParts((x,), ("vision",), False)
+        if routing.modality == Modality.TEXT:
+            return TokenParts((x,), ("text",), False)
+        split = routing.split
+        if split == 0:
+            return TokenParts((x,), ("text",), True)
+        if split >= x.shape[1]:
+            return TokenParts((x,), ("vision",), True)
+        return TokenParts((x[:, :split], x[:, split:]), ("vision", "text"), True)
+
+    def joined(self) -> Tensor:
+        return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts, dim=1)
+
+    def served_by(self, module: nn.Module) -> "TokenParts":
+        """These tokens as ``module`` (a PerModality / Shared wrapper) serves them: joined into one part for
+        its vision-language expert when the sequence is fused and the module has one, else unchanged."""
+        if self.fused and getattr(module, "vl", None) is not None and self.experts != ("vl",):
+            return TokenParts((self.joined(),), ("vl",), True)
+        return self
+
+    def apply(self, module: nn.Module) -> "TokenParts":
+        """Each part through its expert of ``module`` (after :meth:`served_by`)."""
+        tokens = self.served_by(module)
+        return tokens.with_parts(expert_of(module, e)(p) for p, e in zip(tokens.parts, tokens.experts))
+
+    def with_parts(self, parts) -> "TokenParts":
+        return TokenParts(tuple(parts), self.experts, self.fused)
+
+
+def expert_of(wrapper: nn.Module, expert: str) -> nn.Module:
+    """The module of a :class:`PerModality` / :class:`Shared` wrapper that serves ``expert`` tokens."""
+    if isinstance(wrapper, Shared):
+        return wrapper.shared
+    module = getattr(wrapper, expert)
+    if module is None:
+        raise ValueError(f"this model has no {expert} expert here (pruned, or not part of its layout)")
+    return module
 
 
 @dataclass
@@ -199,18 +256,7 @@ class PerModality(nn.Module):
         self.vl = make() if with_vl else None
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
-        if routing.modality == Modality.VISION:
-            return self.vision(x)
-        if routing.modality == Modality.TEXT:
-            return self.text(x)
-        if self.vl is not None:
-            return self.vl(x)
-        split = routing.split
-        if split == 0:
-            return self.text(x)
-        if split == x.shape[1]:
-            return self.vision(x)
-        return torch.cat([self.vision(x[:, :split]), self.text(x[:, split:])], dim=1)
+        return TokenParts.split(x, routing).apply(self).joined()
 
 
 class Shared(nn.Module):
@@ -222,13 +268,6 @@ class Shared(nn.Module):
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:  # noqa: ARG002 - same signature as PerModality
         return self.shared(x)
-
-
-def _per_part(wrapper: nn.Module, xv: Tensor, xt: Tensor) -> Tuple[Tensor, Tensor]:
-    """A PerModality / Shared module applied to the vision and text parts of a fused sequence kept apart."""
-    if isinstance(wrapper, PerModality):
-        return wrapper.vision(xv), wrapper.text(xt)
-    return wrapper.shared(xv), wrapper.shared(xt)
 
 
 class FeedForward(nn.Module):
@@ -263,44 +302,34 @@ class MultiwayAttention(nn.Module):
         self.inner_norm = wrap(lambda: nn.LayerNorm(dim, eps=eps)) if cfg.sub_ln else None
         self.proj = wrap(lambda: nn.Linear(dim, dim))
 
-    def forward(self, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
-                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x, routing).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    def forward(self, tokens: TokenParts, mask: Optional[Tensor] = None,
+                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[TokenParts, Tuple[Tensor, Tensor]]:
+        """Each part's queries attend to the keys and values of every part (and of ``past_kv``). ``mask``
+        rows are split between the parts when it has one row per query."""
+        queries, keys, values = [], [], []
+        for x, expert in zip(tokens.parts, tokens.experts):
+            batch, length, _ = x.shape
+            qkv = expert_of(self.qkv, expert)(x).view(batch, length, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            queries.append(q)
+            keys.append(k)
+            values.append(v)
+        k = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)
+        v = values[0] if len(values) == 1 else torch.cat(values, dim=2)
         if past_kv is not None:
             k = torch.cat([past_kv[0], k], dim=2)
             v = torch.cat([past_kv[1], v], dim=2)
-        out = attend(q, k, v, mask, self.kernel)
-        out = out.transpose(1, 2).reshape(batch, tokens, dim)
-        if self.inner_norm is not None:
-            out = self.inner_norm(out, routing)
-        return self.proj(out, routing), (k, v)
-
-    def forward_parts(self, xv: Tensor, xt: Tensor, mask: Optional[Tensor] = None,
-                      past_kv: Optional[Tuple[Tensor, Tensor]] = None
-                      ) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
-        """Fused input kept as (vision part, text part): only keys and values are concatenated, each part's
-        queries attend to all of them. Same result as ``forward`` on the concatenation, without splitting
-        and re-concatenating around every per-modality projection (fewer copies, forward and backward)."""
-        batch, n_v, dim = xv.shape
-        n_t = xt.shape[1]
-        qkv_v, qkv_t = _per_part(self.qkv, xv, xt)
-        q_v, k_v, v_v = qkv_v.view(batch, n_v, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q_t, k_t, v_t = qkv_t.view(batch, n_t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        k = torch.cat([k_v, k_t], dim=2)
-        v = torch.cat([v_v, v_t], dim=2)
-        if past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)
-            v = torch.cat([past_kv[1], v], dim=2)
-        mask_v = mask_t = mask
-        if mask is not None and mask.shape[-2] != 1:  # per-query rows (attention mask): split them too
-            mask_v, mask_t = mask[..., :n_v, :], mask[..., n_v:, :]
-        out_v = attend(q_v, k, v, mask_v, self.kernel).transpose(1, 2).reshape(batch, n_v, dim)
-        out_t = attend(q_t, k, v, mask_t, self.kernel).transpose(1, 2).reshape(batch, n_t, dim)
-        if self.inner_norm is not None:
-            out_v, out_t = _per_part(self.inner_norm, out_v, out_t)
-        return _per_part(self.proj, out_v, out_t), (k, v)
+        per_query_rows = mask is not None and mask.shape[-2] != 1 and len(queries) > 1
+        outputs, start = [], 0
+        for q, expert in zip(queries, tokens.experts):
+            batch, _, length, _ = q.shape
+            part_mask = mask[..., start:start + length, :] if per_query_rows else mask
+            out = attend(q, k, v, part_mask, self.kernel).transpose(1, 2).reshape(batch, length, -1)
+            if self.inner_norm is not None:
+                out = expert_of(self.inner_norm, expert)(out)
+            outputs.append(expert_of(self.proj, expert)(out))
+            start += length
+        return tokens.with_parts(outputs), (k, v)
 
 
 class MultiwayBlock(nn.Module):
@@ -330,40 +359,31 @@ class MultiwayBlock(nn.Module):
     def has_vl_expert(self) -> bool:
         return getattr(self.ffn, "vl", None) is not None
 
-    def forward(self, x: Tensor, routing: Routing, mask: Optional[Tensor] = None,
-                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        attn_out, present = self.attn(self.norm1(x, routing), routing, mask, past_kv)
-        if self.gamma_attn is not None:
-            attn_out = attn_out * self.gamma_attn
-        x = x + self.drop_path(attn_out)
-        ffn_out = self.ffn(self.norm2(x, routing), routing)
-        if self.gamma_ffn is not None:
-            ffn_out = ffn_out * self.gamma_ffn
-        return x + self.drop_path(ffn_out), present
+    def forward(self, tokens: TokenParts, mask: Optional[Tensor] = None,
+                past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[TokenParts, Tuple[Tensor, Tensor]]:
+        """x += drop_path(attn(norm1(x))); x += drop_path(ffn(norm2(x))) on every part; a fused sequence
+        is joined for the FFN when this layer has a vision-language expert."""
+        attn_out, present = self.attn(tokens.apply(self.norm1), mask, past_kv)
+        tokens = self._add_residual(tokens, attn_out, self.gamma_attn)
+        tokens = tokens.served_by(self.ffn)
+        ffn_out = tokens.apply(self.norm2).apply(self.ffn)
+        return self._add_residual(tokens, ffn_out, self.gamma_ffn), present
 
-    def forward_parts(self, xv: Tensor, xt: Tensor, mask: Optional[Tensor] = None,
-                      past_kv: Optional[Tuple[Tensor, Tensor]] = None
-                      ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]:
-        """``forward`` for a fused sequence kept as (vision part, text part); layers without a VL expert."""
-        (av, at), present = self.attn.forward_parts(*_per_part(self.norm1, xv, xt), mask, past_kv)
-        if self.gamma_attn is not None:
-            av, at = av * self.gamma_attn, at * self.gamma_attn
-        xv, xt = self._add_residual(xv, xt, av, at)
-        fv, ft = _per_part(self.ffn, *_per_part(self.norm2, xv, xt))
-        if self.gamma_ffn is not None:
-            fv, ft = fv * self.gamma_ffn, ft * self.gamma_ffn
-        xv, xt = self._add_residual(xv, xt, fv, ft)
-        return xv, xt, present
-
-    def _add_residual(self, xv: Tensor, xt: Tensor, dv: Tensor, dt: Tensor) -> Tuple[Tensor, Tensor]:
+    def _add_residual(self, tokens: TokenParts, update: TokenParts, gamma: Optional[Tensor]) -> TokenParts:
+        """Residual with layer scale and stochastic depth: one keep/drop draw per sample for all parts, as
+        timm's DropPath draws it for a whole sequence."""
+        scale = None
         if isinstance(self.drop_path, DropPath) and self.training and self.drop_path.drop_prob > 0:
-            # one keep/drop decision per sample for both parts, drawn as DropPath draws it for the whole
             keep = 1 - self.drop_path.drop_prob
-            scale = xv.new_empty((xv.shape[0], 1, 1)).bernoulli_(keep)
+            scale = tokens.parts[0].new_empty((tokens.parts[0].shape[0], 1, 1)).bernoulli_(keep)
             if self.drop_path.scale_by_keep:
                 scale.div_(keep)
-            dv, dt = dv * scale, dt * scale
-        return xv + dv, xt + dt
+        parts = []
+        for x, dx in zip(tokens.parts, update.parts):
+            if gamma is not None:
+                dx = dx * gamma
+            parts.append(x + (dx if scale is None else dx * scale))
+        return tokens.with_parts(parts)
 
 
 def unilm_attention_mask(num_vision: int, num_text: int, device=None) -> Tensor:
@@ -537,8 +557,8 @@ class MultiwayTransformer(nn.Module):
                 " text positions of this model; truncate it in the tokenizer (max_len)")
         if self.text_embed is None:
             raise ValueError("this model was pruned to its vision path (prune_to_vision): it takes no text")
-        if token_ids.numel() and (int(token_ids.max()) >= self.cfg.vocab_size or int(token_ids.min()) < 0):
-            raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): tokenizer and model vocabularies differ")
+        if token_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            self.check_token_ids(token_ids)  # free on the host; on a GPU it would sync every forward
         x = self.text_embed(token_ids)
         if self.text_pos_embed is not None:
             start = POSITION_OFFSET + position_start
@@ -548,6 +568,14 @@ class MultiwayTransformer(nn.Module):
         if padding_mask is not None:
             x = x * (~padding_mask.bool()).unsqueeze(-1).type_as(x)
         return x
+
+    def check_token_ids(self, token_ids: Tensor) -> None:
+        """Refuse ids outside the vocabulary (a tokenizer that does not match the model). The forward checks
+        host tensors itself; for device tensors it does not (reading the range back would stop the GPU's
+        queue every forward, and break a compiled graph), so loaders and pipelines call this where ids enter,
+        and an out-of-range id on the GPU is the embedding's device-side assert."""
+        if token_ids.numel() and (int(token_ids.max()) >= self.cfg.vocab_size or int(token_ids.min()) < 0):
+            raise ValueError(f"token id out of range [0, {self.cfg.vocab_size}): tokenizer and model vocabularies differ")
 
     # ------------------------------------------------------------------ encoder
     def encode(self, x: Tensor, routing: Routing, padding_mask: Optional[Tensor] = None,
@@ -567,38 +595,18 @@ class MultiwayTransformer(nn.Module):
         wanted = {i if i >= 0 else len(self.layers) + i for i in return_intermediates}
         intermediates: List[Tensor] = []
         presents: KVCache = []
-        use_ckpt = self._checkpointed()
-        # fused input is kept as (vision part, text part) through the layers without a VL expert, so the
-        # per-modality modules need no split/concatenate around each of them (profiled: fewer copies)
-        parts = (x[:, :routing.split], x[:, routing.split:]) if (
-            routing.modality == Modality.FUSED and 0 < routing.split < x.shape[1]) else None
-        for i, layer in enumerate(self.layers):
+        tokens = TokenParts.split(x, routing)
+        for i in range(len(self.layers)):
             layer_past = past_kv[i] if past_kv is not None else None
             layer_mask = layer_masks[i] if layer_masks is not None else mask
-            if parts is not None and layer.has_vl_expert:
-                x, parts = torch.cat(parts, dim=1), None
-            if parts is not None:
-                call = layer.forward_parts
-                if use_ckpt:
-                    xv, xt, present = checkpoint(call, *parts, layer_mask, layer_past, use_reentrant=False)
-                else:
-                    xv, xt, present = call(*parts, layer_mask, layer_past)
-                parts = (xv, xt)
-            else:
-                x, present = self.run_layer(i, x, routing, layer_mask, layer_past)
+            tokens, present = self._run_layer_tokens(i, tokens, layer_mask, layer_past)
             if use_cache:
                 presents.append(present)
             if i in wanted:
-                intermediates.append(torch.cat(parts, dim=1) if parts is not None else x)
-        if parts is not None:
-            norm_whole = isinstance(self.norm, PerModality) and self.norm.vl is not None
-            if self.norm is not None and not norm_whole:
-                parts = _per_part(self.norm, *parts)
-            x = torch.cat(parts, dim=1)
-            if norm_whole:
-                x = self.norm(x, routing)
-        elif self.norm is not None:
-            x = self.norm(x, routing)
+                intermediates.append(tokens.joined())
+        if self.norm is not None:
+            tokens = tokens.apply(self.norm)
+        x = tokens.joined()
         return MultiwayOutput(hidden=x, routing=routing, padding_mask=padding_mask, intermediates=intermediates,
                               past_kv=presents if use_cache else None, patch_grid=patch_grid)
 
@@ -695,10 +703,15 @@ class MultiwayTransformer(nn.Module):
                   past_kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         """Layer ``index`` on ``x``, with activation checkpointing when ``grad_checkpointing`` is on (training).
         ``mask``: SDPA's bool ``allowed`` mask or an additive float mask, as built by :meth:`encode`."""
+        tokens, present = self._run_layer_tokens(index, TokenParts.split(x, routing), mask, past_kv)
+        return tokens.joined(), present
+
+    def _run_layer_tokens(self, index: int, tokens: TokenParts, mask: Optional[Tensor],
+                          past_kv: Optional[Tuple[Tensor, Tensor]]) -> Tuple[TokenParts, Tuple[Tensor, Tensor]]:
         layer = self.layers[index]
         if self._checkpointed():
-            return checkpoint(layer, x, routing, mask, past_kv, use_reentrant=False)
-        return layer(x, routing, mask, past_kv)
+            return checkpoint(layer, tokens, mask, past_kv, use_reentrant=False)
+        return layer(tokens, mask, past_kv)
 
     def vision_attention_bias(self, index: int, grid: Tuple[int, int], cls_token: bool = True
                               ) -> Optional[Tensor]:

@@ -9,6 +9,10 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
+import re
+import sys
+import zipfile
 from typing import Dict, List, Optional
 
 import torch
@@ -18,9 +22,9 @@ from .io_checks import atomic_write  # noqa: F401 - re-exported: the trainers' c
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
-           "load_with_report", "unsafe_checkpoint_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
-           "atomic_write", "save_safetensors", "is_safetensors", "convert_to_safetensors", "convert_cli"]
+__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "CorruptCheckpointError", "LoadReport", "safe_load", "load_state_dict_file",
+           "load_with_report", "unsafe_checkpoint_error", "checkpoint_read_error", "refuse_forced_unsafe_loading", "FORCE_UNSAFE_ENV",
+           "atomic_write", "shape_list", "save_safetensors", "is_safetensors", "convert_to_safetensors", "convert_cli"]
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -41,6 +45,10 @@ class UnsafeCheckpointError(CheckpointMismatchError):
     """A file that ``torch.load(weights_only=True)`` refuses: it pickles code or arbitrary objects."""
 
 
+class CorruptCheckpointError(CheckpointMismatchError):
+    """A file that is not a whole checkpoint: empty, truncated, damaged, or not a PyTorch file at all."""
+
+
 def safe_load(path, map_location="cpu", name: Optional[str] = None, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with an error that says why a file is refused and how to fix it.
 
@@ -56,7 +64,7 @@ def safe_load(path, map_location="cpu", name: Optional[str] = None, mmap: bool =
     try:
         return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))
     except Exception as exc:  # noqa: BLE001 - turn pickle errors into an actionable message
-        raise unsafe_checkpoint_error(name or path, exc) from exc
+        raise checkpoint_read_error(name or path, exc) from exc
 
 
 def _load_safetensors(path, map_location) -> Dict[str, Tensor]:
@@ -80,6 +88,49 @@ def unsafe_checkpoint_error(path, exc: BaseException) -> UnsafeCheckpointError:
         f"cannot read {path} as a weights-only checkpoint ({type(exc).__name__}: {exc}). Files that pickle "
         "code or arbitrary objects are refused, because loading them could run that code. If you trust the "
         "file, re-save its tensors alone: torch.save({'model': model.state_dict()}, 'safe.pth').")
+
+
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def _damage(path, exc: BaseException) -> Optional[str]:
+    """Why ``path`` is not a whole checkpoint, or None when the failure is a weights-only refusal.
+
+    torch reports both through the same exception types, so the file is looked at: torch.save writes a zip
+    archive (older files: a pickle stream); a zip whose central directory is gone was cut short, a pickle
+    that ends early or names a class that does not exist in an already imported module was cut short too."""
+    head = b""
+    if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+        if os.path.getsize(path) == 0:
+            return "the file is empty"
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    if isinstance(exc, EOFError):
+        return "the file ends early (truncated)"
+    if head.startswith(_ZIP_MAGIC) or (not head and "zip archive" in str(exc)):
+        if head and not zipfile.is_zipfile(path):
+            return "the zip archive torch.save writes is incomplete (truncated or damaged)"
+        if isinstance(exc, pickle.UnpicklingError):
+            return None
+        return f"a damaged archive or not one torch.save wrote ({str(exc).splitlines()[0][:160]})"
+    if head and not head.startswith(_PICKLE_MAGIC):
+        return f"not a PyTorch checkpoint (a torch.save file is a zip archive; this one starts with {head[:8]!r})"
+    refused = _REFUSED_GLOBAL.search(str(exc))
+    if refused:
+        module, _, attr = refused.group(1).rpartition(".")
+        if module in sys.modules and not hasattr(sys.modules[module], attr):
+            return f"the pickle stream is cut off or damaged (it names {refused.group(1)}, which does not exist)"
+    return None
+
+
+def checkpoint_read_error(path, exc: BaseException) -> CheckpointMismatchError:
+    """The error for a file ``torch.load(weights_only=True)`` could not read: corrupt, or refused as unsafe."""
+    damage = _damage(path, exc)
+    if damage is None:
+        return unsafe_checkpoint_error(path, exc)
+    return CorruptCheckpointError(f"{path} is not a readable checkpoint: {damage}. Download or copy it again, or "
+                                  "point to another file.")
 
 
 FORCE_UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -161,6 +212,13 @@ def load_state_dict_file(path: str, map_location: str = "cpu") -> Dict[str, Tens
     return state
 
 
+def shape_list(lines: List[str], show: int = 8) -> str:
+    """`` (N):`` and the first ``show`` lines of a wrong-shape list, then how many more: a size mismatch
+    touches every layer, and hundreds of lines bury the cause."""
+    more = f"\n  ... and {len(lines) - show} more" if len(lines) > show else ""
+    return f" ({len(lines)}):\n  " + "\n  ".join(lines[:show]) + more
+
+
 def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bool = True,
                      source: str = "<state dict>", notes: Optional[List[str]] = None) -> LoadReport:
     """Load ``state_dict`` into ``model``; shape mismatches always raise, missing or unexpected keys raise if
@@ -169,7 +227,7 @@ def load_with_report(model: nn.Module, state_dict: Dict[str, Tensor], strict: bo
     wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                    for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     if wrong_shape:
-        raise CheckpointMismatchError(f"{source}: tensors of the wrong shape:\n  " + "\n  ".join(wrong_shape))
+        raise CheckpointMismatchError(f"{source}: tensors of the wrong shape{shape_list(wrong_shape)}")
     result = model.load_state_dict(state_dict, strict=False)
     report = LoadReport(source=source, loaded=sorted(k for k in state_dict if k in own),
                         missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),

@@ -35,8 +35,9 @@ class Command:
 
 
 def _from_entry_point(ep) -> Command:
+    """A command an installed package declares; its help is its function's first docstring line."""
     origin = ep.dist.name if ep.dist else "a plugin"
-    return Command(ep.name, ep.value, f"runs {ep.value} (from {origin})")
+    return Command(ep.name, ep.value, target_help(ep.value) or f"(no description; from {origin})")
 
 
 COMMANDS = Registry("command", entry_type=Command, entry_point_group=COMMAND_ENTRY_POINT_GROUP,
@@ -61,6 +62,41 @@ def register_command(name: str, target: str, help: str = "", *, force: bool = Fa
     COMMANDS.add(Command(name, target, help), force=force, source="register_command")
 
 
+def target_help(target: str) -> str:
+    """The first line of the target function's docstring, read from its source file without importing it
+    (importing would pull in its framework and make ``--help`` slow); "" when there is none."""
+    import ast
+    import importlib.machinery
+    import importlib.util
+
+    module, _, func = target.partition(":")
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+        for part in rest:  # walk the packages without executing their __init__ files
+            spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations or []))
+        with open(spec.origin, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (ImportError, AttributeError, TypeError, OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == func:
+            line = (ast.get_docstring(node) or "").strip().split("\n")[0].strip().rstrip(".")
+            return line[:1].lower() + line[1:] if line[1:2].islower() else line  # the style of the core's helps
+    return ""
+
+
+# Errors that come from what the user gave (a path, a name, a value) and read as one line; anything else is
+# a bug and keeps its traceback. ``--debug`` (anywhere on the line) shows the traceback of these too.
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, ImportError)
+
+
+def _user_error(exc: BaseException) -> bool:
+    from beit3_plugins.checkpoint import CheckpointMismatchError
+
+    return isinstance(exc, USER_ERRORS + (CheckpointMismatchError,))
+
+
 def _resolve(target: str) -> Callable[[Sequence[str]], Optional[int]]:
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -68,12 +104,16 @@ def _resolve(target: str) -> Callable[[Sequence[str]], Optional[int]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     commands = dict(COMMANDS.items())
+    width = max(map(len, commands)) + 2
     parser = argparse.ArgumentParser(
         prog="beit3-plugins", description="BEiT-3 family tools",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<18}{cmd.help}" for name, cmd in sorted(commands.items()))
-               + "\n\nrun `beit3-plugins <command> --help` for a command's options")
+        epilog="commands:\n" + "\n".join(f"  {name:<{width}}{cmd.help}" for name, cmd in sorted(commands.items()))
+               + "\n\nrun `beit3-plugins <command> --help` for a command's options; --debug shows the traceback "
+                 "of an error")
     parser.add_argument("command", metavar="command", help="one of: " + ", ".join(sorted(commands)))
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv:
@@ -87,7 +127,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = COMMANDS[args.command]
     except UnknownComponentError as exc:
         parser.error(str(exc))
-    result = _resolve(command.target)(argv[1:])
+    try:
+        result = _resolve(command.target)(argv[1:])
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; see USER_ERRORS
+        if debug or not _user_error(exc):
+            raise
+        message = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            message = str(exc.args[0])
+        print(f"beit3-plugins {args.command}: error: {message}\n(run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -243,6 +243,9 @@ def train_sentencepiece(corpus_path: Union[str, os.PathLike], out_prefix: Union[
         raise FileNotFoundError(f"{corpus}: text corpus (one sentence per line) not found")
     if vocab_size < 8:
         raise ValueError(f"vocab_size must be >= 8, got {vocab_size}")
+    with open(corpus, "rb") as handle:  # stops at the first line with text
+        if not any(line.strip() for line in handle):
+            raise ValueError(f"{corpus}: the text corpus is empty (no line with text); give one sentence per line")
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(out_prefix), vocab_size=vocab_size, model_type=model_type,

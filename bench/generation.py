@@ -13,10 +13,10 @@ from bench.settings import Setting, Row, MismatchError
 def generate(model, image, steps: int, use_cache: bool, bos: int = 0) -> torch.Tensor:
     """Greedy caption decoding (tied word-embedding head). With the cache, image and earlier tokens are
     encoded once; without it, the whole sequence is re-encoded under the UniLM mask at every step."""
-    ids = torch.full((image.shape[0], 1), bos, dtype=torch.long)
+    ids = torch.full((image.shape[0], 1), bos, dtype=torch.long, device=image.device)
     head = model.text_embed.weight
     if use_cache:
-        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(model.cfg.grid_size ** 2 + 1, 1),
+        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(model.cfg.grid_size ** 2 + 1, 1, image.device),
                                   use_cache=True)
         past = out.past_kv
         for t in range(1, steps + 1):
@@ -29,7 +29,7 @@ def generate(model, image, steps: int, use_cache: bool, bos: int = 0) -> torch.T
         return ids
     n_img = model.cfg.grid_size ** 2 + 1
     for t in range(1, steps + 1):
-        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(n_img, ids.shape[1]))
+        out = model.forward_fused(image, ids, attn_mask=unilm_attention_mask(n_img, ids.shape[1], image.device))
         nxt = (out.hidden[:, -1] @ head.T).argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
     return ids

@@ -71,7 +71,7 @@ def measure(smoke: bool = False, repeats: int = 5, batches=(1, 8)) -> List[List[
 
 def table(rows: List[List[str]], size: int = 224) -> str:
     info = machine_info()
-    head = ["graph", "backbone", "batch", "PyTorch (fp32)", "onnxruntime (CPU)", "speed-up", "max |diff|"]
+    head = ["graph", "backbone", "batch", "PyTorch (fp32)", "onnxruntime (CPU)", "speed-up", "max abs diff"]
     lines = [f"Random weights, {size} px, 32 text tokens, prepared tensors, medians of interleaved repeats; "
              f"{info['cpu']} ({info['cores']} cores, load {info['load_average']}), {info['torch_threads']} torch "
              f"threads, torch {info['torch']}, onnxruntime {__import__('onnxruntime').__version__}.", "",

@@ -10,6 +10,7 @@ Tasks: ``vqa``, ``captioning``, ``image-embedding``, ``text-embedding``, ``retri
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Union
 
 import torch
@@ -24,6 +25,20 @@ __all__ = ["pipeline", "PIPELINES", "Pipeline", "create_model_and_transforms", "
 
 def list_pipelines():
     return PIPELINES.names()
+
+
+def _from_module(model: torch.nn.Module, device: torch.device):
+    """(model, evaluation transform) for a model built by :func:`create_model_and_transforms`: its zoo entry
+    says which transform (and tokenizer) it needs."""
+    from beit3_plugins.transforms import build_image_transform
+
+    entry = getattr(model, "zoo_entry", None)
+    if entry is None:
+        raise TypeError(f"pipeline(model=<{type(model).__name__}>): a model object must come from "
+                        "create_model_and_transforms (it carries .zoo_entry, which says its transform and tokenizer); "
+                        "otherwise pass a zoo name or a checkpoint path")
+    return model.to(device).eval(), build_image_transform(entry.image_transform, train=False,
+                                                          image_size=entry.image_size)
 
 
 def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.device, None] = None,
@@ -55,8 +70,14 @@ def pipeline(task: str, model: Union[str, Any], *, device: Union[str, torch.devi
                          f" and a local file's zoo entry fields {sorted(entry_names)}")
     entry_fields = {k: task_kwargs.pop(k) for k in list(task_kwargs) if k in entry_names}
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    net, _, transform = create_model_and_transforms(model, like=like, device=device, download=download,
-                                                    **entry_fields)
+    if isinstance(model, torch.nn.Module):
+        net, transform = _from_module(model, device)
+    elif isinstance(model, (str, os.PathLike)):
+        net, _, transform = create_model_and_transforms(model, like=like, device=device, download=download,
+                                                        **entry_fields)
+    else:
+        raise TypeError(f"pipeline(model=...) takes a zoo name, a checkpoint path or a model made by "
+                        f"create_model_and_transforms; got a {type(model).__name__}")
     tok = get_tokenizer(net.zoo_entry, tokenizer, **dict(download or {}))
     return pipeline_type(net, transform, tok, device=device, dtype=resolve_dtype(dtype, device),
                          batch_size=batch_size, **task_kwargs)

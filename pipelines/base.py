@@ -20,18 +20,48 @@ from torch import Tensor, nn
 from beit3_plugins.registry import Registry
 from beit3_plugins.zoo import ZooEntry
 
-__all__ = ["Pipeline", "PIPELINES", "ImageInput", "as_list", "chunks"]
+__all__ = ["Pipeline", "PIPELINES", "ImageInput", "as_list", "chunks", "check_count"]
 
 ImageInput = Union[str, os.PathLike, bytes, "PIL.Image.Image", np.ndarray, Tensor]  # noqa: F821
 
 
-def as_list(value: Any) -> Tuple[List[Any], bool]:
-    """(items, was_single): a lone image / string becomes a one-item list (batched tensors are split)."""
+def as_list(value: Any, what: str = "inputs") -> Tuple[List[Any], bool]:
+    """(items, was_single): a lone image / string becomes a one-item list (batched tensors are split); an
+    empty list is an error naming ``what``."""
     if isinstance(value, (list, tuple)):
-        return list(value), False
-    if isinstance(value, Tensor) and value.dim() == 4:
-        return list(value), False
-    return [value], True
+        items, single = list(value), False
+    elif isinstance(value, Tensor) and value.dim() == 4:
+        items, single = list(value), False
+    else:
+        items, single = [value], True
+    if not items:
+        raise ValueError(f"no {what} given (an empty list)")
+    return items, single
+
+
+def check_count(name: str, value: Optional[int], none_means: str = "") -> Optional[int]:
+    """``value`` when it is None (if ``none_means`` says what None does) or an int >= 1; else a clear error."""
+    if value is None and none_means:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = f" or None ({none_means})" if none_means else ""
+        raise ValueError(f"{name} must be an integer >= 1{allowed}, got {value!r}")
+    return value
+
+
+def _under_inference_mode(call: Callable) -> Callable:
+    """Run a pipeline's ``__call__`` under ``torch.inference_mode`` (no autograd graph, no requires_grad
+    warnings); a tensor result is returned as an ordinary tensor, so callers may still modify it in place."""
+    import functools
+
+    @functools.wraps(call)
+    def run(self, *args, **kwargs):
+        with torch.inference_mode():
+            result = call(self, *args, **kwargs)
+        return result.clone() if isinstance(result, Tensor) else result
+
+    run.under_inference_mode = True
+    return run
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -46,6 +76,13 @@ class Pipeline:
     """
 
     task_kinds: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every pipeline's ``__call__``, a third party's too, runs under inference mode."""
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "under_inference_mode", False):
+            cls.__call__ = _under_inference_mode(call)
 
     def __init__(self, model: nn.Module, transform: Callable, tokenizer: Any, *, device: torch.device,
                  dtype: torch.dtype, batch_size: int = 8) -> None:
@@ -118,6 +155,7 @@ class Pipeline:
             raise TypeError(f"texts must be strings, got {type(bad[0]).__name__}")
         ids, pad = encode_texts(self.tokenizer, list(texts), self.entry.tokenizer.max_length
                                 if self.entry.tokenizer else 64)
+        self.model.backbone.check_token_ids(ids)  # here, on the host: the forward does not read ids back
         return ids.to(self.device), pad.to(self.device)
 
     # ------------------------------------------------------------------ running

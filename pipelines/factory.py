@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from beit3_plugins.checkpoint import CheckpointMismatchError
 from beit3_plugins.zoo import FILE_KINDS, ZooEntry, ZooFile, describe, download_file, get_pretrained
 
 __all__ = ["create_model_and_transforms", "get_tokenizer", "resolve_entry", "build_tokenizer", "build_task_model",
@@ -135,12 +134,7 @@ def create_model_and_transforms(name_or_path: Union[str, os.PathLike], *, like: 
         model = build_backbone(entry.backbone, checkpoint=path, strict=strict, **entry.backbone_overrides())
     else:
         model = build_task_model(entry, build_backbone(entry.backbone, **entry.backbone_overrides()))
-        report = load_task_checkpoint(model, path, strict_backbone=strict)
-        heads_missing = [k for k in report.missing if not k.startswith("backbone.")]
-        if strict and heads_missing:
-            raise CheckpointMismatchError(
-                f"{path}: the {entry.task} heads are not in this file ({heads_missing[:6]}); is it a "
-                f"{entry.task} checkpoint? A pretrained file has no task heads; fine-tune it first")
+        load_task_checkpoint(model, path, strict_backbone=strict, strict_heads=strict)
     model.zoo_entry = entry
     model.eval()
     if device is not None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .base import PIPELINES, Pipeline, as_list, chunks
+from .base import PIPELINES, Pipeline, as_list, check_count, chunks
 
 __all__ = ["VqaPipeline", "CaptioningPipeline", "ImageEmbeddingPipeline", "TextEmbeddingPipeline",
            "RetrievalPipeline", "ZeroShotClassificationPipeline", "Nlvr2Pipeline", "ImageClassificationPipeline",
@@ -54,8 +54,9 @@ class VqaPipeline(Pipeline):
         self.vocab = vocab
 
     def __call__(self, image, question, top_k: int = 5):
-        images, single = as_list(image)
-        questions, _ = as_list(question)
+        images, single = as_list(image, "images")
+        questions, _ = as_list(question, "questions")
+        check_count("top_k", top_k)
         if len(questions) == 1 and len(images) > 1:
             questions = questions * len(images)
         if len(questions) != len(images):
@@ -93,7 +94,9 @@ class CaptioningPipeline(Pipeline):
 
     def __call__(self, image, beam_size: Optional[int] = None, length_penalty: Optional[float] = None,
                  max_length: Optional[int] = None):
-        images, single = as_list(image)
+        images, single = as_list(image, "images")
+        check_count("beam_size", beam_size, "the default, 3")
+        check_count("max_length", max_length, "the default, 30 tokens")
         changes = {k: v for k, v in (("beam_size", beam_size), ("length_penalty", length_penalty),
                                      ("max_gen_len", max_length)) if v is not None}
         task = self._task_class(dataclasses.replace(self._task_config, **changes))
@@ -126,7 +129,7 @@ class ImageEmbeddingPipeline(Pipeline):
         return torch.cat(parts)
 
     def __call__(self, image) -> Tensor:
-        images, single = as_list(image)
+        images, single = as_list(image, "images")
         emb = self.embed_images(images)
         return emb[0] if single else emb
 
@@ -136,7 +139,7 @@ class TextEmbeddingPipeline(ImageEmbeddingPipeline):
     """texts -> (N, D) L2-normalised embeddings (text CLS -> ``language_head``)."""
 
     def __call__(self, text) -> Tensor:
-        texts, single = as_list(text)
+        texts, single = as_list(text, "texts")
         emb = self.embed_texts(texts)
         return emb[0] if single else emb
 
@@ -146,8 +149,9 @@ class RetrievalPipeline(ImageEmbeddingPipeline):
     """Rank texts for each image and images for each text by cosine similarity of the dual encoder."""
 
     def __call__(self, images, texts, top_k: Optional[int] = None) -> Dict[str, Any]:
-        images, _ = as_list(images)
-        texts, _ = as_list(texts)
+        images, _ = as_list(images, "images")
+        texts, _ = as_list(texts, "texts")
+        check_count("top_k", top_k, "rank all")
         sim = self.embed_images(images) @ self.embed_texts(texts).t()
         k_t, k_i = min(top_k or len(texts), len(texts)), min(top_k or len(images), len(images))
         i2t = [[{"text": int(j), "score": float(s)} for s, j in zip(*row.topk(k_t))] for row in sim]
@@ -168,6 +172,11 @@ class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
         self._class_cache: "OrderedDict[Tuple[Tuple[str, ...], Tuple[str, ...]], Tensor]" = OrderedDict()
 
     def class_embeddings(self, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+        for name, value in (("classes", classes), ("templates", templates)):
+            if isinstance(value, str):  # a string is a sequence of characters, never what was meant
+                raise TypeError(f"{name} must be a list of strings, got the string {value!r}; pass [{value!r}, ...]"
+                                + (" (one class always scores 1.0: give the alternatives too)" if name == "classes"
+                                   else ""))
         key = (tuple(classes), tuple(templates))
         if key in self._class_cache:
             self._class_cache.move_to_end(key)
@@ -182,9 +191,10 @@ class ZeroShotClassificationPipeline(ImageEmbeddingPipeline):
 
     def __call__(self, image, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                  top_k: Optional[int] = None):
-        images, single = as_list(image)
-        classes = list(classes)
+        images, single = as_list(image, "images")
+        check_count("top_k", top_k, "all classes")
         text = self.class_embeddings(classes, templates)
+        classes = list(classes)
         scale = self.model.contrastive.logit_scale.exp().clamp(max=100.0).float()
         probs = (scale * self.embed_images(images) @ text.t()).softmax(-1)
         k = min(top_k or len(classes), len(classes))
@@ -199,9 +209,9 @@ class Nlvr2Pipeline(Pipeline):
     task_kinds = ("nlvr2",)
 
     def __call__(self, left, right, sentence):
-        lefts, single = as_list(left)
-        rights, _ = as_list(right)
-        sentences, _ = as_list(sentence)
+        lefts, single = as_list(left, "left images")
+        rights, _ = as_list(right, "right images")
+        sentences, _ = as_list(sentence, "sentences")
         if not len(lefts) == len(rights) == len(sentences):
             raise ValueError(f"{len(lefts)} left images, {len(rights)} right images, {len(sentences)} sentences")
         out = []
@@ -224,12 +234,20 @@ class ImageClassificationPipeline(Pipeline):
 
     def __init__(self, *args, class_names: Optional[Sequence[str]] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        classes = self.model.classifier.head.out_features
+        if isinstance(class_names, (str, os.PathLike)):
+            from beit3_plugins.data.readers import read_text_lines
+
+            class_names = [line.strip() for line in read_text_lines(class_names) if line.strip()]
         if class_names is None and self.entry.labels:
             class_names = list(self.entry.labels)
+        if class_names is not None and len(class_names) != classes:
+            raise ValueError(f"{self.entry.name}: the classifier has {classes} classes, class_names {len(class_names)}")
         self.class_names = list(class_names) if class_names is not None else None
 
     def __call__(self, image, top_k: int = 5):
-        images, single = as_list(image)
+        images, single = as_list(image, "images")
+        check_count("top_k", top_k)
         out = []
         with self.inference(), self.autocast():
             for batch in chunks(images, self.batch_size):

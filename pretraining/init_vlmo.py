@@ -42,6 +42,7 @@ def init_vlmo_from_beit(beit_checkpoint: str, output: str, arch: str = "vlmo_bas
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Initialise a VLMo checkpoint from a BEiT / BEiT v2 image checkpoint (VLMo's stagewise pretraining)."""
     parser = argparse.ArgumentParser(prog="beit3-plugins init-vlmo-from-beit", description=__doc__.split("\n\n")[0])
     parser.add_argument("beit_checkpoint", help="BEiT / BEiT v2 image checkpoint (timm-like keys blocks.N.*)")
     parser.add_argument("output", help="where to write the VLMo backbone (stage-1 checkpoint)")

@@ -112,6 +112,7 @@ def make_world_shards(world: Path, out: Path, per_shard: int, hold_out_lines: in
 
 
 def cli_main(argv=None) -> int:
+    """Write pretraining shards (WebDataset tars, text shards) from captions, image folders and text files."""
     parser = argparse.ArgumentParser(prog="beit3-plugins make-shards", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")

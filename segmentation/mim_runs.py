@@ -30,9 +30,10 @@ def _mim_executable() -> str:
 
 
 def mim_command(action: str, config: os.PathLike, work_dir: os.PathLike,
-                cfg_options: Sequence[str] = (), extra: Sequence[str] = ()) -> List[str]:
-    """``mim <action> mmseg <config> --work-dir ... [extra] --cfg-options k=v ...`` (CPU, no launcher)."""
-    cmd = [_mim_executable(), action, "mmseg", str(config), "--launcher", "none", "--gpus", "0",
+                cfg_options: Sequence[str] = (), extra: Sequence[str] = (), gpus: int = 0) -> List[str]:
+    """``mim <action> mmseg <config> --work-dir ... [extra] --cfg-options k=v ...`` (no launcher; CPU unless
+    ``gpus``)."""
+    cmd = [_mim_executable(), action, "mmseg", str(config), "--launcher", "none", "--gpus", str(gpus),
            "--work-dir", str(work_dir), *extra]
     if cfg_options:
         cmd += ["--cfg-options", *cfg_options]
@@ -41,7 +42,7 @@ def mim_command(action: str, config: os.PathLike, work_dir: os.PathLike,
 
 def run_mim(action: str, config: os.PathLike, work_dir: os.PathLike, cfg_options: Sequence[str] = (),
             extra: Sequence[str] = (), env: Optional[Dict[str, str]] = None, timeout: float = 600,
-            log_file: Optional[os.PathLike] = None) -> subprocess.CompletedProcess:
+            log_file: Optional[os.PathLike] = None, gpus: int = 0) -> subprocess.CompletedProcess:
     """Run mim synchronously from ``work_dir`` (outside any checkout, as users would); stdout+stderr go to
     ``log_file`` (default ``<work_dir>/mim_<action>.log``)."""
     Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def run_mim(action: str, config: os.PathLike, work_dir: os.PathLike, cfg_options
     # tiny models on a shared CPU: one intra-op thread avoids OpenMP spin-waiting under load (20x slower)
     full_env.setdefault("OMP_NUM_THREADS", "1")
     with open(log_path, "w") as log:
-        proc = subprocess.run(mim_command(action, config, work_dir, cfg_options, extra), env=full_env,
+        proc = subprocess.run(mim_command(action, config, work_dir, cfg_options, extra, gpus), env=full_env,
                               cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     proc.log = log_path.read_text()  # type: ignore[attr-defined]
     return proc

@@ -30,13 +30,31 @@ def world_shards(data_world):
     return make_world_shards(world, world / "shards", per_shard=64)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are skipped (and counted as skipped) on a machine without an NVIDIA GPU."""
+CUDA_DRY_RUN = "BEIT3_CUDA_TESTS_ON_CPU"  # bench/device_check.sh --dry-run: run the cuda tests on the CPU
+
+
+def cuda_tests_run() -> bool:
+    import os
+
     import torch
 
-    if torch.cuda.is_available():
+    return torch.cuda.is_available() or os.environ.get(CUDA_DRY_RUN) == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped (and counted as skipped) on a machine without an NVIDIA GPU, unless
+    the device script's dry run asks for them on the CPU."""
+    if cuda_tests_run():
         return
     skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def gpu():
+    """The device cuda-marked tests run on: the GPU, or the CPU in the device script's dry run."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,8 @@ segmentation, each stage through the same command a user runs, ending in a markd
 Usage: ``python tools/demo.py --out outputs/demo [--only STAGE ...] [--skip STAGE ...]``.
 Each stage writes ``<out>/<stage>/metrics.json``::
 
-    {"metrics": {name: value}, "chance": {name: value}, "curves": {name: [[step, value], ...]}}
+    {"metrics": {name: value}, "chance": {name: value},
+     "curves": {name: [[step, value], ...] or {line label: [[step, value], ...]}}}
 
 and later stages start from the pretraining stage's exported backbone checkpoint when it exists.
 """
@@ -109,14 +110,23 @@ def run_stage(stage: Stage, ctx: Context) -> Dict:
 
 
 def _normalise(data: Dict) -> Dict:
-    """Stages that run several tasks write ``{"tasks": {name: {"metric", "value", "chance"}}}``; flatten
-    them into the common ``metrics`` / ``chance`` form of the report."""
+    """Stages that run several tasks write ``{"tasks": {name: {"metric", "value", "chance" | "controls"}}}``;
+    flatten them into the common ``metrics`` / ``chance`` form of the report, and ``controls`` (model, blind,
+    shuffled, constant, margin, clearly_ahead) for the tasks that see images."""
     for name, task in data.get("tasks", {}).items():
+        if "metric" not in task:
+            continue
         key = f"{name}.{task['metric']}"
         data.setdefault("metrics", {})[key] = task["value"]
-        if task.get("chance") is not None:
+        if task.get("controls"):
+            data.setdefault("controls", {})[key] = task["controls"]
+        elif task.get("chance") is not None:
             data.setdefault("chance", {})[key] = task["chance"]
     return data
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def write_report(results: List[Dict], out: Path) -> None:
@@ -126,10 +136,23 @@ def write_report(results: List[Dict], out: Path) -> None:
     for r in results:
         metrics = r.get("metrics", {})
         chance = r.get("chance", {})
-        shown = ", ".join(
-            f"{k} {v:.3g}" + (f" ({chance[k]:.3g})" if k in chance else "") if isinstance(v, (int, float))
-            else f"{k} {v}" for k, v in metrics.items())
+        shown = ", ".join(f"{k} {_fmt(v)}" + (f" ({_fmt(chance[k])})" if k in chance else "")
+                          for k, v in metrics.items() if k not in r.get("controls", {}))
+        if r.get("controls"):
+            shown = (shown + ", " if shown else "") + "vision-language tasks: see below"
         lines.append(f"| {r['stage']} | {'ok' if r['ok'] else '**failed**'} | {r['seconds']} | {shown} |")
+    controls = {k: v for r in results for k, v in r.get("controls", {}).items()}
+    if controls:
+        lines += ["", "Vision-language tasks against controls computed on the same split (vl_tasks/controls.py): "
+                  "**blind** = the best question-/text-only predictor built from the training split, **shuffled** "
+                  "= the same model with the images permuted across the split, **constant** = the same model fed "
+                  "one image for all; *clearly ahead* = the model beats blind and shuffled by the margin (3 "
+                  "standard errors).", "",
+                  "| task.metric | n | model | blind | shuffled | constant | margin | clearly ahead |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, c in controls.items():
+            lines.append(f"| {key} | {c['n']} | **{_fmt(c['model'])}** | {_fmt(c['blind'])} | {_fmt(c['shuffled'])} "
+                         f"| {_fmt(c['constant'])} | {_fmt(c['margin'])} | {'yes' if c['clearly_ahead'] else '**no**'} |")
     lines += ["", "![curves](report.png)", ""]
     for r in results:
         lines.append(f"- **{r['stage']}**: {r['what']}  \n  `{r['command']}`")
@@ -145,15 +168,37 @@ def _plot(results: List[Dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = [(r["stage"], name, pts) for r in results for name, pts in r.get("curves", {}).items() if pts]
+    controls = {k: v for r in results for k, v in r.get("controls", {}).items()}
+    panels = len(curves) + (1 if controls else 0)
     cols = 3
-    rows = max(1, (len(curves) + cols - 1) // cols)
+    rows = max(1, (panels + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (stage, name, pts) in zip(axes.flat, curves):
+    panel_axes = iter(axes.flat)
+    if controls:
+        ax = next(panel_axes)
         ax.axis("on")
-        xs, ys = zip(*pts) if isinstance(pts[0], (list, tuple)) else (range(len(pts)), pts)
-        ax.plot(xs, ys)
+        names = list(controls)
+        for offset, (label, color) in enumerate((("model", "tab:blue"), ("blind", "tab:gray"),
+                                                 ("shuffled", "tab:orange"))):
+            ax.bar([i + (offset - 1) * 0.27 for i in range(len(names))],
+                   [controls[n][label] or 0.0 for n in names], width=0.27, label=label, color=color)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace(".", "\n") for n in names], fontsize=6)
+        ax.set_title("vision-language: model vs blind vs shuffled images", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax, (stage, name, pts) in zip(panel_axes, curves):
+        ax.axis("on")
+        series = pts.items() if isinstance(pts, dict) else [(None, pts)]  # several labelled lines or one
+        for label, line in series:
+            if not line:
+                continue
+            xs, ys = zip(*line) if isinstance(line[0], (list, tuple)) else (range(len(line)), line)
+            ax.plot(xs, ys, label=label)
+        if isinstance(pts, dict):
+            ax.legend(fontsize=6)
         ax.set_title(f"{stage}: {name}", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.tight_layout()

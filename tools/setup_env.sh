@@ -73,13 +73,25 @@ build_detectron2() {  # upstream snapshot repacked as pure python, without its _
   rm -rf "$work"
 }
 
-build_mmcv() {  # with compiled ops, CPU only; torch 2.14's headers need C++20 (~20 min on 2 cores)
-  local work; work=$(mktemp -d)
+# how mmcv's ops are built here (cpu, or cuda with an nvcc and GPU architectures): tools/mmcv_build_plan.sh
+source "$ROOT/tools/mmcv_build_plan.sh"
+
+build_mmcv() {  # with compiled ops; torch 2.14's headers need C++20 (CPU ops ~8-20 min on 2 cores)
+  local work plan; work=$(mktemp -d)
+  plan=$(mmcv_cuda_plan)
   "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: -d "$work" mmcv==2.1.0
   tar -xzf "$work"/mmcv-2.1.0.tar.gz -C "$work"
   sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-2.1.0/setup.py"
-  (cd "$work/mmcv-2.1.0" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 \
-     && "${PIP[@]}" wheel -q --no-cache-dir --no-build-isolation --no-deps -w "$CACHE" .)
+  if [[ $plan == cuda* ]]; then
+    read -r _ nvcc archs <<<"$plan"
+    say "mmcv ops with CUDA ($nvcc, architectures $archs)"
+    (cd "$work/mmcv-2.1.0" && export CUDA_HOME=$(dirname "$(dirname "$nvcc")") MMCV_WITH_OPS=1 FORCE_CUDA=1 \
+       TORCH_CUDA_ARCH_LIST="$archs" MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+     && "${PIP[@]}" wheel -q --no-cache-dir --no-build-isolation --no-deps -w "$1" .)
+  else
+    (cd "$work/mmcv-2.1.0" && unset CUDA_HOME && export MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 \
+       && "${PIP[@]}" wheel -q --no-cache-dir --no-build-isolation --no-deps -w "$1" .)
+  fi
   rm -rf "$work"
 }
 
@@ -91,7 +103,23 @@ ensure_wheel 'fairseq_fixed-0.12.3.1-*.whl' "fairseq-fixed 0.12.3.1" build_fairs
 "${PIP[@]}" install -q "$WHEEL"
 ensure_wheel 'detectron2-0.7.2-2-py3-none-any.whl' "detectron2 0.7.2 (repacked)" build_detectron2
 "${PIP[@]}" install -q "$WHEEL"
-ensure_wheel 'mmcv-2.1.0-*.whl' "mmcv 2.1.0 with ops" build_mmcv
+# CPU builds keep the cache's top level (as before); CUDA builds get a folder per CUDA version and arch list
+MMCV_PLAN=$(mmcv_cuda_plan)
+MMCV_CACHE=$CACHE
+if [[ $MMCV_PLAN == cuda* ]]; then
+  read -r _ _ MMCV_ARCHS <<<"$MMCV_PLAN"
+  MMCV_CACHE=$CACHE/mmcv-cuda$("$PY" -c "import torch; print(torch.version.cuda)")-sm${MMCV_ARCHS//[^0-9]/_}
+  mkdir -p "$MMCV_CACHE"
+fi
+build_mmcv_here() { build_mmcv "$MMCV_CACHE"; }
+WHEEL=$(ls "$MMCV_CACHE"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)
+if [[ -z $WHEEL ]]; then
+  say "mmcv 2.1.0 with ops ($MMCV_PLAN): building"
+  build_mmcv_here
+  WHEEL=$(ls "$MMCV_CACHE"/mmcv-2.1.0-*.whl | head -n1)
+else
+  say "mmcv 2.1.0 with ops ($MMCV_PLAN): wheel from cache ($(basename "$WHEEL"))"
+fi
 MMCV_WHL=$WHEEL
 "${PIP[@]}" install -q --no-deps "$MMCV_WHL"
 

@@ -98,6 +98,8 @@ class VlTask:
     eval_split: str = "val"
     #: the Augmentation switches this task implements (others are refused, not silently ignored)
     supported_augmentations: Tuple[str, ...] = ()
+    #: whether the task encodes text (the trainer then refuses a run without ``data.tokenizer``)
+    needs_tokenizer: bool = True
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

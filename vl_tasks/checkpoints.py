@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from beit3_plugins.backbones import convert_checkpoint, load_pretrained
-from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file
+from beit3_plugins.backbones import convert_checkpoint, load_pretrained, size_hint
+from beit3_plugins.checkpoint import CheckpointMismatchError, LoadReport, load_state_dict_file, shape_list
 
 from .base import BACKBONE_PREFIX
 
@@ -75,15 +75,39 @@ def map_released_heads(model, heads: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {k: v for k, v in out.items() if k in own} | {f"__unused__{k}": v for k, v in out.items() if k not in own}
 
 
+def _head_modules(keys) -> List[str]:
+    return sorted({k.split(".")[0] for k in keys if not k.startswith(BACKBONE_PREFIX) and k != "criterion"})
+
+
+def _check_heads(model, path: str, loaded: Sequence[str], file_heads: Sequence[str]) -> None:
+    """``strict_heads``: every head tensor of ``model`` must come from the file. Checked before the backbone's
+    keys, so a file of another task names the heads it lacks, not the backbone norms that task drops."""
+    own = [k for k in model.state_dict() if not k.startswith(BACKBONE_PREFIX) and k != "criterion"]
+    missing = sorted(set(own) - set(loaded))
+    if missing:
+        held = _head_modules(file_heads)
+        raise CheckpointMismatchError(
+            f"{path}: the {type(model).__name__} heads are not in this file (missing {missing[:6]}); the file's "
+            f"heads are {held or 'none'}. Is it a checkpoint of another task? A pretrained file has no task heads; "
+            "fine-tune it first")
+
+
+def _check_backbone(path: str, missing: Sequence[str], unexpected: Sequence[str]) -> None:
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{path}: missing backbone keys {list(missing)[:10]}, unexpected backbone keys "
+                                      f"{list(unexpected)[:10]}")
+
+
 def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
-                         replace_heads: Sequence[str] = ()) -> LoadReport:
+                         replace_heads: Sequence[str] = (), strict_heads: bool = False) -> LoadReport:
     """Load ``path`` into a :class:`TaskModel` and return a report (also stored as ``model.load_report``).
 
     Our own task checkpoints (keys ``backbone.*`` + heads) load as they are, except that the backbone's
     resolution-dependent tensors are fitted to this model as for released files (an ITC stage at 224 px
-    starts retrieval at 384 px); released / pretraining files are converted. Backbone keys must all be present when ``strict_backbone``; task heads may be missing
-    (fine-tuning from a pretrained backbone starts them from scratch). ``replace_heads``: head module
-    prefixes not loaded from the file (see the module docstring).
+    starts retrieval at 384 px); released / pretraining files are converted. Backbone keys must all be present
+    when ``strict_backbone``; task heads may be missing (fine-tuning from a pretrained backbone starts them from
+    scratch) unless ``strict_heads`` (inference). ``replace_heads``: head module prefixes not loaded from the
+    file (see the module docstring).
     """
     state = load_state_dict_file(path)
     if any(k.startswith(BACKBONE_PREFIX) for k in state):
@@ -96,13 +120,14 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
         wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
                  if k in own and own[k].shape != v.shape]
         if wrong:
-            raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model:\n  " + "\n  ".join(wrong)
-                                          + _REPLACE_HINT)
+            raise CheckpointMismatchError(f"{path}: tensors of the wrong shape for this task model{shape_list(wrong)}"
+                                          + (size_hint(fitted.state_dict, model.backbone) or _REPLACE_HINT))
+        if strict_heads:
+            _check_heads(model, path, [k for k in state if k in own], list(state))
         missing_backbone = [k for k in own if k.startswith(BACKBONE_PREFIX) and k not in state]
         unexpected_backbone = [k for k in state if k.startswith(BACKBONE_PREFIX) and k not in own]
-        if strict_backbone and (missing_backbone or unexpected_backbone):
-            raise CheckpointMismatchError(f"{path}: missing backbone keys {missing_backbone[:10]}, unexpected "
-                                          f"backbone keys {unexpected_backbone[:10]}")
+        if strict_backbone:
+            _check_backbone(path, missing_backbone, unexpected_backbone)
         result = model.load_state_dict(state, strict=False)
         report = LoadReport(source=path, loaded=sorted(k for k in state if k in own),
                             missing=sorted(result.missing_keys), unexpected=sorted(result.unexpected_keys),
@@ -110,7 +135,7 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
         _note_replaced(report, replaced)
         model.load_report = report
         return report
-    report = load_pretrained(model.backbone, state, strict=strict_backbone, source=path)
+    report = load_pretrained(model.backbone, state, strict=False, source=path)
     heads = report.heads
     mapped = map_released_heads(model, model.adapt_released_heads(heads))
     usable = {k: v for k, v in mapped.items() if not k.startswith("__unused__")}
@@ -121,8 +146,12 @@ def load_task_checkpoint(model, path: str, strict_backbone: bool = True,
              if own[k].shape != v.shape]
     if wrong:
         raise CheckpointMismatchError(
-            f"{path}: task-head tensors of the wrong shape (different number of answers/classes?):\n  "
-            + "\n  ".join(wrong) + _REPLACE_HINT)
+            f"{path}: task-head tensors of the wrong shape (different number of answers/classes, or the heads of "
+            f"another task: the file's heads are {_head_modules(heads)}){shape_list(wrong)}" + _REPLACE_HINT)
+    if strict_heads:
+        _check_heads(model, path, list(usable), list(heads))
+    if strict_backbone:
+        _check_backbone(path, report.missing, report.unexpected)
     if usable:
         model.load_state_dict(usable, strict=False)
     head_names = {k for k in own if not k.startswith(BACKBONE_PREFIX)}

@@ -102,6 +102,7 @@ class ImageClassificationTask(_ImageFolderTask):
     primary_metric = "accuracy"
     normalize_output = False
     supported_augmentations = ("mixup", "cutmix")
+    needs_tokenizer = False
 
     def head_spec(self) -> Dict[str, Any]:
         num_classes = self.num_classes()

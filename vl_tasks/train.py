@@ -27,18 +27,19 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from beit3_plugins.checkpoint import safe_load
+from beit3_plugins.checkpoint import CheckpointMismatchError, safe_load
 from beit3_plugins.registry import TASKS
 from beit3_plugins.runtime import tune_malloc_unless_disabled
 
 from beit3_plugins.zoo.model_config import MODEL_CONFIG_KEY
 
 from .checkpoints import describe_task_model, load_task_checkpoint
+from .config import check_config
 from .engine.distributed import DistContext, resolve_device
 from .engine.logging import MetricLog, plot_curves
 from .engine.loop import evaluate, fit
 from .engine.precision import autocast_and_scaler
-from .engine.state import (TrainState, check_free_space, prepare_output_dir,
+from .engine.state import (TrainState, check_free_space, prepare_output_dir, rng_state,
                            seed_everything, set_rng_state)
 from .optim import param_groups
 
@@ -118,24 +119,73 @@ def build_model(cfg, task, device: torch.device):
     return model.to(device), report
 
 
-def _tokenizer(cfg):
-    if not cfg.data.get("tokenizer"):
+def _tokenizer(cfg, task):
+    kind = str(cfg.model.get("tokenizer", "sentencepiece"))
+    if not _given(cfg.data, "tokenizer"):
+        if task.needs_tokenizer:
+            raise ValueError(f"task {cfg.task.name} encodes text: set data.tokenizer=<the {kind} model file of "
+                             f"{cfg.model.name}> (beit3.spm, `beit3-plugins train-spm`; VLMo: BERT's vocab.txt)")
         return None
     from beit3_plugins.registry import TOKENIZERS
 
     # the model config names its tokenizer kind (BEiT-3: sentencepiece, VLMo: BERT WordPiece); data.tokenizer
     # is that tokenizer's file (beit3.spm / vocab.txt)
-    return TOKENIZERS.build(str(cfg.model.get("tokenizer", "sentencepiece")), model_path=str(cfg.data.tokenizer),
+    if not Path(str(cfg.data.tokenizer)).is_file():
+        raise FileNotFoundError(f"data.tokenizer={cfg.data.tokenizer}: file not found")
+    return TOKENIZERS.build(kind, model_path=str(cfg.data.tokenizer),
                             max_length=int(cfg.task.get("max_text_len", 64)))
 
 
+def _given(node, key: str) -> bool:
+    """Whether ``node.key`` holds a value (``???`` and null do not)."""
+    from omegaconf import OmegaConf
+
+    return not OmegaConf.is_missing(node, key) and node.get(key) not in (None, "")
+
+
+def _data_root(cfg) -> Optional[str]:
+    if not _given(cfg.data, "root"):
+        return None  # task paths are then absolute or relative to the working directory
+    root = str(cfg.data.root)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data.root={root} is not a directory")
+    return root
+
+
+def _probe_split(task, split: str, dataset=None) -> None:
+    """Read ``split``'s files and decode its first item now, so a wrong path (a missing annotation file, an
+    image folder with nothing in it) fails before the first step, not at the first evaluation after an epoch
+    of training. The errors are the readers' own (``EmptySplitError``, ``FileNotFoundError``, the dataset's
+    "no readable record ... is the image root right?"), which name the files. The RNG states are restored,
+    so a probed run draws the same augmentations as before."""
+    dataset = task.dataset(split, train=False) if dataset is None else dataset
+    if len(dataset):
+        saved = rng_state()
+        try:
+            dataset[0]
+        finally:
+            set_rng_state(saved)
+
+
 # ---------------------------------------------------------------------------------------------- run
-def _load_resume(cfg, task, last: Path):
+def _check_same_run(cfg, task_name: str, last: Path, saved: Dict[str, Any]) -> None:
+    """``train.output_dir`` holding another task's or model's run must not be resumed into this one."""
+    was = saved.get("config") or {}
+    was_task, was_model = (was.get("task") or {}).get("name", saved.get("task_name")), (was.get("model") or {}).get("name")
+    for what, then, now in (("task", was_task, task_name), ("model", was_model, str(cfg.model.name))):
+        if then is not None and then != now:
+            raise ValueError(f"train.output_dir={cfg.train.output_dir} holds a run of {what} {then} ({last}); this "
+                             f"run is {what} {now}. Use another train.output_dir, or train.resume=false to start over "
+                             "there (it overwrites that run's checkpoints)")
+
+
+def _load_resume(cfg, task, task_name: str, last: Path):
     """``last.pt`` when resuming (its task state goes into ``task``); our own ``.pt`` as model.checkpoint
     also carries task state (e.g. the VQA answer list) next to the weights."""
     tc = cfg.train
     if bool(tc.resume) and last.is_file() and not bool(tc.eval_only):
         resume = safe_load(last)
+        _check_same_run(cfg, task_name, last, resume)
         task.load_state_dict(resume.get("task", {}))
         logger.info("resuming from %s (epoch %d, step %d)", last, resume["epoch"], resume["global_step"])
         return resume
@@ -163,6 +213,7 @@ def run(cfg) -> Dict[str, Any]:
     """Train and/or evaluate as ``cfg`` says; returns the final metrics (also written to metrics.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
+    check_config(cfg)   # a '+train.epoch=1' typo is refused, not trained past
     tc = cfg.train
     dist = DistContext()
     out = Path(str(tc.output_dir))
@@ -176,13 +227,18 @@ def run(cfg) -> Dict[str, Any]:
     seed_everything(int(tc.seed))
 
     task, task_name = build_task(cfg)
-    task.setup(cfg.data.get("root"), _tokenizer(cfg))
-    resume = _load_resume(cfg, task, ckpt_dir / "last.pt")
+    task.setup(_data_root(cfg), _tokenizer(cfg, task))
+    resume = _load_resume(cfg, task, task_name, ckpt_dir / "last.pt")
+    eval_split = str(tc.eval_split) if tc.get("eval_split") else task.eval_split
+    # every file the run reads, before the model is built and long before the first evaluation
+    train_ds = None if bool(tc.eval_only) else task.dataset(task.train_split)
+    if train_ds is not None:
+        _probe_split(task, task.train_split, train_ds)
+    _probe_split(task, eval_split)
     model, report = build_model(cfg, task, device)
     if report is not None and dist.main:
         (out / "load_report.txt").write_text(report.summary() + "\n")
         logger.info(report.summary())
-    eval_split = str(tc.eval_split) if tc.get("eval_split") else task.eval_split
     results: Dict[str, Any] = {"task": task_name, "model": str(cfg.model.name), "world_size": dist.world}
 
     if bool(tc.eval_only):
@@ -193,25 +249,32 @@ def run(cfg) -> Dict[str, Any]:
             metrics = evaluate(task, model, eval_split, device, out, task_name, predict=bool(tc.predict), dist=dist)
         if dist.main:
             results.update(eval=metrics, skipped=task.skips.as_dict())
+            _add_controls(tc, task, model, eval_split, device, results)
             (out / "metrics.json").write_text(json.dumps(results, indent=1))
         dist.barrier()
         return results
 
-    train_ds = task.dataset(task.train_split)
     bs = int(tc.batch_size)
     if len(train_ds) < bs * dist.world:
         raise ValueError(f"the {task.train_split} split has {len(train_ds)} samples, fewer than one global batch "
                          f"({bs} x {dist.world} processes); lower train.batch_size")
     total_steps, warmup = _schedule(tc, len(train_ds) // (bs * dist.world))
     groups = param_groups(model, float(tc.weight_decay), float(tc.layer_decay), float(tc.head_lr_mult))
+    # fused AdamW (one kernel for every parameter) on the GPU; the CPU keeps torch's default implementation
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups],
-                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps))
+                                  lr=float(tc.lr), betas=tuple(tc.betas), eps=float(tc.eps),
+                                  fused=True if device.type == "cuda" else None)
     if dist.main:
         check_free_space(ckpt_dir, _checkpoint_bytes(model), setting="train.output_dir")
     autocast, scaler = autocast_and_scaler(str(tc.amp), device)
     state = TrainState()
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as exc:  # a run of another configuration (older checkpoints store no config)
+            raise CheckpointMismatchError(
+                f"{ckpt_dir / 'last.pt'} does not fit this model: train.output_dir holds another run. Use another "
+                f"train.output_dir, or train.resume=false to start over there\n{str(exc)[:600]}") from exc
         optimizer.load_state_dict(resume["optimizer"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
@@ -244,12 +307,22 @@ def run(cfg) -> Dict[str, Any]:
         results.update(eval=eval_metrics, best={task.primary_metric: state.best}, steps=state.global_step,
                        nonfinite_loss_skips=state.nonfinite_skips, skipped=task.skips.as_dict(),
                        seconds=round(time.perf_counter() - t0, 1))
+        _add_controls(tc, task, model, eval_split, device, results)
         dataset_skips = getattr(train_ds, "skips", None)
         if dataset_skips is not None:
             results["train_skipped"] = dataset_skips.as_dict()
         (out / "metrics.json").write_text(json.dumps(results, indent=1, default=str))
     dist.barrier()
     return results
+
+
+def _add_controls(tc, task, model, eval_split: str, device, results: Dict[str, Any]) -> None:
+    """``train.controls``: blind baseline, shuffled- and constant-image evaluations (``controls.py``)."""
+    if bool(tc.get("controls", False)):
+        from .controls import evaluate_controls
+
+        results["controls"] = evaluate_controls(task, model, eval_split, device, seed=int(tc.seed))
+        logger.info("controls on %s: %s", eval_split, {k: results["controls"][k] for k in ("metric", "margin")})
 
 
 def _hydra_main():

@@ -46,7 +46,10 @@ def _core_from_state(path: str):
 
     from .models import BACKBONE_PREFIX
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except KeyError as exc:  # fairseq's upgrade step reads fields only its own checkpoints have
+        raise ValueError(_not_fairseq(path)) from exc
     cfg = state["cfg"]
     sd = state["model"]
     if not any(k.startswith(BACKBONE_PREFIX) for k in sd):
@@ -67,6 +70,24 @@ def _core_from_state(path: str):
     if spm and not os.path.isabs(spm):
         spm = os.path.join(cfg["task"].get("data") or "", spm)
     return name, backbone, heads, spm
+
+
+def _not_fairseq(path: str) -> str:
+    """What ``path`` is, for a file fairseq could not read as one of its checkpoints."""
+    from beit3_plugins.checkpoint import safe_load
+
+    state = safe_load(path)
+    model = state.get("model") if isinstance(state, dict) else None
+    what = "a state dict"
+    if isinstance(model, dict) and isinstance(state.get("config"), dict) and any(k.startswith("backbone.") for k in model):
+        config = state["config"]
+        name = config.get("model", {}).get("name", "<backbone>")
+        what = (f"a checkpoint of the VL task trainer (task {config.get('task', {}).get('name')}, model {name}), "
+                f"whose backbone loads as it is: build_backbone({name!r}, checkpoint={path!r})")
+    elif isinstance(model, dict) and any(k.startswith("beit3.") for k in model):
+        what = "already a backbone checkpoint in the released BEiT-3 layout (build_backbone(name, checkpoint=...) loads it)"
+    return (f"{path} is not a fairseq checkpoint of the beit3_pretrain task: it is {what}. export-pretrained "
+            "converts the checkpoint_*.pt files fairseq-train writes")
 
 
 def export_checkpoint(fairseq_checkpoint: str, out_path: str) -> Dict[str, object]:
@@ -139,7 +160,9 @@ def heldout_accuracy(model, task, max_batches: int = 50, batch_units: int = 16) 
 
 
 def cli_main(argv=None) -> int:
-    """``beit3-plugins export-pretrained CHECKPOINT OUT [--eval-data DIR --spm-model SPM --metrics OUT.json]``."""
+    """Export a fairseq pretraining checkpoint as a backbone checkpoint (released BEiT-3 layout).
+
+    ``beit3-plugins export-pretrained CHECKPOINT OUT [--eval-data DIR --spm-model SPM --metrics OUT.json]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="beit3-plugins export-pretrained", description=__doc__,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fairseq import checkpoint_utils
 
-from beit3_plugins.checkpoint import refuse_forced_unsafe_loading, unsafe_checkpoint_error
+from beit3_plugins.checkpoint import checkpoint_read_error, refuse_forced_unsafe_loading
 from beit3_plugins.io_checks import prepare_output_dir
 
 __all__ = ["install", "install_save_dir_probe", "last_whole_checkpoint"]
@@ -68,7 +68,7 @@ def install() -> None:
         try:
             return original(path, *args, **kwargs)
         except pickle.UnpicklingError as exc:
-            raise unsafe_checkpoint_error(path, exc) from exc
+            raise checkpoint_read_error(path, exc) from exc
 
     load_checkpoint_to_cpu.beit3_weights_only = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

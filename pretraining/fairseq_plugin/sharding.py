@@ -103,12 +103,12 @@ def _ignored(model: nn.Module) -> Set[nn.Parameter]:
 
 
 def shard_model(model: nn.Module, layers: Iterable[nn.Module], device_type: str = "cpu",
-                param_dtype: Optional[torch.dtype] = None, layer_methods: Iterable[str] = ("forward_parts",)
+                param_dtype: Optional[torch.dtype] = None, layer_methods: Iterable[str] = ()
                 ) -> ShardedState:
     """Shard ``model`` over all ranks of the default process group: one FSDP2 unit per module in ``layers``
     (gathered only while it runs) and one for the rest of ``model``. ``layer_methods`` are extra entry
-    points of the layers that must gather parameters like ``forward`` (the backbone runs layers without
-    a VL expert through ``forward_parts``). Returns the :class:`ShardedState` also set on every sharded
+    points of the layers that must gather parameters like ``forward`` (the backbone's layers have none: every
+    path runs them through ``forward``). Returns the :class:`ShardedState` also set on every sharded
     parameter as ``param.sharded_state``."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method

@@ -1,5 +1,6 @@
-"""The encoder keeps fused input as (vision part, text part) for speed: same results as the layers' plain
-forward on the concatenated sequence, including stochastic depth and a VL-expert output norm."""
+"""The encoder keeps fused input as (vision part, text part) through the layers (``TokenParts``): same results
+as running each layer on the whole sequence (``run_layer``, split and joined around every layer), including
+stochastic depth and a VL-expert output norm."""
 import pytest
 import torch
 
@@ -9,14 +10,14 @@ from beit3_plugins.registry import BACKBONES
 
 
 def reference_encode(model, x, routing, allowed):
-    """The layers' plain forward on the whole sequence (split and concatenated around every expert)."""
+    """Each layer on the whole sequence (split and joined again around every layer)."""
     masks = [allowed] * len(model.layers)
     if model.rel_pos is not None:  # VLMo: each layer adds its slice of the shared relative position bias
         span = TokenSpan(routing.split, (8, 8), 0, x.shape[1] - routing.split)
         blocked = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
         masks = [bias[None] + blocked for bias in model.rel_pos(span, span)]
-    for layer, mask in zip(model.layers, masks):
-        x, _ = layer(x, routing, mask)
+    for index, mask in enumerate(masks):
+        x, _ = model.run_layer(index, x, routing, mask)
     return model.norm(x, routing) if model.norm is not None else x
 
 

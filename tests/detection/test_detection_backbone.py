@@ -209,7 +209,7 @@ def test_vlmo_windows_get_their_relative_bias_and_padding_masks():
         x = tokens[0, 1:].reshape(h, w, -1)
         for i, layer in enumerate(vlmo.layers):
             if i == 3:
-                x = layer(x.reshape(1, 36, -1), Routing.vision(), whole[i][None])[0].reshape(6, 6, -1)
+                x = vlmo.run_layer(i, x.reshape(1, 36, -1), Routing.vision(), whole[i][None])[0].reshape(6, 6, -1)
                 continue
             new = torch.empty_like(x)
             for r0 in range(0, h, 4):

@@ -29,7 +29,7 @@ def _cfg(recipe_or_task, root, spm, out, *extra):
 
 def _model_from(cfg):
     task, _ = build_task(cfg)
-    task.setup(cfg.data.root, _tokenizer(cfg))
+    task.setup(cfg.data.root, _tokenizer(cfg, task))
     return build_model(cfg, task, torch.device("cpu"))
 
 

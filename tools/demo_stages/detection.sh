@@ -51,6 +51,17 @@ train = out / "train"
 results = json.loads((train / "eval_results.json").read_text())
 records = [json.loads(line) for line in (train / "metrics.json").read_text().splitlines() if line.strip()]
 losses = [[r["iteration"], r["total_loss"]] for r in records if "total_loss" in r]
+
+
+def series(*keys):
+    return [[r["iteration"], sum(r[k] for k in keys)] for r in records if all(k in r for k in keys)]
+
+
+# per head, not the total: as the RPN improves, the later cascade stages get more foreground proposals to
+# classify and regress, so their losses (and the total) can rise while AP improves; each head's own curve and the
+# final AP are what to read
+heads = {"rpn": series("loss_rpn_cls", "loss_rpn_loc"), "mask": series("loss_mask")}
+heads.update({f"stage {s + 1} cls+box": series(f"loss_cls_stage{s}", f"loss_box_reg_stage{s}") for s in range(3)})
 metrics = {"val_box_AP": results["bbox"]["AP"], "val_box_AP50": results["bbox"]["AP50"],
            "val_mask_AP": results["segm"]["AP"], "val_mask_AP50": results["segm"]["AP50"],
            "iterations": losses[-1][0] + 1 if losses else 0, "backbone_init": init or "random"}
@@ -64,7 +75,8 @@ pngs = sorted((train / "visualization").glob("*.png"))
 if pngs:
     shutil.copy(pngs[0], out / "detection.png")
 (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "chance": chance,
-                                              "curves": {"train_total_loss": losses}}, indent=1))
+                                              "curves": {"train loss per head": {k: v for k, v in heads.items() if v}}},
+                                             indent=1))
 print(f"[stage] detection: val box AP {metrics['val_box_AP']:.1f}, mask AP {metrics['val_mask_AP']:.1f} "
       f"(AP50 {metrics['val_box_AP50']:.1f}); {len(pngs)} visualisations; metrics in {out / 'metrics.json'}")
 EOF

@@ -57,6 +57,10 @@ COCO instance categories: 1 = circle, 2 = square, 3 = triangle (supercategory "s
 ImageNet classes: the shape kind (``circle``, ``square``, ``triangle``) by default, or
 ``<colour>_<kind>`` (12 classes) with ``imagenet_classes="kind_color"``; one shape per image.
 Captions never mention left/right positions inside an image, so horizontal flips keep them true.
+VQA questions are drawn per image by default; ``vqa_complementary=True`` asks them in VQA v2's complementary
+pairs (the same question on two images with different answers) so that only a model that looks at the image
+beats the question-only prior; ``WorldConfig.needs_the_image()`` is the COCO + VQA world the learning tests and
+``make demo`` train VQA, captioning and retrieval on (``vl_tasks/controls.py`` computes their blind baselines).
 """
 from .cli import cli_main
 from .config import ADE_CLASSES, ADE_RAW_LABELS, COCO_CATEGORIES, FORMATS, WorldConfig, WorldManifest

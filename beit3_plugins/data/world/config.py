@@ -45,6 +45,10 @@ class WorldConfig:
     captions_per_image: int = 5
     vqa_questions_per_image: int = 4
     vqa_test_images: int = 8          # test2015 images; test-dev2015 asks about the first half of them
+    # VQA v2's balancing: images in pairs, each question asked of both with different answers (see vqa.py), so the
+    # question-only prior is near the constant baseline; needs even coco_train_images / coco_val_images
+    vqa_complementary: bool = False
+    vqa_questions: str = "mixed"      # "mixed" (all templates) or "simple" (see vqa.py; complementary only)
     flickr_train_images: int = 24
     flickr_val_images: int = 8
     flickr_test_images: int = 8
@@ -71,6 +75,18 @@ class WorldConfig:
     jpeg_quality: int = 95
     num_corrupt_images: int = 0       # overwrite this many COCO train2014 images with truncated bytes
 
+    @classmethod
+    def needs_the_image(cls, for_vqa: bool = False, **overrides: Any) -> "WorldConfig":
+        """The COCO part the learning checks (tests and ``make demo``) train on, where answers and captions need
+        the image: 128 training and 64 val images (Karpathy val / test 32 each, so retrieval's blind level is
+        low) for captioning and retrieval; ``for_vqa``: 384 / 128 images with the "simple" VQA questions in
+        complementary pairs (about 640 training and 256 val questions), so a blind model stays near the prior."""
+        settings: Dict[str, Any] = dict(formats=("coco", "vqa"), coco_train_images=128, coco_val_images=64,
+                                        vqa_complementary=True, vqa_questions="simple")
+        if for_vqa:
+            settings.update(coco_train_images=384, coco_val_images=128)
+        return cls(**{**settings, **overrides})
+
     def __post_init__(self) -> None:
         self.formats = tuple(self.formats)
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -86,6 +102,13 @@ class WorldConfig:
             raise ValueError(f"nlvr2_presence_color must be one of {list(COLORS)}, got {self.nlvr2_presence_color!r}")
         if self.nlvr2_eval_contrast and self.nlvr2_statements != "presence":
             raise ValueError("nlvr2_eval_contrast needs nlvr2_statements='presence' (its left/right statements)")
+        if self.vqa_questions not in ("mixed", "simple"):
+            raise ValueError(f"vqa_questions must be 'mixed' or 'simple', got {self.vqa_questions!r}")
+        if self.vqa_questions != "mixed" and not self.vqa_complementary:
+            raise ValueError("vqa_questions='simple' needs vqa_complementary=True")
+        if self.vqa_complementary and (self.coco_train_images % 2 or self.coco_val_images % 2):
+            raise ValueError("vqa_complementary pairs the COCO images: coco_train_images and coco_val_images "
+                             "must be even")
         if self.nlvr2_pairs_per_set % 2:
             raise ValueError("nlvr2_pairs_per_set must be even so labels are balanced")
         for name in ("image_size", "det_image_size", "seg_image_size"):

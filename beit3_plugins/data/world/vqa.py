@@ -1,8 +1,16 @@
 """VQA v2 questions and annotations over the COCO scenes (answers follow from the scene; 10 annotators).
+
+Two ways to pick each image's questions: ``vqa_complementary=False`` (default) draws them from what is true of
+the image alone, so a question's answer is often predictable from the question (a blind model scores far above
+the constant baseline); ``vqa_complementary=True`` asks them the way VQA v2 was balanced: images go in pairs
+(0, 1), (2, 3), ... and each question is asked of both images of its pair, chosen among those whose answers
+differ, so the question alone leaves the answer open and only a model that looks at the image beats the
+question-only prior. ``vqa_questions="simple"`` keeps the few questions a tiny model learns from scratch in minutes
+(see ``_question_specs``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +46,64 @@ def _vqa_candidates(scene: Scene, rng: np.random.Generator) -> List[Tuple[str, s
     return out
 
 
+# (question, answer function (None: the question does not apply to the scene), question_type, answer_type)
+_Spec = Tuple[str, Callable[[Scene], Optional[str]], str, str]
+
+
+def _only(scene: Scene, **where) -> Optional[object]:
+    matches = [s for s in scene.shapes if all(getattr(s, k) == v for k, v in where.items())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _question_specs(family: str) -> List[_Spec]:
+    """Every question of ``family`` with a function that answers it for any scene. "mixed": the default world's
+    templates; "simple": the questions a tiny model from scratch starts to learn within minutes - how many shapes,
+    how many red shapes, is there a red shape (one colour word, as NLVR2's "presence" statements; measured: after
+    736 steps it counts shapes well above the blind prior while "what colour is the large shape" and four-colour
+    presence questions still sit at it)."""
+    specs: List[_Spec] = [("how many shapes are there?", lambda sc: str(sc.count), "how many", "number")]
+    colors = ("red",) if family == "simple" else tuple(COLORS)
+    for color in colors:
+        specs.append((f"is there a {color} shape?", lambda sc, c=color: "yes" if sc.count_where(color=c) else "no",
+                      "is there a", "yes/no"))
+        specs.append((f"how many {color} shapes are there?", lambda sc, c=color: str(sc.count_where(color=c)),
+                      "how many", "number"))
+    if family == "simple":
+        return specs
+    for size in ("large", "small"):
+        specs.append((f"what color is the {size} shape?",
+                      lambda sc, z=size: getattr(_only(sc, size=z), "color", None), "what color is the", "other"))
+    for kind in KINDS:
+        for color in COLORS:
+            specs.append((f"is there a {color} {kind}?",
+                          lambda sc, k=kind, c=color: "yes" if sc.count_where(k, c) else "no", "is there a", "yes/no"))
+        specs.append((f"what color is the {kind}?", lambda sc, k=kind: getattr(_only(sc, kind=k), "color", None),
+                      "what color is the", "other"))
+        specs.append((f"is the {kind} large?", lambda sc, k=kind: None if _only(sc, kind=k) is None else (
+            "yes" if _only(sc, kind=k).size == "large" else "no"), "is the", "yes/no"))
+    for color in COLORS:
+        specs.append((f"what shape is {color}?", lambda sc, c=color: getattr(_only(sc, color=c), "kind", None),
+                      "what", "other"))
+    return specs
+
+
+def _complementary_questions(scenes: List[Scene], family: str, k: int, rng: np.random.Generator
+                             ) -> List[List[Tuple[str, str, str, str]]]:
+    """Per scene, ``k`` (question, answer, question_type, answer_type): each asked of both images of a pair
+    (consecutive scenes) with different answers; fewer than ``k`` where the pair has fewer such questions."""
+    specs = _question_specs(family)
+    out: List[List[Tuple[str, str, str, str]]] = [[] for _ in scenes]
+    for a in range(0, len(scenes) - 1, 2):
+        b = a + 1
+        usable = [s for s in specs if None not in (s[1](scenes[a]), s[1](scenes[b]))
+                  and s[1](scenes[a]) != s[1](scenes[b])]
+        for c in sorted(rng.choice(len(usable), size=min(k, len(usable)), replace=False)):
+            question, answer_of, question_type, answer_type = usable[int(c)]
+            for i in (a, b):
+                out[i].append((question, answer_of(scenes[i]), question_type, answer_type))
+    return out
+
+
 def _wrong_answers(answer: str, answer_type: str) -> List[str]:
     if answer_type == "yes/no":
         return ["no" if answer == "yes" else "yes"]
@@ -53,13 +119,20 @@ def write_vqa(w: FormatWriter, scenes: Dict[str, List[Tuple[int, Scene, List[str
     for split, items in scenes.items():
         key = split[:-4]
         questions, annotations = [], []
-        for image_id, scene, _ in items:
-            candidates = _vqa_candidates(scene, rng)
-            k = min(w.cfg.vqa_questions_per_image, len(candidates))
-            for q_index, c in enumerate(sorted(rng.choice(len(candidates), size=k, replace=False))):
-                question, answer, question_type, answer_type = candidates[int(c)]
+        paired = (_complementary_questions([sc for _, sc, _ in items], w.cfg.vqa_questions,
+                                           w.cfg.vqa_questions_per_image, rng) if w.cfg.vqa_complementary else None)
+        for position, (image_id, scene, _) in enumerate(items):
+            if paired is not None:
+                asked = paired[position]
+            else:
+                candidates = _vqa_candidates(scene, rng)
+                k = min(w.cfg.vqa_questions_per_image, len(candidates))
+                asked = [candidates[int(c)] for c in sorted(rng.choice(len(candidates), size=k, replace=False))]
+            for q_index, (question, answer, question_type, answer_type) in enumerate(asked):
                 question_id = image_id * 1000 + q_index
-                n_right = int(rng.integers(6, 11))  # noisy annotators -> soft scores below 1
+                # noisy annotators -> soft scores below 1; complementary worlds let at most 2 of 10 disagree, so a
+                # wrong answer (e.g. the other one of yes/no) never gets the full credit of 3 matching annotators
+                n_right = int(rng.integers(8 if w.cfg.vqa_complementary else 6, 11))
                 wrong = _wrong_answers(answer, answer_type)
                 given = [answer] * n_right + [wrong[int(rng.integers(len(wrong)))] for _ in range(10 - n_right)]
                 given = [given[int(i)] for i in rng.permutation(10)]
