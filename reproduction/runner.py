@@ -257,6 +257,7 @@ def cell_overrides(cell: Cell, bench: Benchmark, cfg: RunConfig, work: Path) -> 
            "train.eval_only=true", f"train.eval_split={bench.eval_split}", f"train.output_dir={_q(work)}",
            "train.predict=true", f"train.device={cfg.device}", f"train.amp={_AMP[cfg.dtype]}",
            "train.tensorboard=false", f"train.progress={str(cfg.progress).lower()}", "train.resume=false",
+           "task.image_decode=official",  # images decoded as the reference's loader (PIL convert("RGB"), no EXIF)
            *bench.overrides]
     if cfg.batch_size:
         out.append(f"task.eval_batch_size={int(cfg.batch_size)}")

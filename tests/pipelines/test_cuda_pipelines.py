@@ -1,12 +1,11 @@
 """Every pipeline on an NVIDIA GPU gives the CPU pipeline's answers (the loopback-zoo twins of
-test_pipelines.py), in fp32 and under bf16; captioning's cached decoder on the GPU writes the CPU's captions.
+tests/pipelines/conftest.py), in fp32 and under bf16; captioning's cached decoder on the GPU writes the CPU's captions.
 
 Marked ``cuda`` (skipped without a GPU; ``bench/device_check.sh --dry-run`` runs it on the CPU)."""
 import pytest
 import torch
 
 from beit3_plugins.pipelines import pipeline
-from test_pipelines import world  # noqa: F401 - the loopback zoo with its twins (module fixture)
 
 pytestmark = [pytest.mark.cuda]
 
@@ -16,7 +15,7 @@ def _run_everywhere(make, call, devices):
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_every_pipeline_on_the_gpu_matches_the_cpu(world, gpu, dtype):  # noqa: F811
+def test_every_pipeline_on_the_gpu_matches_the_cpu(world, gpu, dtype):
     images = world["images"]
     devices = ["cpu", gpu]
     kwargs = {} if dtype is None else {"dtype": dtype}

@@ -83,3 +83,20 @@ def test_chunked_recall_equals_the_full_matrix_and_top_k_accuracy():
     for chunk in (1, 4, 1024):
         assert recall_at_k_chunked(img, txt, t2i, chunk=chunk) == pytest.approx(expected)
     assert top_k_accuracy([[2, 0, 1], [1, 2, 0]], [0, 0], k=2) == {"accuracy_top2": 50.0}
+
+
+def test_cells_decode_images_as_the_official_loader(tmp_path, monkeypatch):
+    """The harness evaluates with ``task.image_decode=official``: images decoded as microsoft/unilm
+    beit3/datasets.py's loader does (torchvision default_loader: PIL convert("RGB"), no EXIF)."""
+    from beit3_plugins.reproduction.runner import RunConfig, cell_overrides
+    from beit3_plugins.zoo import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "beit3.spm").write_bytes(b"stand-in: only its path is passed on")
+    weights = tmp_path / "nlvr2.pth"
+    weights.write_bytes(b"")
+    name = next(b for b in BENCHMARKS if BENCHMARKS[b].task == "nlvr2")
+    cell = Cell(model=str(weights), benchmark=name, like="beit3_base_patch16_224_nlvr2")
+    out = cell_overrides(cell, BENCHMARKS[name], RunConfig(data_root=tmp_path, out=tmp_path), tmp_path / "w")
+    assert "++task.image_decode=official" in out and "train.eval_only=true" in out
