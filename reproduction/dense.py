@@ -45,8 +45,7 @@ def _run(cmd: List[str], work: Path, env: Dict[str, str]) -> None:
 
 
 def evaluate_dense_cell(cell, bench, cfg) -> Dict[str, Any]:
-    from .runner import _fingerprint
-
+    """The cell's result; the runner adds the weights fingerprint (this module imports nothing of it)."""
     work = Path(cfg.out) / "work" / cell.id
     root = Path(cfg.data_root).resolve()
     ckpt = _checkpoint(cell)
@@ -87,5 +86,4 @@ def evaluate_dense_cell(cell, bench, cfg) -> Dict[str, Any]:
         _run(cmd, work, {"ADE20K_ROOT": str(ade)})
         metrics = {"mIoU": float(read_test_metrics(work / "test")["mIoU"])}
     return {"cell": cell.id, "model": cell.model, "like": cell.like, "benchmark": bench.name, "split": bench.split,
-            "metrics": metrics, "world_size": 1, "seconds": round(time.perf_counter() - start, 2),
-            **_fingerprint(cell)}
+            "metrics": metrics, "world_size": 1, "seconds": round(time.perf_counter() - start, 2)}

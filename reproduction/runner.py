@@ -312,7 +312,7 @@ def evaluate_cell(cell: Cell, cfg: RunConfig) -> Dict[str, Any]:
     if bench.kind != "vl":
         from .dense import evaluate_dense_cell
 
-        return evaluate_dense_cell(cell, bench, cfg)
+        return {**evaluate_dense_cell(cell, bench, cfg), **_fingerprint(cell)}
     _check_data(Path(cfg.data_root), bench)
     work = Path(cfg.out) / "work" / cell.id
     overrides = cell_overrides(cell, bench, cfg, work)
