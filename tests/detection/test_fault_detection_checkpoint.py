@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from beit3_plugins.io_checks import TEMPORARY_SUFFIX, prepare_output_dir
