@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.subprocess]
 
 def test_beit3_mdm_updates_in_bf16(data_world, tiny_spm, tmp_path, gpu):
     world, _ = data_world
-    args = tiny_args(world, tiny_spm, tmp_path / "ckpt", "--batch-size", "4", "--max-update", "4",
+    args = tiny_args(world, tiny_spm, tmp_path / "ckpt", "--batch-size", "4", "--max-update", "8",
                      "--disable-validation")
     if gpu.type == "cuda":
         args = [a for a in args if a != "--cpu"] + ["--bf16"]
