@@ -61,7 +61,8 @@ def _peak_mib(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().std())
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.std())
 
 
 def training_rows(models, device, batches, img, text, repeats, bf16_tol) -> List[GpuRow]:
@@ -99,11 +100,12 @@ def vision_rows(models, device, batches, img, repeats, bf16_tol) -> List[GpuRow]
     for batch in batches:
         image = torch.randn(batch, 3, img, img, generator=torch.Generator().manual_seed(batch)).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            fns = {"ours": lambda: ours.forward_vision(image).hidden[:, 1:].mean(1),
-                   "timm": lambda: tm.forward_head(tm.forward_features(image), pre_logits=True)}
-            # timm's beit3 pools patch tokens then fc_norm (new at fine-tuning): compare the trunk instead
-            diff = _relative(ours.forward_vision(image).hidden[:, 1:],
-                             tm.forward_features(image)[:, 1:]) if hasattr(tm, "forward_features") else None
+            fns = {"ours": lambda: ours.forward_vision(image).hidden, "timm": lambda: tm.forward_features(image)}
+            # timm's features stop before the final LayerNorm (its beit3 pools, then fc_norm): compare there
+            pre_norm = ours.forward_vision(image, return_intermediates=(-1,)).intermediates[0]
+            diff = _relative(pre_norm, fns["timm"]())
+            if not diff < bf16_tol:
+                raise AssertionError(f"vision b{batch}: ours and timm differ by {diff:.3g} (rel)")
             synced = {k: _synced(f, device) for k, f in fns.items()}
             times = interleaved_times(synced, repeats=repeats)
             peaks = {k: _peak_mib(f, device) for k, f in synced.items()}
