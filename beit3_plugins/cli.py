@@ -66,18 +66,21 @@ def target_help(target: str) -> str:
     """The first line of the target function's docstring, read from its source file without importing it
     (importing would pull in its framework and make ``--help`` slow); "" when there is none."""
     import ast
-    import importlib.machinery
     import importlib.util
 
     module, _, func = target.partition(":")
     top, *rest = module.split(".")
     try:
         spec = importlib.util.find_spec(top)
-        for part in rest:  # walk the packages without executing their __init__ files
-            spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations or []))
+        name = top
+        for part in rest:  # walk the packages without executing their __init__ files; every finder is asked,
+            name = f"{name}.{part}"  # so an editable install's name mapping finds mapped folders too
+            locations = list(spec.submodule_search_locations or [])
+            spec = next(found for finder in sys.meta_path if hasattr(finder, "find_spec")
+                        for found in [finder.find_spec(name, locations)] if found is not None)
         with open(spec.origin, encoding="utf-8") as handle:
             tree = ast.parse(handle.read())
-    except (ImportError, AttributeError, TypeError, OSError, SyntaxError, ValueError):
+    except (ImportError, AttributeError, TypeError, OSError, SyntaxError, ValueError, StopIteration):
         return ""
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == func:

@@ -71,6 +71,7 @@ def _report(plan, results, errors, out: Path) -> int:
 
 
 def benchmark_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Reproduce the published tables: list | run TABLE|BENCHMARK --data-root DIR | show DIR."""
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list()

@@ -296,6 +296,7 @@ def _write_summary_when_complete(out: Path, units: Sequence[Unit], writer: _Unit
 
 # ---------------------------------------------------------------------------------------------- CLI
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Embed images (folders, file lists, tar shards) or texts into L2-normalised shards, resumably."""
     parser = argparse.ArgumentParser(prog="beit3-plugins embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (one modality)")

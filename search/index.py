@@ -196,6 +196,7 @@ class Searcher:
 
 
 def index_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Build a FAISS index over embedding shards and report its recall@10 and memory."""
     parser = argparse.ArgumentParser(prog="beit3-plugins index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="embed output folders (index.faiss + index.json written there)")
@@ -212,6 +213,7 @@ def index_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def query_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Query an index: text -> images, image -> images, image -> texts."""
     parser = argparse.ArgumentParser(prog="beit3-plugins query",
                                      description="nearest neighbours: text -> images, image -> images, image -> texts")
     parser.add_argument("--image-index", help="embed folder of images (indexed)")

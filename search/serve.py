@@ -330,6 +330,7 @@ def serving(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 120.0)
 
 
 def serve_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve an index and a model over HTTP with a search page (127.0.0.1 unless told otherwise)."""
     parser = argparse.ArgumentParser(prog="beit3-plugins serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", help="embed folder of images (indexed with beit3-plugins index)")
