@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
@@ -134,6 +135,14 @@ class TokenParts:
 
     def with_parts(self, parts) -> "TokenParts":
         return TokenParts(tuple(parts), self.experts, self.fused)
+
+
+# A pytree node (its parts are the children): FSDP2 finds the tensors a layer returns to hook the backward's
+# re-gathering of parameters on them, and torch.compile / export flatten it like a tuple.
+pytree.register_pytree_node(
+    TokenParts, lambda t: (list(t.parts), (t.experts, t.fused)),
+    lambda parts, context: TokenParts(tuple(parts), *context),
+    serialized_type_name="beit3_plugins.backbones.multiway.TokenParts")
 
 
 def expert_of(wrapper: nn.Module, expert: str) -> nn.Module:
