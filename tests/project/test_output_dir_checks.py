@@ -73,7 +73,7 @@ def test_fairseq_train_refuses_an_unwritable_save_dir(data_world, tiny_spm, bloc
     assert "num. model params" not in log  # stopped before the task and model were built
 
 
-def test_detectron2_refuses_an_unwritable_output_dir(blocked):
+def test_detectron2_refuses_an_unwritable_output_dir(data_world, blocked):
     from detectron2.config import get_cfg
 
     import beit3_plugins.detection as det
@@ -84,8 +84,11 @@ def test_detectron2_refuses_an_unwritable_output_dir(blocked):
     cfg.OUTPUT_DIR = str(blocked)
     with pytest.raises(OutputDirError, match=f"OUTPUT_DIR={blocked}: cannot write there"):
         det.Beit3DetectionTrainer(cfg)
+    # the data is there (the command checks its datasets first), the output directory is not writable
+    world, _ = data_world
     _fails_naming([sys.executable, ROOT / "tools" / "train_net.py", "--config-file",
-                   "detection/cascade_beit3_tiny.yaml", "OUTPUT_DIR", blocked], "OUTPUT_DIR", blocked)
+                   "detection/cascade_beit3_tiny.yaml", "DATASETS.ROOT", world, "OUTPUT_DIR", blocked],
+                  "OUTPUT_DIR", blocked)
 
 
 def test_mim_train_refuses_an_unwritable_work_dir(data_world, blocked):
