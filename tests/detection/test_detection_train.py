@@ -116,7 +116,7 @@ def test_resume_after_kill_continues_exactly(det_world, tmp_path):
             "DATASETS.TRAIN", "('world_resume',)"]
     config = "detection/cascade_beit3_tiny.yaml"
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(TRAIN_NET), "--config-file", config, "OUTPUT_DIR", str(killed),
+    proc = subprocess.Popen([sys.executable, *TRAIN_NET, "--config-file", config, "OUTPUT_DIR", str(killed),
                              *opts], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tag = killed / "last_checkpoint"
     deadline = time.time() + 300
