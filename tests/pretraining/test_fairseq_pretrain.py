@@ -37,7 +37,7 @@ def recipe_flags(config_name, **overrides):
             flags += [name_flags[group], str(settings)]
             continue
         for key, value in settings.items():
-            if key == "data" and group == "task":
+            if (key == "data" and group == "task") or value is None:  # None: the setting is unset (user_dir)
                 continue
             flag = name_flags[group] if key == "_name" else "--" + key.replace("_", "-")
             if isinstance(value, bool):
