@@ -22,12 +22,15 @@ __all__ = ["DeformAttnDispatch", "compiled_kernel_available", "install_deform_at
 
 logger = logging.getLogger(__name__)
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # the probe runs under it
 _PROBED: Dict[str, bool] = {}   # device type -> whether the compiled op ran there
 _WARNED: Set[str] = set()
 
 
 def _compiled_function():
+    """mmcv's own autograd Function (never the dispatch that replaces its name)."""
+    if DeformAttnDispatch.compiled is not None:
+        return DeformAttnDispatch.compiled
     from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
 
     return MultiScaleDeformableAttnFunction
@@ -88,7 +91,7 @@ class DeformAttnDispatch:
 
     @staticmethod
     def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-        compiled = DeformAttnDispatch.compiled or _compiled_function()
+        compiled = _compiled_function()
         if compiled_kernel_available(value.device):
             return compiled.apply(value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights, im2col_step)
