@@ -8,6 +8,11 @@ def model_and_optimizer(data_world, tiny_spm):
     import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401 - registers task, model, optimizer
     from fairseq import optim, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from hydra import version
+
+    # fairseq composes through hydra.experimental.initialize, which hydra refuses once a 1.2+ version base is
+    # set in the process; an in-process VL trainer run earlier in the session (tests/pipelines) sets 1.3
+    version.setbase("1.1")
 
     world, _ = data_world
     parser = options.get_training_parser()
