@@ -223,7 +223,7 @@ def test_sharded_two_process_run_matches_ddp_resumes_and_exports(data_world, tin
         assert torch.equal(value, sharded["model"][f"core.backbone.{key}"]), key
 
 
-def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
+def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path, capsys):
     """Empty corpus, wrong vocabulary size (errors), over-long text and unreadable images (counted)."""
     import shutil
 
@@ -257,8 +257,14 @@ def test_bad_inputs_fail_clearly(data_world, tiny_spm, tmp_path):
     empty = tmp_path / "empty_world"
     (empty / "text").mkdir(parents=True)
     (empty / "text" / "corpus.txt").write_text("\n\n")
+    # the full MDM stage also needs images and pairs: every missing input is named at once, exit status 2
+    with pytest.raises(SystemExit) as exited:
+        Beit3MdmTask.setup_task(Beit3MdmTaskConfig(data=str(empty), spm_model=str(tiny_spm), image_size=64,
+                                                   patch_size=8, valid_text_lines=0))
+    assert exited.value.code == 2 and "3 input(s) not found" in capsys.readouterr().err
+    # the text-only stage reads only the (empty) corpus: an error that says it is empty
     task = Beit3MdmTask.setup_task(Beit3MdmTaskConfig(data=str(empty), spm_model=str(tiny_spm), image_size=64,
-                                                      patch_size=8, valid_text_lines=0))
+                                                      patch_size=8, valid_text_lines=0, stage="language"))
     with pytest.raises(EmptyCorpusError):
         task.load_dataset("train")
     # the CLI refuses a model whose text embedding is smaller than the tokenizer's vocabulary
