@@ -159,6 +159,39 @@ def test_coco_captions_and_karpathy_format(data_world):
                for im in flickr["images"])
 
 
+def test_visible_captions_name_every_shape_the_image_shows(tmp_path):
+    """The captioning world of the learning checks: every caption names each perceived shape's colour and kind
+    (sizes where it says them), in one of five templates, all five per image (two shapes here: the learning
+    checks use one)."""
+    manifest = generate_world(tmp_path, WorldConfig.needs_the_image(for_captioning=True, seed=0,
+                                                                    coco_train_images=24, coco_val_images=8,
+                                                                    max_shapes=2))
+    karpathy = json.loads(manifest.path("karpathy_coco").read_text())
+    assert collections.Counter(im["split"] for im in karpathy["images"]) == {"train": 24, "val": 4, "test": 4}
+    frames = collections.Counter()
+    for image in karpathy["images"]:
+        seen = perceive(manifest.path("coco_root") / image["filepath"] / image["filename"])
+        assert 1 <= len(seen) <= 2
+        raws = [s["raw"] for s in image["sentences"]]
+        assert len(set(raws)) == 5
+        for raw in raws:
+            frame = re.match(r"(a picture of |an image of |a drawing of )?", raw)[0]
+            frames[frame] += 1
+            named = re.findall(r"a (?:(small|large) )?(\w+) (circle|square|triangle)", raw[len(frame):])
+            assert " and ".join(m[0] for m in re.finditer(r"a (?:(?:small|large) )?\w+ \w+", raw[len(frame):])) \
+                == raw[len(frame):]
+            assert sorted((kind, colour) for _, colour, kind in named) == sorted((k, c) for k, c, _ in seen)
+            sizes = sorted((kind, colour, size) for size, colour, kind in named if size)
+            assert sizes in ([], sorted(seen))
+    assert set(frames) == {"", "a picture of ", "an image of ", "a drawing of "}
+    with pytest.raises(ValueError, match="caption_grammar must be 'mixed' or 'visible'"):
+        WorldConfig(caption_grammar="short")
+    with pytest.raises(ValueError, match="captions_per_image must be <= 5"):
+        WorldConfig(caption_grammar="visible", captions_per_image=6)
+    with pytest.raises(ValueError, match="choose one"):
+        WorldConfig.needs_the_image(for_vqa=True, for_captioning=True)
+
+
 def test_vqa_files_are_official_format_and_true(data_world):
     _, manifest = data_world
     for split in ("train", "val"):

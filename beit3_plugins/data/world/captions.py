@@ -13,7 +13,7 @@ def write_text(w: FormatWriter) -> None:
     rng = w.rng("text")
     lines = []
     while len(lines) < w.cfg.text_corpus_lines:
-        lines.extend(scene_captions(new_scene(w, rng), rng, n=2))
+        lines.extend(scene_captions(new_scene(w, rng), rng, 2, w.cfg.caption_grammar))
     lines = lines[: w.cfg.text_corpus_lines]
     w.mark("text_corpus", "text/corpus.txt").write_text("\n".join(lines) + "\n")
     w.counts["text_lines"] = len(lines)
@@ -28,7 +28,8 @@ def coco_scenes(w: FormatWriter) -> Dict[str, List[Tuple[int, Scene, List[str]]]
         items = []
         for i in range(n):
             scene = new_scene(w, rng)
-            items.append((base + i, scene, scene_captions(scene, rng, w.cfg.captions_per_image)))
+            captions = scene_captions(scene, rng, w.cfg.captions_per_image, w.cfg.caption_grammar)
+            items.append((base + i, scene, captions))
         out[split] = items
     return out
 
@@ -95,7 +96,7 @@ def write_flickr(w: FormatWriter) -> None:
         filename = f"{1000000000 + imgid * 7919}.jpg"
         w.image(f"flickr30k/flickr30k-images/{filename}", render_scene(scene, w.cfg.image_size)[0])
         sentences = []
-        for caption in scene_captions(scene, rng, w.cfg.captions_per_image):
+        for caption in scene_captions(scene, rng, w.cfg.captions_per_image, w.cfg.caption_grammar):
             sentences.append({"tokens": karpathy_tokens(caption), "raw": caption, "imgid": imgid,
                               "sentid": sent_id})
             sent_id += 1
@@ -125,7 +126,7 @@ def write_nocaps(w: FormatWriter) -> None:
             images.append({"id": i, "open_images_id": open_images_id, "file_name": file_name,
                            "height": w.cfg.image_size, "width": w.cfg.image_size, "coco_url": "",
                            "domain": ("in-domain", "near-domain", "out-domain")[i % 3]})
-            captions = scene_captions(scene, rng, w.cfg.captions_per_image)
+            captions = scene_captions(scene, rng, w.cfg.captions_per_image, w.cfg.caption_grammar)
             if split == "val":
                 for caption in captions:
                     annotations.append({"image_id": i, "id": next_caption_id, "caption": caption})

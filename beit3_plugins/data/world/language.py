@@ -25,8 +25,25 @@ def count_phrase(n: int, noun: str = "shape") -> str:
     return f"{NUMBER_WORDS[n]} {noun}" + ("" if n == 1 else "s")
 
 
-def scene_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> List[str]:
-    """``n`` distinct true captions of ``scene`` drawn from a small grammar."""
+def scene_captions(scene: Scene, rng: np.random.Generator, n: int = 5, grammar: str = "mixed") -> List[str]:
+    """``n`` distinct true captions of ``scene`` drawn from a small grammar: ``"mixed"`` (8 templates, some of
+    them generic: counts, the first shape, frames a blind writer can reuse) or ``"visible"`` (5 templates that
+    each name every shape's colour and kind, in reading order, so one caption fits few scenes; with all five
+    per image the frames score nothing in CIDEr, whose idf is zero for n-grams every image's references share)."""
+    if grammar == "visible":
+        ordered = sorted(scene.shapes, key=lambda s: (s.row, s.cx))
+        full = [s.phrase() for s in ordered]
+        short = [s.phrase(with_size=False) for s in ordered]
+        templates = [
+            _join(short),
+            f"a picture of {_join(short)}",
+            _join(full),
+            f"an image of {_join(full)}",
+            f"a drawing of {_join(short)}",
+        ]
+        return _pick(templates, rng, n)
+    if grammar != "mixed":
+        raise ValueError(f"caption grammar must be 'mixed' or 'visible', got {grammar!r}")
     full = [s.phrase() for s in scene.shapes]
     short = [s.phrase(with_size=False) for s in scene.shapes]
     first = scene.shapes[0]
@@ -41,6 +58,11 @@ def scene_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> List[s
         f"{_join(short)} drawn on {background}",
         f"{count_phrase(scene.count)}, one of them is {first.phrase(with_size=False)}",
     ]
+    return _pick(templates, rng, n)
+
+
+def _pick(templates: Sequence[str], rng: np.random.Generator, n: int) -> List[str]:
+    """The first ``n`` distinct templates in a random order."""
     order = rng.permutation(len(templates))
     out: List[str] = []
     for idx in order:
