@@ -17,11 +17,20 @@ Measured (model / blind / shuffled / constant, margin; 2-core CPU shared with ot
   47.0 / 16.7 / 10.7 / 12.5, margin 19.2 (15 epochs).
 * image classification, linear head (training images, tiny-set fit; 3 shape classes, chance 33.3%):
   required 45% [50%] - shape identity at 64 px is slow to learn from scratch.
-* captioning is NOT yet held to the controls: trained on needs_the_image()'s 128 images (10 epochs, 64 px,
-  400 steps) and scored on the 32 held-out val images, CIDEr 43.9 / blind 88.1 / shuffled 37.4 / constant 36.7
-  (margin 26.4). On 32 images CIDEr-D is dominated by exact matches: the blind caption "two shapes one of
-  them is a red triangle" matches a few references word for word. The old thresholds stay (training images,
-  default world: BLEU-1 >= 30 and CIDEr >= 15 [47.6 / 27.1]); they do not exclude a blind model.
+* captioning (needs_the_image(for_captioning=True): one shape per image, every caption names its colour and kind
+  in one of five frames - "a red circle", "a picture of ...", "a small red circle", "an image of a small ...",
+  "a drawing of ..." - all five per image, so the frames get zero idf in CIDEr-D and a single caption fits one
+  colour-kind pair in twelve; 128 training / 128 held-out Karpathy val images; 64 px, lr 1e-3, mask_prob 0.9,
+  24 epochs, 960 steps): CIDEr 271.9 / 93.3 (blind caption "a drawing of a green circle") / 87.6 / 92.9,
+  margin 67.5; 146 s of training, 234 s for the whole test. The model mostly names the colour right and
+  guesses the kind; decoding is greedy. Training seed 1: 298.6 / 93.3 / 94.6 / 84.6, margin 69.4; the demo's
+  300-piece tokenizer: 310.4 / 93.3 / 105.9 / 92.9, margin 75.7. Shorter runs: 16 epochs 202.2 (seed 42) and
+  175.3 (seed 1, margin 58.8), 20 epochs 282.8 (seed 42) but 89.0 for seed 1 (its greedy captions garbled),
+  so shorter runs are not stable across seeds at lr 1e-3; lr 3e-4 does not learn the language in 16 epochs
+  (CIDEr 9.5). On
+  needs_the_image()'s scenes (1-3 shapes, the 8-template grammar with counts and generic frames) the blind
+  caption "two shapes one of them is a red triangle" out-scored the model: 43.9 / 88.1 / 37.4 / 36.7,
+  margin 26.4 (10 epochs, 32 val images).
 * text classification (language-only path, held-out rows of a GLUE-style TSV built from the corpus:
   "does the sentence mention red"; chance 50%): required 85%.
 * NLVR2 reads the sentence (800 training pairs of the "presence" statements: is a red shape in the left /
@@ -98,12 +107,13 @@ def test_image_classification_linear_head_fits(data_world, tiny_spm, tmp_path):
     assert ev["accuracy"] >= 45.0, ev
 
 
-def test_captioning_generates_the_training_captions(data_world, tiny_spm, tmp_path):
-    # not yet held to the controls: on held-out images a single blind caption out-scores this model (see above)
-    root, _ = data_world
-    ev = _run("captioning", root, tiny_spm, tmp_path, "train.epochs=10", "train.eval_split=train", "task.image_size=64",
-              "task.beam_size=1", "task.max_gen_len=16", "task.mask_prob=0.5")
-    assert ev["bleu1"] >= 30.0 and ev["cider"] >= 15.0, ev
+def test_captioning_needs_the_image(tiny_spm, tmp_path):
+    root = tmp_path / "world"
+    generate_world(root, WorldConfig.needs_the_image(for_captioning=True, seed=0))
+    result = _run("captioning", root, tiny_spm, tmp_path / "out", "train.epochs=24", "task.image_size=64",
+                  "task.beam_size=1", "task.max_gen_len=16", "task.mask_prob=0.9", "train.eval_every_epochs=0",
+                  full=True)
+    _assert_needs_the_image(result)
 
 
 def test_text_classification_language_only(data_world, tiny_spm, tmp_path):

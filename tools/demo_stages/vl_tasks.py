@@ -13,7 +13,9 @@ the budget is used up are reported as such.
 
 VQA, captioning and retrieval train on ``WorldConfig.needs_the_image()`` worlds (written under ``<out>``): the VQA
 questions come in complementary pairs (the same question on two images with different answers), so the
-question-only prior stays near the constant answer and only a model that looks wins.
+question-only prior stays near the constant answer and only a model that looks wins; the captions (one shape per
+image) each name the shape's colour and kind in one of five frames, all five per image, so no single caption
+fits more than a few images.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ STAGES = [
      "vqa_accuracy", None),
     ("retrieval", ["train.epochs=15", "train.lr=3e-4", "train.eval_every_epochs=0"], "r_mean", None),
     # held-out val: on the training images the blind caption (chosen on them) would be scored on its own images
-    ("captioning", ["train.epochs=10", "task.image_size=64", "task.beam_size=1", "task.max_gen_len=16",
-                    "task.mask_prob=0.5", "train.eval_every_epochs=0"], "cider", None),
+    ("captioning", ["train.epochs=24", "task.image_size=64", "task.beam_size=1", "task.max_gen_len=16",
+                    "task.mask_prob=0.9", "train.eval_every_epochs=0"], "cider", None),
     ("image_classification", ["train.epochs=15", "task.image_size=64", "train.batch_size=8",
                               "task.label_smoothing=0.0", "train.eval_split=train"], "accuracy", None),
     ("image_text_classification", ["train.epochs=20", "train.lr=3e-4", "train.eval_every_epochs=0"], "accuracy",
@@ -40,7 +42,6 @@ STAGES = [
     ("nlvr2", ["train.epochs=16", "train.lr=3e-4", "task.head_init_scale=1.0"], "accuracy", None),
     ("text_classification", ["train.epochs=6"], "accuracy", 50.0),
 ]
-IMAGE_WORLD_TASKS = ("retrieval", "captioning")
 
 
 def main(argv=None) -> int:
@@ -74,10 +75,8 @@ def main(argv=None) -> int:
             overrides[3] = f"data.root={_make_nlvr2_world(out)}"
         if task == "image_text_classification":  # 12 colour_shape classes, 64 training images each
             overrides[3] = f"data.root={_make_class_world(out)}"
-        if task == "vqa":
-            overrides[3] = f"data.root={_make_image_world(out, for_vqa=True)}"
-        if task in IMAGE_WORLD_TASKS:
-            overrides[3] = f"data.root={_make_image_world(out)}"
+        if task in ("vqa", "retrieval", "captioning"):
+            overrides[3] = f"data.root={_make_image_world(out, task)}"
         if chance is None:
             overrides.append("train.controls=true")
         if time.perf_counter() - start > args.budget_seconds:
@@ -114,13 +113,15 @@ def _controls_summary(controls, metric: str):
     return summary
 
 
-def _make_image_world(out: Path, for_vqa: bool = False) -> Path:
-    """COCO captions / complementary-pair VQA where the image is needed (``WorldConfig.needs_the_image``)."""
+def _make_image_world(out: Path, task: str) -> Path:
+    """The COCO world of ``task`` (vqa, retrieval or captioning) where the image is needed
+    (``WorldConfig.needs_the_image``: complementary-pair VQA; captions that name what the image shows)."""
     from beit3_plugins.data import WorldConfig, generate_world
 
-    root = out / ("vqa_world" if for_vqa else "image_world")
+    root = out / f"{task}_world"
     if not (root / "world.json").is_file():
-        generate_world(root, WorldConfig.needs_the_image(for_vqa=for_vqa, seed=0))
+        generate_world(root, WorldConfig.needs_the_image(for_vqa=task == "vqa", for_captioning=task == "captioning",
+                                                         seed=0))
     return root
 
 

@@ -60,7 +60,9 @@ Captions never mention left/right positions inside an image, so horizontal flips
 VQA questions are drawn per image by default; ``vqa_complementary=True`` asks them in VQA v2's complementary
 pairs (the same question on two images with different answers) so that only a model that looks at the image
 beats the question-only prior; ``WorldConfig.needs_the_image()`` is the COCO + VQA world the learning tests and
-``make demo`` train VQA, captioning and retrieval on (``vl_tasks/controls.py`` computes their blind baselines).
+``make demo`` train VQA and retrieval on, ``needs_the_image(for_captioning=True)`` their captioning world
+(``caption_grammar="visible"``: every caption names the colour and kind of each shape; one shape per image)
+(``vl_tasks/controls.py`` computes their blind baselines).
 """
 from .cli import cli_main
 from .config import ADE_CLASSES, ADE_RAW_LABELS, COCO_CATEGORIES, FORMATS, WorldConfig, WorldManifest
