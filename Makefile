@@ -4,6 +4,8 @@
 #   make test-quick   the quick loop: every test not marked slow (see pytest.ini)
 PY := .venv/bin/python
 OUT ?= outputs/demo
+# pytest-xdist workers for `make test` (tests/conftest.py: one thread each, a file per worker at a time)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-quick bench
 setup:
@@ -13,10 +15,10 @@ demo: setup
 	$(PY) tools/demo.py --out $(OUT)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 test-quick: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 bench: setup
 	$(PY) -m bench.run_all

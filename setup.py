@@ -118,7 +118,7 @@ EXTRAS = {
     # ONNX export of the task models and its check with onnxruntime (pipelines/onnx_export.py)
     "onnx": ["onnx", "onnxruntime"],
     # transformers: its slow BertTokenizer is the reference the WordPiece tests compare with
-    "test": ["pytest", "pytest-timeout", "hypothesis", "torchscale==0.3.0", "transformers>=4.40", "selenium>=4.20"],
+    "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "torchscale==0.3.0", "transformers>=4.40", "selenium>=4.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

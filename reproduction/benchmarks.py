@@ -9,9 +9,11 @@ Detection and ADE20K run through their framework adapters (``kind`` ``detection`
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
-__all__ = ["Benchmark", "BENCHMARKS", "get_benchmark", "EVALAI_VQA", "EVALAI_NOCAPS"]
+from beit3_plugins.registry import Registry
+
+__all__ = ["Benchmark", "BENCHMARKS", "ENTRIES", "get_benchmark", "EVALAI_VQA", "EVALAI_NOCAPS"]
 
 EVALAI_VQA = "https://eval.ai/web/challenges/challenge-page/830/overview"
 EVALAI_NOCAPS = "https://eval.ai/web/challenges/challenge-page/355/overview"
@@ -39,7 +41,9 @@ class Benchmark:
 _VQA_SUBMISSION = 'JSON list [{"question_id": int, "answer": str}] over every question of the questions file'
 _CAPTION_SUBMISSION = 'JSON list [{"image_id": int, "caption": str}] over every image of the split'
 
-BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
+# The benchmarks as data (``ENTRIES``), registered on first lookup; an installed package adds its own under the
+# ``beit3_plugins.benchmarks`` entry-point group (``my_benchmarks = "my_package.benchmarks:ENTRIES"``).
+ENTRIES: Tuple[Benchmark, ...] = (
     Benchmark("imagenet1k_val", "ImageNet-1k val (50k images)", "image_classification", "val",
               ("accuracy", "accuracy_top5"), zoo_tasks=("image_classification",), data="imagenet:val"),
     Benchmark("imagenet1k_val_zeroshot", "ImageNet-1k val, zero-shot by class-name prompts",
@@ -77,11 +81,12 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("ade20k_val", "ADE20K val, single scale", "segmentation", "val", ("mIoU",), kind="segmentation"),
     Benchmark("ade20k_val_ms", "ADE20K val, multi-scale + flip", "segmentation", "val", ("mIoU",),
               kind="segmentation"),
-)}
+)
+
+BENCHMARKS = Registry("benchmark", entry_type=Benchmark, entry_point_group="beit3_plugins.benchmarks",
+                      code_plugins=False, locations=["beit3_plugins.reproduction.benchmarks:ENTRIES"])
 
 
 def get_benchmark(name: str) -> Benchmark:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise KeyError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}") from None
+    """The benchmark called ``name``; an unknown name is an error listing the registered ones."""
+    return BENCHMARKS[name]

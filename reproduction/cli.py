@@ -54,7 +54,7 @@ def _list() -> int:
     for t in TABLES.values():
         print(f"  {t.name:<22} {len(t.rows):>3} numbers  {t.title}")
     print("benchmarks:")
-    for b in BENCHMARKS.values():
+    for _, b in BENCHMARKS.items():
         where = "local" if b.local else f"server: {b.server}"
         print(f"  {b.name:<34} {b.split} [{', '.join(b.metrics)}] ({where})")
     return 0

@@ -127,7 +127,7 @@ def _target_tables(target: str) -> List[Table]:
                 tables.append(dataclasses.replace(table, rows=rows))
         return tables or [Table(target, BENCHMARKS[target].split, ())]
     raise KeyError(f"unknown table or benchmark {target!r}; tables: {', '.join(TABLES)}, all; benchmarks: "
-                   f"{', '.join(BENCHMARKS)}")
+                   f"{', '.join(BENCHMARKS.names())}")
 
 
 def _task_of(name: str) -> Optional[str]:
@@ -282,11 +282,15 @@ def _fingerprint(cell: Cell) -> Dict[str, Any]:
     """What the cached result depends on besides the protocol: the weights file's size and mtime."""
     from beit3_plugins.pipelines.factory import resolve_entry
 
-    _, weights = resolve_entry(cell.model, like=cell.like)
-    if weights.url.startswith("file://"):
-        st = os.stat(weights.url[len("file://"):])
-        return {"weights": weights.url, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"weights": weights.url}
+    if os.path.isfile(cell.model):   # a local file: a detector / segmenter checkpoint has no zoo entry to resolve
+        path = os.path.abspath(cell.model)
+    else:
+        _, weights = resolve_entry(cell.model, like=cell.like)
+        if not weights.url.startswith("file://"):
+            return {"weights": weights.url}
+        path = weights.url[len("file://"):]
+    st = os.stat(path)
+    return {"weights": "file://" + path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _check_data(root: Path, bench: Benchmark) -> None:

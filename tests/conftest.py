@@ -1,5 +1,17 @@
-"""Shared fixtures. Session-scoped data is read-only: tests that damage files work on copies."""
+"""Shared fixtures. Session-scoped data is read-only: tests that damage files work on copies.
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``: a file's tests stay on one
+worker, so its module fixtures are built once). Each worker and the commands its tests start use one OpenMP
+thread, so the two workers share the two cores instead of four threads spinning against each other.
+"""
+import os
+from collections import Counter
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +46,26 @@ CUDA_DRY_RUN = "BEIT3_CUDA_TESTS_ON_CPU"  # bench/device_check.sh --dry-run: run
 
 
 def cuda_tests_run() -> bool:
-    import os
-
     import torch
 
     return torch.cuda.is_available() or os.environ.get(CUDA_DRY_RUN) == "1"
 
 
+def _slow_files_first(items):
+    """Files with the most ``slow`` tests first (in-file order kept): under ``--dist loadfile`` the long
+    training files start early instead of leaving one worker busy at the end while the other idles."""
+    slow = Counter(item.nodeid.split("::")[0] for item in items if "slow" in item.keywords)
+    first_seen = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.nodeid.split("::")[0], index)
+    items.sort(key=lambda item: (-slow[item.nodeid.split("::")[0]], first_seen[item.nodeid.split("::")[0]]))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are skipped (and counted as skipped) on a machine without an NVIDIA GPU, unless
-    the device script's dry run asks for them on the CPU."""
+    """Slow files first under xdist; tests marked ``cuda`` are skipped (and counted as skipped) on a machine
+    without an NVIDIA GPU, unless the device script's dry run asks for them on the CPU."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _slow_files_first(items)
     if cuda_tests_run():
         return
     skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)")

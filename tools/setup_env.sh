@@ -135,7 +135,7 @@ say "OpenMMLab (mmengine, mmdet, mmsegmentation), openmim, timm, sentencepiece, 
 "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate opendatalab || \
   "${PIP[@]}" install -q click colorama model-index pandas requests rich tabulate
 "${PIP[@]}" install -q 'timm>=1.0.9' sentencepiece 'hydra-core==1.3.2' 'omegaconf==2.3.0' pycocotools \
-  pycocoevalcap tensorboard pytest pytest-timeout hypothesis 'webdataset>=1.0'
+  pycocoevalcap tensorboard pytest pytest-timeout pytest-xdist hypothesis 'webdataset>=1.0'
 # text tokenizers beyond sentencepiece: BERT WordPiece (VLMo); transformers' BertTokenizer is its test reference
 "${PIP[@]}" install -q 'tokenizers>=0.15' 'transformers>=4.40'
 # model zoo: safetensors files, download progress bars, optional hf-hub: names

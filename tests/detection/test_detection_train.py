@@ -5,6 +5,7 @@ the data world's COCO instances: overfitting a handful of images, `--eval-only` 
 Threads: the runs use one intra-op thread (OMP_NUM_THREADS=1). On this shared 2-core machine two OpenMP
 threads spin against each other and make a step several times slower, not faster.
 """
+import csv
 import json
 import os
 import signal
@@ -176,13 +177,27 @@ def test_multiscale_flip_tta_through_detectron2(overfit_run, det_world, tmp_path
     passes per image and the yacs and LazyConfig paths give the same TTA numbers on the same weights."""
     out, trained = overfit_run
     root, subset = det_world
-    proc = _run(["--config-file", "detection/cascade_beit3_tiny.yaml", "--eval-only", "--tta",
-                 "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "yacs"),
-                 *_dataset_opts(root, subset, "world_train8")], cwd=ROOT)
-    yacs = json.loads((tmp_path / "yacs" / "eval_results.json").read_text())
+    # the yacs run the way a user reproduces Table 5: the detection_user table of `beit3-plugins benchmark` on
+    # the trained file, with an experiment config (a small yacs delta) naming the data
+    config = tmp_path / "world_train8.yaml"
+    config.write_text(f"_BASE_: {ROOT / 'detection' / 'cascade_beit3_tiny.yaml'}\nDATASETS:\n"
+                      f"  COCO_INSTANCES: {json.dumps([['world_train8', str(subset), 'coco/train2017']])}\n"
+                      "  TRAIN: ('world_train8',)\n  TEST: ('world_train8',)\nINPUT:\n  LSJ:\n    ENABLED: False\n")
+    bench = tmp_path / "benchmark"
+    proc = subprocess.run([sys.executable, "-m", "beit3_plugins.cli", "benchmark", "run", "detection_user",
+                           "--data-root", str(root), "--model", f"{out / 'model_final.pth'}=beit3_giant",
+                           "--detection-config", str(config), "--out", str(bench), "--no-progress"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (work,) = (bench / "work").iterdir()
+    yacs = json.loads((work / "eval_results.json").read_text())
     assert {k: yacs[k] for k in trained} == trained
     assert {"bbox_TTA", "segm_TTA"} <= set(yacs)
-    assert "test-time augmentation: sizes (96, 128), max 128, flip True" in proc.stdout + proc.stderr
+    assert "test-time augmentation: sizes (96, 128), max 128, flip True" in (work / "command.log").read_text()
+    rows = {r["metric"]: r for r in csv.DictReader((bench / "detection_user.csv").open())}
+    assert float(rows["bbox_AP"]["ours"]) == pytest.approx(yacs["bbox_TTA"]["AP"], abs=0.01), rows
+    assert float(rows["segm_AP"]["ours"]) == pytest.approx(yacs["segm_TTA"]["AP"], abs=0.01), rows
+    assert float(rows["bbox_AP"]["reported"]) == 63.7 and "Table 5" in rows["bbox_AP"]["source"], rows
     assert yacs["bbox_TTA"]["AP50"] >= MIN_BOX_AP50 - 5 and yacs["segm_TTA"]["AP"] >= MIN_MASK_AP - 10, yacs
     assert yacs["bbox_TTA"] != yacs["bbox"]                      # another inference, not a copy
     data = [f"datasets.root={root}",

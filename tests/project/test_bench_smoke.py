@@ -34,6 +34,18 @@ def test_smoke_run_writes_a_report_with_matching_outputs(tmp_path):
     assert out.with_suffix(".json").exists()
 
 
+def test_reproduction_harness_bench_smoke(tmp_path):
+    """``bench.reproduction`` runs (harness against the bare loop, whose recalls it checks equal; the chunked
+    scoring of a retrieval split in a fresh process) and writes its table; the numbers mean nothing at this size."""
+    out = tmp_path / "reproduction.md"
+    res = subprocess.run([sys.executable, "-m", "bench.reproduction", "--smoke", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = out.read_text()
+    assert "| bare loop | harness | overhead |" in text and "400 images x 2000 captions" in text, text
+    assert "peak RSS above the embeddings" in text
+
+
 def test_mismatch_is_an_error():
     assert check("x", 1e-6, 1e-4) == 1e-6
     with pytest.raises(MismatchError, match="differ"):

@@ -188,8 +188,8 @@ def test_sigkill_mid_run_resumes_to_the_same_table(setup):
 def test_torchrun_two_processes_give_the_numbers_of_one(setup):
     out = setup["base"] / "torchrun"
     target = "beit3_release"
-    run = _run(setup, [str(Path(PY).parent / "torchrun"), "--nproc_per_node", "2", "-m",
-                          "beit3_plugins.reproduction.cli", *_cmd(setup, target, out, module=True)])
+    run = _run(setup, [str(Path(PY).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                          "29782", "-m", "beit3_plugins.reproduction.cli", *_cmd(setup, target, out, module=True)])
     assert run.returncode == 0, run.stderr[-3000:]
     cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert cells and all(c["world_size"] == 2 for c in cells)

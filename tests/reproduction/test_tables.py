@@ -96,7 +96,17 @@ def test_cells_decode_images_as_the_official_loader(tmp_path, monkeypatch):
     (tmp_path / "cache" / "beit3.spm").write_bytes(b"stand-in: only its path is passed on")
     weights = tmp_path / "nlvr2.pth"
     weights.write_bytes(b"")
-    name = next(b for b in BENCHMARKS if BENCHMARKS[b].task == "nlvr2")
+    name = next(b for b in BENCHMARKS.names() if BENCHMARKS[b].task == "nlvr2")
     cell = Cell(model=str(weights), benchmark=name, like="beit3_base_patch16_224_nlvr2")
     out = cell_overrides(cell, BENCHMARKS[name], RunConfig(data_root=tmp_path, out=tmp_path), tmp_path / "w")
     assert "++task.image_decode=official" in out and "train.eval_only=true" in out
+
+
+def test_benchmarks_are_a_registry_that_names_the_known_ones():
+    from beit3_plugins.reproduction import get_benchmark
+    from beit3_plugins.reproduction.benchmarks import ENTRIES
+
+    assert BENCHMARKS.names() == sorted(b.name for b in ENTRIES)
+    assert get_benchmark("nlvr2_dev").task == "nlvr2"
+    with pytest.raises(KeyError, match="Did you mean 'nlvr2_dev'"):
+        get_benchmark("nlvr_dev")

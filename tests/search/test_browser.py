@@ -40,9 +40,12 @@ def browser(tmp_path_factory):
 
 
 def _wait(driver, condition, timeout=60):
+    """Poll ``condition``; an element the page re-rendered between finding and reading it is polled again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def test_page_search_upload_and_question(browser, indexed_world, world_captions, vqa_spec, caption_spec, tmp_path):

@@ -36,7 +36,8 @@ def _embed(out, inputs, spec, *extra, torchrun=False):
             *extra]
     module = ["-m", "beit3_plugins.search.embed"]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *module, *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29781",
+               *module, *args]
     else:
         cmd = [sys.executable, *module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
