@@ -64,13 +64,21 @@ __all__ = ["run", "compose_config", "main", "CONFIG_DIR"]
 
 # ---------------------------------------------------------------------------------------------- config
 def compose_config(overrides: List[str], config_dir: Optional[Path] = None):
-    """The trainer's config for ``overrides`` (Hydra compose API; used by tests and notebooks)."""
+    """The trainer's config for ``overrides`` (Hydra compose API; used by tests and notebooks).
+
+    Hydra keeps the version base of the last ``initialize`` for the whole process; the caller's is put back,
+    so fairseq (whose config conversion needs the 1.1 default) still works in the same process afterwards."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import VersionBase
 
+    previous = VersionBase.instance().version_base
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="vl_train", overrides=list(overrides))
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="vl_train", overrides=list(overrides))
+    finally:
+        VersionBase.instance().version_base = previous
 
 
 def _plain(node) -> Any:

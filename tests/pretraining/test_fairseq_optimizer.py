@@ -8,11 +8,11 @@ def model_and_optimizer(data_world, tiny_spm):
     import beit3_plugins.pretraining.fairseq_plugin  # noqa: F401 - registers task, model, optimizer
     from fairseq import optim, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from hydra import version
+    from beit3_plugins.vl_tasks.train import compose_config
 
-    # fairseq composes through hydra.experimental.initialize, which hydra refuses once a 1.2+ version base is
-    # set in the process; an in-process VL trainer run earlier in the session (tests/pipelines) sets 1.3
-    version.setbase("1.1")
+    # a VL trainer config composed first in the same process (tests/pipelines runs the trainer in-process) must
+    # not leave hydra's 1.3 version base behind: fairseq's config conversion refuses it
+    compose_config(["task=vqa", "model=beit3_tiny"])
 
     world, _ = data_world
     parser = options.get_training_parser()
