@@ -35,7 +35,9 @@ STAGES = [
     # held-out val: on the training images the blind caption (chosen on them) would be scored on its own images
     ("captioning", ["train.epochs=24", "task.image_size=64", "task.beam_size=1", "task.max_gen_len=16",
                     "task.mask_prob=0.9", "train.eval_every_epochs=0"], "cider", None),
-    ("image_classification", ["train.epochs=15", "task.image_size=64", "train.batch_size=8",
+    # a tiny-set fit on the training images: 15 epochs reach 52.1 (blind 33.3, margin 21.7: not clearly ahead),
+    # 30 epochs 66.7 (+10 s)
+    ("image_classification", ["train.epochs=30", "task.image_size=64", "train.batch_size=8",
                               "task.label_smoothing=0.0", "train.eval_split=train"], "accuracy", None),
     ("image_text_classification", ["train.epochs=20", "train.lr=3e-4", "train.eval_every_epochs=0"], "accuracy",
      None),
