@@ -1,9 +1,11 @@
 """End to end through the real command: `mim train mmseg` / `mim test mmseg` with the tiny config on the
 data world's ADE20K-style tree. Overfitting, resume of a killed run, and a bad dataset failing clearly."""
+import csv
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,9 +86,6 @@ def test_mim_test_tta_runs_mmsegs_multiscale_flip(overfit_run, data_world, tmp_p
     model's mIoU, and not the single-scale number copied. Run the way a user reproduces Table 6: the
     ``ade20k_user`` table of ``beit3-plugins benchmark`` on the trained file, whose two cells are ``mim test``
     and ``mim test --tta``; its single-scale cell gives the trained run's own number."""
-    import csv
-    import sys
-
     config, work, miou = overfit_run
     root, _ = data_world
     out = tmp_path / "benchmark"

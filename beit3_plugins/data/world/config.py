@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from .language import CAPTION_GRAMMARS
 from .scene import KINDS, COLORS
 
 
@@ -127,9 +128,10 @@ class WorldConfig:
                 raise ValueError(f"{name} must be >= 16 pixels, got {getattr(self, name)}")
         if self.vqa_questions_per_image < 1 or self.captions_per_image < 1:
             raise ValueError("vqa_questions_per_image and captions_per_image must be >= 1")
-        if self.caption_grammar not in ("mixed", "visible"):
-            raise ValueError(f"caption_grammar must be 'mixed' or 'visible', got {self.caption_grammar!r}")
-        templates = 8 if self.caption_grammar == "mixed" else 5
+        if self.caption_grammar not in CAPTION_GRAMMARS:
+            raise ValueError(f"caption_grammar must be {' or '.join(map(repr, CAPTION_GRAMMARS))}, "
+                             f"got {self.caption_grammar!r}")
+        templates = CAPTION_GRAMMARS[self.caption_grammar]
         if self.captions_per_image > templates:
             raise ValueError(f"captions_per_image must be <= {templates} (size of the {self.caption_grammar!r} "
                              "caption grammar)")

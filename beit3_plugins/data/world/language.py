@@ -10,7 +10,10 @@ import numpy as np
 from .scene import ROWS, Scene
 
 
-__all__ = ["scene_captions", "karpathy_tokens", "count_phrase", "NUMBER_WORDS"]
+__all__ = ["scene_captions", "karpathy_tokens", "count_phrase", "NUMBER_WORDS", "CAPTION_GRAMMARS"]
+
+# the grammars of scene_captions and how many templates each has (the most distinct captions of one image)
+CAPTION_GRAMMARS = {"mixed": 8, "visible": 5}
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -42,8 +45,8 @@ def scene_captions(scene: Scene, rng: np.random.Generator, n: int = 5, grammar: 
             f"a drawing of {_join(short)}",
         ]
         return _pick(templates, rng, n)
-    if grammar != "mixed":
-        raise ValueError(f"caption grammar must be 'mixed' or 'visible', got {grammar!r}")
+    if grammar not in CAPTION_GRAMMARS:
+        raise ValueError(f"caption grammar must be {' or '.join(map(repr, CAPTION_GRAMMARS))}, got {grammar!r}")
     full = [s.phrase() for s in scene.shapes]
     short = [s.phrase(with_size=False) for s in scene.shapes]
     first = scene.shapes[0]
